@@ -1,0 +1,52 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+# Stamps re-run the install when pyproject.toml changes.
+$(VENV)/.demo-deps: pyproject.toml | $(PY)
+	$(PIP) install -e '.[fleet]'
+	@touch $@
+
+$(VENV)/.test-deps: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev,train]'
+	@touch $@ $(VENV)/.demo-deps
+
+deps-demo: $(VENV)/.demo-deps
+deps-test: $(VENV)/.test-deps
+
+## mosquitto: make sure a mosquitto binary exists (tests start their own on a free port)
+mosquitto:
+	@bash scripts/ensure-mosquitto.sh
+
+demo: deps-demo
+	$(VENV)/bin/edge-sim demo
+
+demo-fast: deps-demo
+	$(VENV)/bin/edge-sim demo --fast
+
+lint: deps-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: deps-test
+	$(VENV)/bin/mypy
+
+test: deps-test mosquitto lint typecheck
+	$(PY) -m pytest
+
+test-fast: deps-test
+	$(PY) -m pytest -m "not integration and not slow"
+
+bench: deps-test
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

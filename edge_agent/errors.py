@@ -1,0 +1,112 @@
+"""Every error the agent raises, by cause.
+
+    LinesideError
+    ├── UntrustedInputError        the input can't be trusted or is malformed: reject it, never crash
+    │   ├── ManifestError          manifest.json fails its schema or its own rules
+    │   ├── IncompatibleModelError valid, but not for this device / agent version
+    │   ├── MessageError           an MQTT payload that does not parse or validate
+    │   ├── VerificationError      TUF verification failed (signature, version, expiry, hash, length)
+    │   └── SelftestError          the model does not reproduce selftest.npz on this device
+    ├── TransportError             the network or broker failed; retry later
+    │   └── FetchError             downloading metadata or a target failed
+    └── LocalError                 something on this machine is wrong
+        ├── ConfigError            the config file or a flag is invalid (names the field)
+        ├── SourceError            a frame source cannot be opened or read
+        │   └── SourceLostError    a live source went away (reconnect with backoff)
+        ├── ModelLoadError         ONNX Runtime could not load or run the model
+        ├── ProviderError          an execution provider failed to initialise
+        └── StoreError             the model store is missing, corrupt or out of space
+
+Foreign errors (onnxruntime, paho, tuf, OSError) are translated at the boundary
+with ``raise OurError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+
+class LinesideError(Exception):
+    """Base of every Lineside error."""
+
+
+class UntrustedInputError(LinesideError):
+    """Input that cannot be trusted: reject it, report it, carry on."""
+
+
+class ManifestError(UntrustedInputError):
+    """manifest.json does not satisfy its schema or rules."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IncompatibleModelError(UntrustedInputError):
+    """A valid bundle that this device must not run (device class, agent version, downgrade)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MessageError(UntrustedInputError):
+    """An MQTT payload that does not parse or validate."""
+
+    def __init__(self, message: str, *, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class VerificationError(UntrustedInputError):
+    """TUF verification failed: signatures, versions, expiry, hashes or lengths."""
+
+
+class SelftestError(UntrustedInputError):
+    """The model's outputs on selftest.npz are outside tolerance on this device."""
+
+    def __init__(self, message: str, *, max_abs_diff: float | None = None) -> None:
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+
+
+class TransportError(LinesideError):
+    """The network or the broker failed; the operation may succeed later."""
+
+
+class FetchError(TransportError):
+    """Downloading metadata or a target failed."""
+
+
+class LocalError(LinesideError):
+    """Something on this machine is wrong: config, files, devices."""
+
+
+class ConfigError(LocalError):
+    """The configuration is invalid; ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SourceError(LocalError):
+    """A frame source cannot be opened or read."""
+
+
+class SourceLostError(SourceError):
+    """A live frame source went away; the caller reconnects with backoff."""
+
+
+class ModelLoadError(LocalError):
+    """ONNX Runtime could not load or run the model."""
+
+
+class ProviderError(LocalError):
+    """An execution provider failed to initialise."""
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class StoreError(LocalError):
+    """The model store is missing, corrupt or out of space."""

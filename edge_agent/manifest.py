@@ -1,0 +1,280 @@
+"""The model manifest: what a bundle's model is and exactly how to run it.
+
+The device is the authority on what it accepts, so the schema lives here and
+``fleet_server``, ``models`` and ``sim`` import it. The agent runs any ONNX image
+classifier that a correct manifest describes, not only ours.
+
+A bundle is a directory::
+
+    shapes-2.0.0/
+      manifest.json
+      model.onnx
+      selftest.npz     # arrays "inputs" (N, *input.shape[1:]) and one "out_<output name>" per output
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edge_agent.errors import ManifestError
+
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.onnx"
+SELFTEST_FILE = "selftest.npz"
+BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE)
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 1 << 20
+
+_SEMVER = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def version_key(version: str) -> tuple[int, int, int, int, tuple[tuple[int, int, str], ...]]:
+    """A sort key for a semantic version; a pre-release sorts before its release.
+
+    Raises ValueError for a string that is not a semantic version.
+    """
+    m = _SEMVER.match(version)
+    if not m:
+        raise ValueError(f"not a semantic version: {version!r}")
+    major, minor, patch, pre = int(m[1]), int(m[2]), int(m[3]), m[4]
+    if pre is None:
+        return (major, minor, patch, 1, ())
+    # Semver: numeric identifiers compare numerically and sort before alphanumeric ones.
+    ids = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in pre.split("."))
+    return (major, minor, patch, 0, ids)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ResizeSpec(_Strict):
+    """How the (cropped) frame is resized to the model's input."""
+
+    width: Annotated[int, Field(gt=0, le=4096)]
+    height: Annotated[int, Field(gt=0, le=4096)]
+    interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
+
+
+class RoiSpec(_Strict):
+    """Crop applied before resizing, as fractions of the frame (robust to resolution changes)."""
+
+    x: Annotated[float, Field(ge=0.0, lt=1.0)]
+    y: Annotated[float, Field(ge=0.0, lt=1.0)]
+    width: Annotated[float, Field(gt=0.0, le=1.0)]
+    height: Annotated[float, Field(gt=0.0, le=1.0)]
+
+    @model_validator(mode="after")
+    def _inside(self) -> RoiSpec:
+        if self.x + self.width > 1.0 + 1e-9 or self.y + self.height > 1.0 + 1e-9:
+            raise ValueError("roi must lie inside the frame (x + width <= 1, y + height <= 1)")
+        return self
+
+
+class InputSpec(_Strict):
+    """The model's single image input and the exact preprocessing that produces it.
+
+    tensor = ((resize(crop(frame)) in colour_order) * scale - mean) / std, laid out as ``layout``.
+    """
+
+    name: str
+    shape: list[int] = Field(description="e.g. [1, 3, 64, 64]; -1 for a dynamic batch")
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    color_order: Literal["BGR", "RGB", "GRAY"] = "RGB"
+    resize: ResizeSpec
+    roi: RoiSpec | None = None
+    scale: float = 1.0 / 255.0
+    mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_order == "GRAY" else 3
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        if len(self.shape) != 4:
+            raise ValueError("input.shape must have 4 dimensions (batch, and the image)")
+        if self.layout == "NCHW":
+            c, h, w = self.shape[1], self.shape[2], self.shape[3]
+        else:
+            h, w, c = self.shape[1], self.shape[2], self.shape[3]
+        if c != self.channels:
+            raise ValueError(
+                f"input.shape has {c} channels but color_order {self.color_order} gives {self.channels}"
+            )
+        if (h, w) != (self.resize.height, self.resize.width):
+            raise ValueError("input.shape's height/width must equal resize.height/width")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if any(s == 0 for s in self.std):
+            raise ValueError("std must not contain 0")
+        return self
+
+
+class OutputSpec(_Strict):
+    """Which outputs carry what."""
+
+    class_output: str = Field(description="name of the (1, num_labels) output")
+    class_kind: Literal["logits", "probabilities"] = "logits"
+    dimensions_output: str | None = Field(
+        default=None, description="name of an optional (1, 2) output: width_mm, height_mm"
+    )
+
+
+class ConfidenceBaseline(_Strict):
+    """The validation-set distribution of top-1 confidence: what drift is measured against."""
+
+    mean: Annotated[float, Field(ge=0, le=1)]
+    p05: Annotated[float, Field(ge=0, le=1)]
+    p50: Annotated[float, Field(ge=0, le=1)]
+    p95: Annotated[float, Field(ge=0, le=1)] = 1.0
+    low_confidence_rate: Annotated[float, Field(ge=0, le=1)]
+    histogram: list[float] = Field(default_factory=list, description="fraction of frames per 0.05-wide bin")
+
+
+class Metrics(_Strict):
+    """What the model was released with (from ``edge-models evaluate``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    dimension_mae_mm: Annotated[float, Field(ge=0)] | None = None
+    ece: Annotated[float, Field(ge=0, le=1)] | None = None
+    frames: int | None = None
+
+
+class ProbationGates(_Strict):
+    """Health the new model must show in its first ``window_s`` before it is committed."""
+
+    window_s: Annotated[float, Field(gt=0, le=86400)] = 30.0
+    min_frames: Annotated[int, Field(ge=1)] = 50
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_nonfinite: Annotated[int, Field(ge=0)] = 0
+    max_latency_p99_ms: Annotated[float, Field(gt=0)] = 50.0
+    min_confidence_p50: Annotated[float, Field(ge=0, le=1)] = 0.6
+    max_low_confidence_rate: Annotated[float, Field(ge=0, le=1)] = 0.25
+
+
+class DriftThresholds(_Strict):
+    """When the live confidence distribution has moved far enough from the baseline to alert."""
+
+    low_confidence: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.7, description="a frame whose top-1 confidence is below this counts as low-confidence"
+    )
+    max_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_low_confidence_rate: Annotated[float, Field(ge=0, le=1)] = 0.15
+    sustain_windows: Annotated[int, Field(ge=1)] = 2
+
+
+class SelftestSpec(_Strict):
+    file: str = SELFTEST_FILE
+    atol: Annotated[float, Field(ge=0)] = 1e-3
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+
+
+class Manifest(_Strict):
+    """manifest.json of a model bundle."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: str
+    created: datetime
+    description: str = ""
+    labels: list[str]
+    input: InputSpec
+    outputs: OutputSpec
+    metrics: Metrics = Field(default_factory=Metrics)
+    confidence_baseline: ConfidenceBaseline
+    probation: ProbationGates = Field(default_factory=ProbationGates)
+    drift: DriftThresholds = Field(default_factory=DriftThresholds)
+    selftest: SelftestSpec = Field(default_factory=SelftestSpec)
+    min_agent_version: str = "0.1.0"
+    device_classes: list[str] = Field(default_factory=lambda: ["*"], description='"*" means any class')
+    # Free-form extras a producer may want to carry (training config hash, dataset seeds...).
+    extra: dict[str, object] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("name must be lower-case letters, digits, '.', '_' or '-' (at most 64)")
+        return v
+
+    @field_validator("version", "min_agent_version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not _SEMVER.match(v):
+            raise ValueError(f"{v!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("a classifier needs at least 2 labels")
+        if len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        return v
+
+    @field_validator("device_classes")
+    @classmethod
+    def _classes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError('device_classes must not be empty (use ["*"] for any)')
+        return v
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def supports_device_class(self, device_class: str) -> bool:
+        return "*" in self.device_classes or device_class in self.device_classes
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def parse_manifest(data: bytes | str) -> Manifest:
+    """Parse and validate manifest bytes; raise ManifestError naming the first bad field."""
+    if isinstance(data, str):
+        data = data.encode()
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
+    try:
+        raw = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError("manifest must be a JSON object")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        raise ManifestError(f"manifest field {field or '(root)'}: {err['msg']}", field=field) from exc
+
+
+def load_manifest(bundle_dir: Path | str) -> Manifest:
+    """Read ``bundle_dir/manifest.json``."""
+    path = Path(bundle_dir) / MANIFEST_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ManifestError(f"no {MANIFEST_FILE} in {bundle_dir}") from exc
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_manifest(data)

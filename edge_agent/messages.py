@@ -1,0 +1,247 @@
+"""MQTT topics and payloads between agents and the fleet server.
+
+Every payload is JSON validated by these pydantic models, on both sides. The
+device is the authority on what it accepts, so the schemas live here.
+
+Topics (root configurable, default ``lineside/v1``)::
+
+    {root}/devices/{id}/state       agent → fleet  QoS 1, retained, Last Will online=false
+    {root}/devices/{id}/telemetry   agent → fleet  QoS 1
+    {root}/devices/{id}/events      agent → fleet  QoS 1
+    {root}/devices/{id}/cmd         fleet → agent  QoS 1
+    {root}/devices/{id}/decisions   agent → robot  QoS 0 (local output)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar, cast
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edge_agent.errors import MessageError
+
+DEFAULT_TOPIC_ROOT = "lineside/v1"
+MAX_PAYLOAD_BYTES = 256 * 1024
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+Channel = Literal["state", "telemetry", "events", "cmd", "decisions"]
+CHANNELS: tuple[Channel, ...] = ("state", "telemetry", "events", "cmd", "decisions")
+
+
+def valid_device_id(device_id: str) -> bool:
+    """Device ids are safe in topics and file names: no '/', '+', '#', spaces."""
+    return bool(_DEVICE_ID.match(device_id))
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names for one root."""
+
+    root: str = DEFAULT_TOPIC_ROOT
+
+    def device(self, device_id: str, channel: Channel) -> str:
+        return f"{self.root}/devices/{device_id}/{channel}"
+
+    def wildcard(self, channel: Channel) -> str:
+        """Subscription for one channel of every device."""
+        return f"{self.root}/devices/+/{channel}"
+
+    def parse(self, topic: str) -> tuple[str, Channel] | None:
+        """``(device_id, channel)`` for a topic under this root, else None."""
+        prefix = f"{self.root}/devices/"
+        if not topic.startswith(prefix):
+            return None
+        rest = topic[len(prefix) :].split("/")
+        if len(rest) != 2 or rest[1] not in CHANNELS or not valid_device_id(rest[0]):
+            return None
+        return rest[0], cast(Channel, rest[1])  # checked against CHANNELS above
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Msg(BaseModel):
+    # Agents may be newer than the server and vice versa: ignore unknown fields, forbid nothing.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ModelRef(_Msg):
+    name: str
+    version: str
+    sha256: str = ""
+
+
+class DeviceState(_Msg):
+    """Retained on ``state``; the broker's Last Will publishes ``online=False``."""
+
+    device_id: str
+    online: bool
+    since: datetime = Field(default_factory=utcnow)
+    agent_version: str = ""
+    device_class: str = ""
+    active_model: ModelRef | None = None
+    previous_model: ModelRef | None = None
+    probation: bool = False
+    execution_provider: str = ""
+    source: str = ""
+
+
+class Percentiles(_Msg):
+    mean: float = 0.0
+    p05: float = 0.0
+    p50: float = 0.0
+    p99: float = 0.0
+
+
+class DimensionSummary(_Msg):
+    width_mm_mean: float = 0.0
+    height_mm_mean: float = 0.0
+    width_mm_std: float = 0.0
+    height_mm_std: float = 0.0
+
+
+class Telemetry(_Msg):
+    """One aggregation window (default 5 s)."""
+
+    device_id: str
+    seq: Annotated[int, Field(ge=0)]
+    window_start: datetime
+    window_s: float
+    frames: int = 0
+    dropped: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    fps: float = 0.0
+    latency_ms_p50: float = 0.0
+    latency_ms_p99: float = 0.0
+    confidence_mean: float = 0.0
+    confidence_p05: float = 0.0
+    confidence_p50: float = 0.0
+    low_confidence: int = 0
+    class_histogram: dict[str, int] = Field(default_factory=dict)
+    dimensions: DimensionSummary | None = None
+    model: ModelRef | None = None
+    spool_dropped: int = 0
+
+
+EventKind = Literal[
+    "agent.started",
+    "agent.stopping",
+    "pong",
+    "command.rejected",
+    "message.rejected",
+    "drift",
+    "camera.lost",
+    "camera.restored",
+    "provider.fallback",
+    "update.started",
+    "update.verified",
+    "update.installed",
+    "update.failed",
+    "update.rejected",
+    "probation.started",
+    "probation.passed",
+    "rollback",
+    "capture",
+    "error",
+]
+
+
+class Event(_Msg):
+    """Something happened on the device; ``cmd_id`` when it answers a command."""
+
+    device_id: str
+    seq: Annotated[int, Field(ge=0)]
+    kind: EventKind
+    at: datetime = Field(default_factory=utcnow)
+    level: Literal["info", "warning", "error"] = "info"
+    message: str = ""
+    cmd_id: str | None = None
+    rollout_id: str | None = None
+    model: ModelRef | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Cmd(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cmd_id: Annotated[str, Field(min_length=1, max_length=64)]
+    issued_at: datetime | None = None
+
+
+class PingCommand(_Cmd):
+    type: Literal["ping"] = "ping"
+
+
+class DeployCommand(_Cmd):
+    """Install ``name@version``: the agent fetches and verifies it through TUF; this message is not trusted."""
+
+    type: Literal["deploy"] = "deploy"
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    rollout_id: str | None = None
+
+
+class RollbackCommand(_Cmd):
+    type: Literal["rollback"] = "rollback"
+    reason: Annotated[str, Field(max_length=500)] = ""
+    rollout_id: str | None = None
+
+
+class CaptureCommand(_Cmd):
+    type: Literal["capture"] = "capture"
+    count: Annotated[int, Field(ge=1, le=1000)] = 10
+
+
+Command = Annotated[
+    PingCommand | DeployCommand | RollbackCommand | CaptureCommand, Field(discriminator="type")
+]
+_COMMAND: TypeAdapter[PingCommand | DeployCommand | RollbackCommand | CaptureCommand] = TypeAdapter(Command)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _load(payload: bytes, topic: str | None) -> Any:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageError(
+            f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} limit", topic=topic
+        )
+    try:
+        return json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MessageError(f"payload is not JSON: {exc}", topic=topic) from exc
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    return f"{loc}: {err['msg']}"
+
+
+def parse_command(
+    payload: bytes, topic: str | None = None
+) -> PingCommand | DeployCommand | RollbackCommand | CaptureCommand:
+    """Validate a ``cmd`` payload; raise MessageError (never anything else) when it is not one."""
+    raw = _load(payload, topic)
+    try:
+        return _COMMAND.validate_python(raw)
+    except ValidationError as exc:
+        raise MessageError(f"invalid command: {_first_error(exc)}", topic=topic) from exc
+
+
+def parse_message(model: type[M], payload: bytes, topic: str | None = None) -> M:
+    """Validate an agent → fleet payload (DeviceState, Telemetry, Event)."""
+    raw = _load(payload, topic)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {model.__name__}: {_first_error(exc)}", topic=topic) from exc
+
+
+def dump(msg: BaseModel) -> bytes:
+    """Serialise a message for publishing."""
+    return msg.model_dump_json(exclude_none=True).encode()

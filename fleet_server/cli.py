@@ -1,0 +1,24 @@
+"""``fleet``: Fleet server and the operator's CLI: releases, devices, staged rollouts, alerts."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from edge_agent import clitools
+
+# Each module registers its subcommands; one module per concern.
+COMMAND_MODULES: list[str] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = clitools.build_parser(
+        "fleet",
+        "Fleet server and the operator's CLI: releases, devices, staged rollouts, alerts.",
+        COMMAND_MODULES,
+    )
+    return clitools.run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""``edge-models``: Train, evaluate and quantise the package classifier; write model bundles."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from edge_agent import clitools
+
+# Each module registers its subcommands; one module per concern.
+COMMAND_MODULES: list[str] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = clitools.build_parser(
+        "edge-models",
+        "Train, evaluate and quantise the package classifier; write model bundles.",
+        COMMAND_MODULES,
+    )
+    return clitools.run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
