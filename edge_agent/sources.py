@@ -7,10 +7,21 @@ recording all implement the same small interface, so a replayed recording
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
+import cv2
 import numpy as np
+
+from edge_agent.errors import SourceError, SourceLostError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +53,214 @@ class FrameSource(Protocol):
     def reopen(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# --- Implementations -------------------------------------------------------------------------
+
+_STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+
+
+def _is_device(spec: str) -> bool:
+    return spec.isdigit() or spec.startswith("/dev/video")
+
+
+class CaptureSource:
+    """A camera, video file or network stream through ``cv2.VideoCapture``.
+
+    ``spec`` is a device index ("0"), a device path ("/dev/video0"), a video
+    file, or an ``rtsp://`` / ``http(s)://`` URL. A live source (device or
+    stream) that stops delivering raises SourceLostError; a file returns None
+    at its end. ``reopen()`` tries to open it again (SourceError if it cannot).
+    ``capture_factory`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        capture_factory: Callable[[str | int], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spec = spec
+        self._live = _is_device(spec) or spec.startswith(_STREAM_SCHEMES)
+        self._factory = capture_factory or _default_capture
+        self._clock = clock
+        self._cap: Any = None
+        self._index = 0
+        self._open()
+
+    def _open(self) -> None:
+        target: str | int = int(self._spec) if self._spec.isdigit() else self._spec
+        try:
+            cap = self._factory(target)
+            opened = bool(cap.isOpened())
+        except cv2.error as exc:
+            raise SourceError(f"cannot open {self.description}: {exc}") from exc
+        if not opened:
+            raise SourceError(f"cannot open {self.description}")
+        self._cap = cap
+
+    @property
+    def live(self) -> bool:
+        """True for devices and streams: a failure means the source was lost, not that it ended."""
+        return self._live
+
+    @property
+    def fps(self) -> float | None:
+        if self._cap is None:
+            return None
+        fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        return fps if fps > 0 else None
+
+    @property
+    def description(self) -> str:
+        kind = "camera" if _is_device(self._spec) else "stream" if self._live else "video file"
+        return f"{kind} {self._spec}"
+
+    def read(self) -> Frame | None:
+        """The next frame (blocks in the driver); None at a file's end; SourceLostError for live sources."""
+        if self._cap is None:
+            raise SourceLostError(f"{self.description} is closed")
+        try:
+            ok, image = self._cap.read()
+        except cv2.error as exc:
+            ok, image = False, None
+            log.warning("read from %s failed: %s", self.description, exc)
+        if not ok or image is None:
+            if self._live:
+                raise SourceLostError(f"{self.description} stopped delivering frames")
+            return None
+        frame = Frame(index=self._index, captured_at=self._clock(), image=image)
+        self._index += 1
+        return frame
+
+    def reopen(self) -> None:
+        """Close and open again; the frame index continues (it counts delivered frames)."""
+        self.close()
+        self._open()
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+def _default_capture(target: str | int) -> Any:
+    return cv2.VideoCapture(target)
+
+
+class ReconnectingSource:
+    """Wraps a live source: on SourceLostError it reopens with capped exponential backoff and jitter.
+
+    Delays go ``base_s, 2*base_s, 4*base_s, ...`` up to ``max_s``, each scaled
+    by a random factor in [1 - jitter, 1] so a fleet does not reconnect in
+    lockstep. ``max_attempts`` (None: forever) bounds one outage; then the last
+    error propagates. ``on_lost``/``on_restored`` report outages (camera
+    lost/restored events). ``sleep`` and ``rng`` are injectable: tests need no
+    real waiting.
+    """
+
+    def __init__(
+        self,
+        inner: FrameSource,
+        *,
+        base_s: float = 0.5,
+        max_s: float = 30.0,
+        jitter: float = 0.5,
+        max_attempts: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        on_lost: Callable[[SourceLostError], None] | None = None,
+        on_restored: Callable[[int], None] | None = None,
+    ) -> None:
+        if base_s <= 0 or max_s < base_s or not 0 <= jitter <= 1:
+            raise ValueError("need 0 < base_s <= max_s and 0 <= jitter <= 1")
+        self.inner = inner
+        self._base_s, self._max_s, self._jitter = base_s, max_s, jitter
+        self._max_attempts = max_attempts
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._on_lost, self._on_restored = on_lost, on_restored
+        self._index = 0
+
+    def backoff_s(self, attempt: int) -> float:
+        """Delay before reconnect attempt ``attempt`` (0-based)."""
+        delay = min(self._max_s, self._base_s * (2.0 ** min(attempt, 62)))
+        return delay * (1.0 - self._jitter * self._rng.random())
+
+    @property
+    def fps(self) -> float | None:
+        return self.inner.fps
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    def read(self) -> Frame | None:
+        """The next frame; reconnects transparently. ``Frame.index`` stays gap-free across outages."""
+        try:
+            frame = self.inner.read()
+        except SourceLostError as exc:
+            log.warning("%s lost: %s", self.description, exc)
+            if self._on_lost is not None:
+                self._on_lost(exc)
+            self._reconnect(exc)
+            frame = self.inner.read()
+        if frame is None:
+            return None
+        out = Frame(index=self._index, captured_at=frame.captured_at, image=frame.image)
+        self._index += 1
+        return out
+
+    def _reconnect(self, error: SourceLostError) -> None:
+        attempt = 0
+        while True:
+            if self._max_attempts is not None and attempt >= self._max_attempts:
+                raise error
+            self._sleep(self.backoff_s(attempt))
+            attempt += 1
+            try:
+                self.inner.reopen()
+            except SourceError as exc:
+                log.info("reconnect %d to %s failed: %s", attempt, self.description, exc)
+                error = exc if isinstance(exc, SourceLostError) else SourceLostError(str(exc))
+                continue
+            log.info("%s restored after %d attempt(s)", self.description, attempt)
+            if self._on_restored is not None:
+                self._on_restored(attempt)
+            return
+
+    def reopen(self) -> None:
+        self.inner.reopen()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def open_source(spec: str, *, realtime: bool = True, loop: bool = False) -> FrameSource:
+    """Open a frame source by its spec.
+
+    A directory holding ``meta.json`` is a simulator recording; a digit or
+    ``/dev/video*`` a camera; ``rtsp://``/``http(s)://`` a stream; an existing
+    file a video file. Live sources come wrapped in ReconnectingSource.
+    SourceError ("no such file or directory: ...") for a missing path.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise SourceError("empty frame source")
+    if _is_device(spec) or spec.startswith(_STREAM_SCHEMES):
+        if spec.startswith("/dev/video") and not os.path.exists(spec):
+            raise SourceError(f"no such file or directory: {spec}")
+        return ReconnectingSource(CaptureSource(spec))
+    path = Path(spec)
+    if not path.exists():
+        raise SourceError(f"no such file or directory: {spec}")
+    if path.is_dir():
+        from edge_agent.recording_source import META_FILE, RecordingSource
+
+        if not (path / META_FILE).is_file():
+            raise SourceError(f"not a recording (no {META_FILE}): {spec}")
+        return RecordingSource(path, realtime=realtime, loop=loop)
+    if loop or not realtime:
+        log.info("loop/realtime apply to recordings only; %s plays as the driver delivers", spec)
+    return CaptureSource(spec)
