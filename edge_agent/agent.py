@@ -1,0 +1,543 @@
+"""The agent: frames in, decisions out, telemetry and events to the fleet, commands from it.
+
+Threads, and what each owns::
+
+    capture      FrameSource.read → DropOldestQueue            (capture.py)
+    inference    queue → ModelRunner.predict → TelemetryWindow (this module; the hot path)
+                 → decisions (MQTT QoS 0 and/or a callback)
+    telemetry    closed windows → Telemetry (seq, spool) → drift → listeners → status.json
+    commands     cmd payloads → ping/pong, handlers             (commands.py)
+    mqtt         spool → broker, state, cmd in                  (publisher.py)
+
+The inference thread does only per-frame work: it never builds pydantic
+objects, logs, or takes a lock beyond the frame queue's. Once per window it
+hands a WindowStats to the telemetry thread. A new model is adopted between
+two frames (:meth:`Agent.swap_runner`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from edge_agent import __version__
+from edge_agent.capture import CaptureThread, DropOldestQueue
+from edge_agent.commands import CommandDispatcher
+from edge_agent.config import AgentConfig
+from edge_agent.drift import DriftDetector, WindowConfidence
+from edge_agent.manifest import DriftThresholds, Manifest
+from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
+from edge_agent.publisher import Publisher
+from edge_agent.runtime import ModelRunner
+from edge_agent.service import SystemdNotifier, write_status
+from edge_agent.sources import FrameSource
+from edge_agent.spool import Spool
+from edge_agent.telemetry import TelemetryWindow, WindowStats
+
+log = logging.getLogger(__name__)
+
+ModelInfo = Callable[[], tuple[ModelRef | None, ModelRef | None, bool]]
+
+
+class Clock(Protocol):
+    """Time, injectable: ``monotonic()`` for intervals, ``now()`` (UTC) for timestamps."""
+
+    def monotonic(self) -> float: ...
+
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One frame's decision, as the embedding callback receives it."""
+
+    frame_id: int
+    timestamp: float  # Unix time when decided
+    label: str
+    label_index: int
+    confidence: float
+    dimensions_mm: tuple[float, float] | None
+    latency_ms: float
+    finite: bool
+
+
+def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresholds:
+    """The manifest's drift thresholds with the config's local overrides applied."""
+    t = config.thresholds
+    overrides = {
+        k: v
+        for k, v in {
+            "low_confidence": t.low_confidence,
+            "max_p50_drop": t.max_p50_drop,
+            "max_low_confidence_rate": t.max_low_confidence_rate,
+            "sustain_windows": t.sustain_windows,
+        }.items()
+        if v is not None
+    }
+    return manifest.drift.model_copy(update=overrides) if overrides else manifest.drift
+
+
+class Agent:
+    """Wires a FrameSource, a ModelRunner, a Publisher and a Spool together; see the module docstring."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        source: FrameSource,
+        publisher: Publisher,
+        runner: ModelRunner,
+        *,
+        clock: Clock | None = None,
+        spool: Spool | None = None,
+        on_decision: Callable[[Decision], None] | None = None,
+        agent_version: str = __version__,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.publisher = publisher
+        self.clock: Clock = clock or SystemClock()
+        self.spool = spool or Spool(
+            config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages
+        )
+        self.on_decision = on_decision
+        self.agent_version = agent_version
+        self.device_id = config.device_id
+        self._runner = runner
+        self._pending_runner: ModelRunner | None = None
+        self._adopted = threading.Event()
+        self._swap_lock = threading.Lock()
+        self._model_info: ModelInfo | None = None
+        self._listeners: list[Callable[[Telemetry], None]] = []
+        self._event_lock = threading.Lock()
+        self.commands = CommandDispatcher(self._emit_kw)
+        self.frames = DropOldestQueue(config.source.queue_size)
+        self.capture = CaptureThread(
+            source,
+            self.frames,
+            loop=config.source.loop,
+            reconnect_initial_s=config.source.reconnect_initial_s,
+            reconnect_max_s=config.source.reconnect_max_s,
+            on_lost=self._on_source_lost,
+            on_restored=self._on_source_restored,
+            on_end=self._on_source_end,
+        )
+        self._windows: queue.Queue[tuple[WindowStats, Manifest] | None] = queue.Queue()
+        self._stop_inference = threading.Event()
+        self._inference_thread = threading.Thread(target=self._inference_loop, name="inference", daemon=True)
+        self._telemetry_thread = threading.Thread(target=self._telemetry_loop, name="telemetry", daemon=True)
+        self._drift: DriftDetector | None = None
+        self._drift_sha = ""
+        # Counters the status file reports (written by one thread each; read racily, which is fine).
+        self.frames_total = 0
+        self.errors_total = 0
+        self.last_fps = 0.0
+        self.heartbeat = self.clock.monotonic()
+        self.started_at = self.clock.now()
+        self.drifting = False
+        self._running = False
+        self._stopped = False
+
+    # -- the interface other code (the updater, embedding applications) uses
+    @property
+    def runner(self) -> ModelRunner:
+        """The ModelRunner serving now."""
+        return self._runner
+
+    def swap_runner(self, runner: ModelRunner, *, timeout_s: float = 10.0) -> ModelRunner:
+        """Make ``runner`` serve from the next frame on; return the old one (the caller closes it).
+
+        The inference loop adopts it between two frames, so no frame is dropped
+        or served half by one model and half by the other. Raises TimeoutError
+        if the loop does not adopt it within ``timeout_s``.
+        """
+        with self._swap_lock:
+            if not self._inference_thread.is_alive():
+                old, self._runner = self._runner, runner
+                log.info("model %s replaces %s (loop not running)", runner.manifest.ref, old.manifest.ref)
+            else:
+                old = self._runner
+                self._adopted.clear()
+                self._pending_runner = runner
+                self.frames.wake()
+                if not self._adopted.wait(timeout_s):
+                    self._pending_runner = None
+                    if self._runner is runner:  # adopted just now
+                        return old
+                    raise TimeoutError(
+                        f"the inference loop did not adopt {runner.manifest.ref} in {timeout_s}s"
+                    )
+        self.publish_state()
+        return old
+
+    def add_window_listener(self, cb: Callable[[Telemetry], None]) -> None:
+        """Call ``cb(telemetry)`` for every closed window, after it is queued for publishing (telemetry thread)."""
+        self._listeners.append(cb)
+
+    def emit_event(
+        self,
+        kind: EventKind,
+        *,
+        level: str = "info",
+        message: str = "",
+        cmd_id: str | None = None,
+        rollout_id: str | None = None,
+        model: ModelRef | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        """Spool an event (next ``seq`` on the events channel) for delivery; return it. Any thread."""
+        built: list[Event] = []
+
+        def make(seq: int) -> bytes:
+            ev = Event(
+                device_id=self.device_id,
+                seq=seq,
+                kind=kind,
+                at=self.clock.now(),
+                level=level,  # type: ignore[arg-type]  # validated by pydantic
+                message=message,
+                cmd_id=cmd_id,
+                rollout_id=rollout_id,
+                model=model,
+                data=data or {},
+            )
+            built.append(ev)
+            return dump(ev)
+
+        with self._event_lock:
+            self.spool.append("events", make)
+        self.publisher.notify()
+        log.log(logging.WARNING if level != "info" else logging.INFO, "event %s: %s", kind, message)
+        return built[0]
+
+    def _emit_kw(self, kind: Any, **kw: Any) -> Event:
+        return self.emit_event(kind, **kw)
+
+    def set_command_handler(self, type_: str, handler: Callable[[Any], None]) -> None:
+        """Handle ``deploy``, ``rollback`` or ``capture`` commands (run on the commands worker thread)."""
+        self.commands.set_handler(type_, handler)
+
+    def set_model_info(self, fn: ModelInfo) -> None:
+        """``fn() -> (active, previous, on_probation)`` for the state message (default: the runner's model)."""
+        self._model_info = fn
+
+    def state(self, *, online: bool = True) -> DeviceState:
+        """The state message as of now."""
+        active: ModelRef | None
+        previous: ModelRef | None = None
+        probation = False
+        if self._model_info is not None:
+            active, previous, probation = self._model_info()
+        else:
+            active = self._runner.model_ref()
+        return DeviceState(
+            device_id=self.device_id,
+            online=online,
+            since=self.started_at,
+            agent_version=self.agent_version,
+            device_class=self.config.device_class,
+            active_model=active,
+            previous_model=previous,
+            probation=probation,
+            execution_provider=self._runner.provider,
+            source=self.source.description,
+        )
+
+    def publish_state(self) -> None:
+        """(Re)publish the retained state message."""
+        self.publisher.publish_state(dump(self.state(online=True)))
+
+    def offline_state(self) -> bytes:
+        """The Last Will / final state payload."""
+        return dump(self.state(online=False))
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Start every thread; returns at once (the model is already loaded and warm)."""
+        self._running = True
+        self.publisher.start(self.commands.submit)
+        self.publish_state()
+        self.commands.start()
+        self._telemetry_thread.start()
+        self._inference_thread.start()
+        self.capture.start()
+        self.emit_event(
+            "agent.started",
+            message=f"serving {self._runner.manifest.ref} on {self._runner.provider} from {self.source.description}",
+            model=self._runner.model_ref(),
+            data={"provider": self._runner.provider, "source": self.source.description, "pid": os.getpid()},
+        )
+        self.write_status()
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        notifier: SystemdNotifier | None = None,
+        watchdog_interval_s: float = 0.0,
+    ) -> None:
+        """Start, tell systemd READY=1, ping its watchdog while healthy, stop cleanly when ``stop`` is set."""
+        self.start()
+        if notifier is not None:
+            notifier.ready(self.status_line())
+        tick = watchdog_interval_s if watchdog_interval_s > 0 else 1.0
+        while not stop.wait(tick):
+            if notifier is not None:
+                if watchdog_interval_s > 0 and self.healthy():
+                    notifier.watchdog()
+                notifier.status(self.status_line())
+        if notifier is not None:
+            notifier.stopping()
+        self.stop()
+
+    def healthy(self) -> bool:
+        """The inference loop is alive and has turned recently (what the watchdog vouches for)."""
+        return self._inference_thread.is_alive() and self.clock.monotonic() - self.heartbeat < 30.0
+
+    def stop(self) -> None:
+        """Finish the current frame, flush the last window, publish offline state, disconnect."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.capture.stop()
+        self._stop_inference.set()
+        self.frames.wake()
+        self._inference_thread.join(timeout=10)
+        self.emit_event("agent.stopping", message="shutting down", model=self._runner.model_ref())
+        self._windows.put(None)
+        self._telemetry_thread.join(timeout=10)
+        self.commands.stop()
+        self.publisher.publish_state(self.offline_state())
+        self.publisher.stop(self.config.telemetry.flush_timeout_s)
+        self._running = False
+        self.write_status(stopped=True)
+        try:
+            self.source.close()
+        except Exception:
+            log.exception("closing the source failed")
+
+    # -- capture callbacks (capture thread)
+    def _on_source_lost(self, why: str) -> None:
+        self.emit_event("camera.lost", level="warning", message=why, data={"source": self.source.description})
+
+    def _on_source_restored(self, attempts: int) -> None:
+        self.emit_event(
+            "camera.restored",
+            message=f"source back after {attempts} attempts",
+            data={"source": self.source.description, "attempts": attempts},
+        )
+
+    def _on_source_end(self) -> None:
+        log.info("the source has no more frames; the agent keeps reporting until stopped")
+
+    # -- the inference thread
+    def _inference_loop(self) -> None:
+        clock = self.clock
+        runner = self._runner
+        thresholds = effective_thresholds(runner.manifest, self.config)
+        labels = list(runner.manifest.labels)
+        window = TelemetryWindow(labels, low_confidence=thresholds.low_confidence, model=runner.model_ref())
+        window_s = self.config.telemetry.window_s
+        start = clock.monotonic()
+        window.reset(clock.now(), start)
+        window_end = start + window_s
+        frames = self.frames
+        publish = self.publisher.publish_decision if self.config.telemetry.decisions else None
+        label_json = [json.dumps(x) for x in labels]
+        perf = time.perf_counter
+        wall = time.time
+        stop = self._stop_inference
+        while True:
+            frame = frames.get(0.1)
+            now = clock.monotonic()
+            self.heartbeat = now
+            if now >= window_end:
+                window.add_dropped(frames.take_dropped())
+                self._windows.put((window.close(now, clock.now()), runner.manifest))
+                window_end = now + window_s
+            pending = self._pending_runner
+            if pending is not None:
+                # Between two frames: close the window so one window has one model, then adopt.
+                window.add_dropped(frames.take_dropped())
+                self._windows.put((window.close(now, clock.now()), runner.manifest))
+                window_end = now + window_s
+                runner = pending
+                self._runner = runner
+                self._pending_runner = None
+                thresholds = effective_thresholds(runner.manifest, self.config)
+                labels = list(runner.manifest.labels)
+                label_json = [json.dumps(x) for x in labels]
+                window = TelemetryWindow(
+                    labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
+                )
+                window.reset(clock.now(), now)
+                self._adopted.set()
+            if frame is None:
+                if stop.is_set():
+                    break
+                continue
+            t0 = perf()
+            try:
+                pred = runner.predict(frame.image)
+            except Exception:
+                window.add_error()
+                self.errors_total += 1
+                continue
+            latency = perf() - t0
+            window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
+            self.frames_total += 1
+            if publish is not None:
+                dims = pred.dimensions_mm
+                publish(
+                    (
+                        f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":{label_json[pred.label_index]},'
+                        f'"confidence":{pred.confidence:.4f},"latency_ms":{latency * 1000:.3f},'
+                        f'"dimensions_mm":{"null" if dims is None else f"[{dims[0]:.1f},{dims[1]:.1f}]"}}}'
+                    ).encode()
+                    if pred.finite
+                    else f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":null,"confidence":0}}'.encode()
+                )
+            if self.on_decision is not None:
+                self.on_decision(
+                    Decision(
+                        frame.index,
+                        wall(),
+                        labels[pred.label_index],
+                        pred.label_index,
+                        pred.confidence,
+                        pred.dimensions_mm,
+                        latency * 1000,
+                        pred.finite,
+                    )
+                )
+            if stop.is_set() and len(frames) == 0:
+                break
+        # The last, partial window: what was served before the stop still counts.
+        end = clock.monotonic()
+        window.add_dropped(frames.take_dropped())
+        if len(window) or window.errors or window.dropped:
+            self._windows.put((window.close(end, clock.now()), runner.manifest))
+
+    # -- the telemetry thread
+    def _telemetry_loop(self) -> None:
+        while True:
+            item = self._windows.get()
+            if item is None:
+                return
+            stats, manifest = item
+            try:
+                self._publish_window(stats, manifest)
+            except Exception:
+                log.exception("could not publish a telemetry window")
+
+    def _publish_window(self, stats: WindowStats, manifest: Manifest) -> None:
+        spool_dropped = self.spool.take_dropped()
+        built: list[Telemetry] = []
+
+        def make(seq: int) -> bytes:
+            t = stats.to_telemetry(self.device_id, seq, spool_dropped=spool_dropped)
+            built.append(t)
+            return dump(t)
+
+        self.spool.append("telemetry", make)
+        self.publisher.notify()
+        telemetry = built[0]
+        self.last_fps = stats.fps
+        for cb in list(self._listeners):
+            try:
+                cb(telemetry)
+            except Exception:
+                log.exception("window listener failed")
+        self._check_drift(stats, manifest)
+        self.write_status()
+
+    def _check_drift(self, stats: WindowStats, manifest: Manifest) -> None:
+        if not self.config.thresholds.drift:
+            return
+        sha = stats.model.sha256 if stats.model else manifest.ref
+        if self._drift is None or sha != self._drift_sha:
+            if self._drift is not None and self._drift.drifting:
+                self.emit_event(
+                    "drift",
+                    message="drift episode ended: the model changed",
+                    model=stats.model,
+                    data={"state": "cleared", "reason": "model changed"},
+                )
+            self._drift = DriftDetector(
+                manifest.confidence_baseline, effective_thresholds(manifest, self.config)
+            )
+            self._drift_sha = sha
+            self.drifting = False
+        change = self._drift.update(
+            WindowConfidence(
+                frames=stats.scored,
+                confidence_mean=stats.confidence_mean,
+                confidence_p05=stats.confidence_p05,
+                confidence_p50=stats.confidence_p50,
+                low_confidence_rate=stats.low_confidence_rate,
+            )
+        )
+        if change is None:
+            return
+        self.drifting = change.state == "drifting"
+        self.emit_event(
+            "drift",
+            level="warning" if self.drifting else "info",
+            message=change.message,
+            model=stats.model,
+            data={"state": change.state, "reasons": list(change.reasons), **change.evidence},
+        )
+
+    # -- status
+    def status(self, *, stopped: bool = False) -> dict[str, Any]:
+        """What ``edge-agent status`` shows."""
+        runner = self._runner
+        return {
+            "pid": os.getpid(),
+            "device_id": self.device_id,
+            "agent_version": self.agent_version,
+            "started_at": self.started_at.isoformat(),
+            "updated_at": self.clock.now().isoformat(),
+            "stopped": stopped,
+            "model": runner.model_ref().model_dump(),
+            "provider": runner.provider,
+            "source": self.source.description,
+            "source_state": self.capture.state,
+            "frames": self.frames_total,
+            "errors": self.errors_total,
+            "dropped": self.frames.dropped_total,
+            "fps": round(self.last_fps, 2),
+            "broker_connected": self.publisher.connected,
+            "spool_depth": len(self.spool),
+            "spool_dropped": self.spool.dropped_total,
+            "drifting": self.drifting,
+        }
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        r = self._runner
+        link = "connected" if self.publisher.connected else "offline"
+        return f"{r.manifest.ref} on {r.provider}; {self.frames_total} frames, {self.last_fps:.1f} fps; mqtt {link}, spool {len(self.spool)}"
+
+    def write_status(self, *, stopped: bool = False) -> None:
+        try:
+            write_status(self.config.state_dir, self.status(stopped=stopped))
+        except OSError as exc:
+            log.warning("could not write status.json: %s", exc)

@@ -1,0 +1,283 @@
+"""The agent's configuration: one TOML file, validated once at start-up.
+
+Every section has defaults, so the smallest valid file is::
+
+    device_id = "robot-1"
+    [source]
+    uri = "/var/lib/lineside/replay"
+
+A wrong file is one ConfigError that names the field (``broker.url: ...``).
+The common fields can be overridden on the command line (``--source``,
+``--broker``, ``--device-id``, ``--state-dir``); see :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.errors import ConfigError
+from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
+
+# ONNX Runtime's provider names, most capable first.
+DEFAULT_PROVIDER_PREFERENCE: tuple[str, ...] = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CoreMLExecutionProvider",
+    "DmlExecutionProvider",
+    "CPUExecutionProvider",
+)
+_PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+class _Section(BaseModel):
+    # A typo in a key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """Where frames come from: a recording directory, a video file, a device index or a stream URL."""
+
+    uri: str = Field(min_length=1)
+    loop: bool = Field(default=False, description="replay a finite source from the start when it ends")
+    realtime: bool = Field(default=True, description="replay recordings at their recorded frame rate")
+    queue_size: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=4, description="frames between capture and inference; the oldest is dropped when full"
+    )
+    reconnect_initial_s: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 10.0
+
+
+class TlsConfig(_Section):
+    """TLS to the broker (``mqtts://`` URLs turn it on even when this section is absent)."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(default=False, description="skip host name verification (testing only)")
+
+
+class BrokerConfig(_Section):
+    """The MQTT broker. ``url`` None runs the agent offline: everything stays in the spool."""
+
+    url: str | None = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = Field(default=None, description="read the password from this file")
+    client_id: str | None = Field(default=None, description="default: lineside-agent-<device_id>")
+    keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 15
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    topic_root: str = DEFAULT_TOPIC_ROOT
+    reconnect_min_s: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 30.0
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 100
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        if not parts.hostname:
+            raise ValueError("has no host name")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"has a bad port: {exc}") from exc
+        return v
+
+    @field_validator("topic_root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a topic prefix without wildcards or leading/trailing '/'")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url or "").hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url or "")
+        return parts.port or (8883 if self.use_tls else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls.enabled or urlsplit(self.url or "").scheme in ("mqtts", "ssl")
+
+    def resolved_password(self) -> str | None:
+        """The password, from ``password_file`` when set (raises ConfigError if unreadable)."""
+        if self.password_file is None:
+            return self.password
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"broker.password_file: cannot read {self.password_file}: {exc.strerror}",
+                field="broker.password_file",
+            ) from exc
+
+
+class TelemetryConfig(_Section):
+    """Aggregation windows, the on-disk spool and the local decision output."""
+
+    window_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    decisions: bool = Field(
+        default=True, description="publish every decision on {root}/devices/{id}/decisions (QoS 0)"
+    )
+    spool_max_messages: Annotated[int, Field(ge=10)] = 10000
+    flush_timeout_s: Annotated[float, Field(ge=0)] = Field(
+        default=5.0, description="at shutdown, how long to wait for the spool to drain"
+    )
+
+
+class InferenceConfig(_Section):
+    """ONNX Runtime: which execution providers, with which options, and session threading."""
+
+    providers: list[str] | None = Field(
+        default=None,
+        description="preference order (names or aliases: tensorrt, cuda, openvino, coreml, directml, cpu); "
+        "default: all, most capable first, filtered by what onnxruntime has",
+    )
+    device_id: Annotated[int, Field(ge=0)] = 0
+    trt_engine_cache_dir: Path | None = None
+    fp16: bool = False
+    provider_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="extra options per provider name, passed through"
+    )
+    intra_op_num_threads: Annotated[int, Field(ge=0, le=256)] = 1
+    allow_spinning: bool = Field(
+        default=False, description="ORT's busy-wait between calls: burns CPU at camera rate"
+    )
+    warmup_runs: Annotated[int, Field(ge=0, le=100)] = 3
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("must not be empty (leave it out for the default order)")
+        out = []
+        for name in v:
+            full = _PROVIDER_ALIASES.get(name.lower(), name)
+            if full not in DEFAULT_PROVIDER_PREFERENCE and not full.endswith("ExecutionProvider"):
+                raise ValueError(f"unknown execution provider {name!r}")
+            out.append(full)
+        return out
+
+
+class ThresholdsConfig(_Section):
+    """Local overrides of the manifest's drift thresholds (None: use the manifest's)."""
+
+    low_confidence: Annotated[float, Field(gt=0, lt=1)] | None = None
+    max_p50_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_low_confidence_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    sustain_windows: Annotated[int, Field(ge=1)] | None = None
+    drift: bool = Field(default=True, description="detect drift at all")
+
+
+class AgentConfig(_Section):
+    """The whole agent config file."""
+
+    device_id: str
+    device_class: str = "generic"
+    state_dir: Path = Path("/var/lib/lineside")
+    bundle: Path | None = Field(default=None, description="model bundle directory to serve")
+    source: SourceConfig
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    watchdog_s: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
+    )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str) -> str:
+        if not valid_device_id(v):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-' (no '/', '+', '#', spaces)")
+        return v
+
+    @property
+    def client_id(self) -> str:
+        return self.broker.client_id or f"lineside-agent-{self.device_id}"
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    msg = err["msg"]
+    if err["type"] == "missing":
+        msg = "is required"
+    elif err["type"] == "extra_forbidden":
+        msg = "is not a known setting"
+    else:
+        msg = msg.removeprefix("Value error, ")
+    return field, msg
+
+
+def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{p}: must be a table", field=p)
+        node = child
+    node[leaf] = value
+
+
+def parse_config(raw: dict[str, Any], *, origin: str = "config") -> AgentConfig:
+    """Validate a config dict; raise ConfigError naming the first bad field."""
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        field, msg = _first_error(exc)
+        raise ConfigError(f"{origin}: {field}: {msg}", field=field) from exc
+
+
+def load_config(path: Path | str | None, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Read a TOML file (or nothing), apply dotted-key ``overrides`` (None values skipped), validate.
+
+    ``overrides`` keys are dotted field paths, e.g. ``{"source.uri": "/tmp/rec", "broker.url": ...}``:
+    what the CLI flags set.
+    """
+    raw: dict[str, Any] = {}
+    origin = "command line"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        try:
+            raw = tomllib.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {p} does not exist", field=None) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p}: not UTF-8 text") from exc
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set(raw, key, value)
+    return parse_config(raw, origin=origin)
