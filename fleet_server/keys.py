@@ -116,7 +116,7 @@ def load_signer(keys_dir: Path, role: str) -> CryptoSigner:
     except (OSError, ValueError) as exc:
         # Never include the key bytes in the message.
         raise ConfigError(f"cannot load the {role} key from {path}") from exc
-    return CryptoSigner(key)  # type: ignore[arg-type]  # any PEM private key type is accepted
+    return CryptoSigner(key)
 
 
 def load_expiry_days(keys_dir: Path | None) -> dict[str, float]:

@@ -1,0 +1,792 @@
+"""Model updates on the device: verify → stage → self-test → swap → probation → commit | rollback.
+
+The orchestration (I/O shell) around the pure parts: :mod:`edge_agent.trust` (TUF),
+:mod:`edge_agent.acceptance` (may this device take it), :mod:`edge_agent.store_rules` (what the
+state becomes), :mod:`edge_agent.probation` (is the new model healthy) and
+:mod:`edge_agent.selftest`. Every step is an event carrying the command's ``cmd_id``.
+
+Steps of an install and what a crash (power loss, SIGKILL) at each leaves::
+
+    refresh TUF metadata      nothing changed but the trusted metadata (itself atomic, fsynced)
+    download into staging/    staging/ is deleted at the next start              (mid_stage, after_download)
+    manifest + device checks  same                                               (after_verify)
+    rename into bundles/      unreferenced bundle, deleted at the next start     (after_rename)
+    load + self-test          same
+    write state.json          new model active, on probation (boot counter)      (after_state_write)
+    swap between two frames   (in memory only)
+    probation                 a restart counts a boot; too many → rollback       (during_probation)
+    commit / rollback         state.json again, then GC of unreferenced bundles
+
+So after any restart exactly the old or the new model is active and it verifies (ModelStore.recover).
+
+``fault_point`` kills this process with SIGKILL at the named step. It exists only for the
+crash-safety tests; never set it in production.
+
+The CLI (``edge-agent install``/``rollback``) may change the store while the daemon runs: both hold
+the store's file lock while they change it, and the daemon notices a changed ``state.json`` once per
+telemetry window (:meth:`Updater.check_external_change`) and swaps to whatever is now active.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_agent import __version__, store_rules
+from edge_agent.acceptance import DeviceFacts, check_release
+from edge_agent.errors import (
+    FetchError,
+    IncompatibleModelError,
+    LinesideError,
+    ManifestError,
+    ModelLoadError,
+    SelftestError,
+    StoreError,
+    VerificationError,
+)
+from edge_agent.manifest import MANIFEST_FILE, Manifest, parse_manifest, version_key
+from edge_agent.messages import ModelRef, Telemetry
+from edge_agent.probation import ProbationResult, judge, relevant_windows
+from edge_agent.selftest import run_selftest
+from edge_agent.store import ModelStore
+from edge_agent.store_rules import BundleRef, StoreState
+from edge_agent.trust import FetchLimits, TrustedRepository, UpdateVerificationError, VerifiedRelease
+
+log = logging.getLogger(__name__)
+
+FAULT_POINTS = (
+    "after_download",
+    "mid_stage",
+    "after_verify",
+    "after_rename",
+    "after_state_write",
+    "during_probation",
+)
+
+
+class Runner(Protocol):
+    """What the updater needs of a loaded model (edge_agent.runtime.ModelRunner)."""
+
+    manifest: Manifest
+    bundle_dir: Path
+    sha256: str
+    output_names: list[str]
+
+    def run_tensor(self, x: np.ndarray) -> list[np.ndarray]: ...
+
+    def model_ref(self) -> ModelRef: ...
+
+    def close(self) -> None: ...
+
+
+class Host(Protocol):
+    """What the updater needs of the running agent (edge_agent.agent.Agent)."""
+
+    @property
+    def runner(self) -> Any: ...
+
+    def swap_runner(self, runner: Any, *, timeout_s: float = 10.0) -> Any: ...
+
+    def emit_event(self, kind: Any, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class UpdaterSettings:
+    """Everything the updater needs from the config (see ``[updates]`` in the agent config)."""
+
+    device_class: str = "generic"
+    agent_version: str = __version__
+    root_json: Path | None = None
+    repository_url: str | None = None
+    limits: FetchLimits = field(default_factory=FetchLimits)
+    crash_loop_threshold: int = 3
+    reserve_bytes: int = 0
+    swap_timeout_s: float = 10.0
+    fault_point: str | None = None  # fault-injection tests only
+
+
+@dataclass
+class Outcome:
+    """What an update command ended in (also returned to the CLI)."""
+
+    status: str  # installed | already_active | rejected | failed | duplicate | rolled_back | verified
+    message: str = ""
+    model: BundleRef | None = None
+    reason: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("installed", "already_active", "duplicate", "rolled_back", "verified")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "model": self.model.to_dict() if self.model else None,
+            "reason": self.reason,
+            "data": self.data,
+        }
+
+
+class _Rejected(Exception):
+    def __init__(self, kind: str, reason: str, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # "update.rejected" or "update.failed"
+        self.reason = reason
+        self.data = data or {}
+
+
+def _ref_msg(b: BundleRef | None) -> ModelRef | None:
+    return ModelRef(name=b.name, version=b.version, sha256=b.sha256) if b else None
+
+
+def _reason_of(exc: BaseException) -> str:
+    if isinstance(exc, UpdateVerificationError):
+        return exc.reason
+    if isinstance(exc, IncompatibleModelError):
+        return exc.reason
+    if isinstance(exc, ManifestError):
+        return "manifest"
+    if isinstance(exc, SelftestError):
+        return "selftest"
+    if isinstance(exc, VerificationError):
+        return "verification"
+    if isinstance(exc, FetchError):
+        return "fetch"
+    if isinstance(exc, StoreError):
+        return "disk_full" if "disk full" in str(exc) else "store"
+    if isinstance(exc, ModelLoadError):
+        return "load"
+    return "error"
+
+
+class Updater:
+    """Installs, verifies, swaps, judges and rolls back models for one device.
+
+    ``host`` is the running Agent (None for the CLI and tests without an inference loop: then
+    nothing is swapped, the state alone changes, and a running daemon picks it up).
+    ``load_runner(bundle_dir)`` builds and warms a runner (ModelRunner.load with the config).
+    ``emit(kind, **kw)`` reports events; default: the host's ``emit_event``, else the log.
+    """
+
+    def __init__(
+        self,
+        store: ModelStore,
+        settings: UpdaterSettings,
+        *,
+        load_runner: Callable[[Path], Runner],
+        host: Host | None = None,
+        emit: Callable[..., Any] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.load_runner = load_runner
+        self.host = host
+        self._emit = emit
+        self.now = now
+        self._lock = threading.RLock()
+        self._in_flight: set[str] = set()
+        self._probation_since: datetime | None = None
+        self._windows: list[Telemetry] = []
+        self._state_mtime = 0
+        self._boot_notes: list[tuple[str, dict[str, Any]]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []  # what was emitted (CLI output, tests)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def emit(self, kind: str, **kw: Any) -> None:
+        kw.setdefault("level", "info")
+        self.events.append((kind, kw))
+        if self._emit is not None:
+            self._emit(kind, **kw)
+        elif self.host is not None:
+            self.host.emit_event(kind, **kw)
+        else:
+            log.info("%s: %s", kind, kw.get("message", ""))
+
+    def _fault(self, point: str) -> None:
+        if self.settings.fault_point == point:
+            log.warning("fault injection: SIGKILL at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # -- model info for the state message ----------------------------------------------------------
+
+    def model_info(self) -> tuple[ModelRef | None, ModelRef | None, bool]:
+        state = self.store.read_state()
+        return _ref_msg(state.active), _ref_msg(state.previous), state.probation
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def boot(self) -> Runner | None:
+        """At agent start: recover the store, count the boot, roll back a crash loop, load the active model.
+
+        Returns the runner of the active verified bundle (None when nothing is installed).
+        Events found at start-up are emitted once a host is attached (:meth:`attach`).
+        """
+        with self._lock, self.store.locked():
+            state, notes = self.store.recover()
+            for note in notes:
+                log.warning("store recovery: %s", note)
+            new_state, crash_loop = store_rules.boot(
+                state, crash_loop_threshold=self.settings.crash_loop_threshold
+            )
+            if crash_loop and state.active is not None:
+                self._boot_notes.append(
+                    (
+                        "rollback",
+                        {
+                            "level": "error",
+                            "message": f"{state.active.ref} crash-looped ({state.boot_count + 1} "
+                            f"starts before commit): rolled back",
+                            "model": _ref_msg(new_state.active),
+                            "cmd_id": state.probation_cmd_id,
+                            "rollout_id": state.probation_rollout_id,
+                            "data": {
+                                "reason": "crash_loop",
+                                "failed_model": state.active.to_dict(),
+                                "evidence": {
+                                    "boots": state.boot_count + 1,
+                                    "threshold": self.settings.crash_loop_threshold,
+                                },
+                            },
+                        },
+                    )
+                )
+            if new_state != state:
+                self.store.write_state(new_state)
+            state = new_state
+            runner: Runner | None = None
+            while state.active is not None and runner is None:
+                try:
+                    runner = self.load_runner(self.store.bundle_dir(state.active))
+                except (ModelLoadError, LinesideError) as exc:
+                    log.error("cannot load the active model %s: %s", state.active.ref, exc)
+                    if state.previous is None:
+                        raise
+                    state = (
+                        store_rules.fail_probation(state)
+                        if state.probation
+                        else replace(state, active=state.previous, previous=None)
+                    )
+                    self.store.write_state(state)
+            if state.probation:
+                self._start_probation()
+            self._state_mtime = self.store.state_mtime_ns()
+            if crash_loop and state.active is not None:
+                self.store.gc(state)
+            return runner
+
+    def attach(self, host: Host) -> None:
+        """Connect to the running agent: emit what boot found, watch its telemetry windows."""
+        self.host = host
+        for kind, kw in self._boot_notes:
+            self.emit(kind, **kw)
+        self._boot_notes.clear()
+        state = self.store.read_state()
+        if state.probation and state.active is not None:
+            self.emit(
+                "probation.started",
+                message=f"{state.active.ref} on probation (boot {state.boot_count})",
+                model=_ref_msg(state.active),
+                cmd_id=state.probation_cmd_id,
+                rollout_id=state.probation_rollout_id,
+            )
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    def _begin(self, cmd_id: str | None) -> bool:
+        """False when ``cmd_id`` was handled already or is in flight (duplicate delivery)."""
+        if cmd_id is None:
+            return True
+        with self._lock:
+            if cmd_id in self._in_flight or cmd_id in self.store.read_state().seen_commands:
+                return False
+            self._in_flight.add(cmd_id)
+            return True
+
+    def _end(self, cmd_id: str | None) -> None:
+        if cmd_id is None:
+            return
+        with self._lock, self.store.locked():
+            self._in_flight.discard(cmd_id)
+            state = self.store.read_state()
+            new = store_rules.remember_command(state, cmd_id)
+            if new != state:
+                self.store.write_state(new)
+
+    def _http_repository(self) -> TrustedRepository:
+        if not self.settings.repository_url or self.settings.root_json is None:
+            raise _Rejected(
+                "update.rejected", "not_configured", "no [updates] repository_url/root_json configured"
+            )
+        return TrustedRepository.over_http(
+            self.store.tuf_dir,
+            self.settings.root_json,
+            self.settings.repository_url,
+            limits=self.settings.limits,
+        )
+
+    def _dir_repository(self, repo_dir: Path, metadata_dir: Path | None = None) -> TrustedRepository:
+        if self.settings.root_json is None:
+            raise _Rejected("update.rejected", "not_configured", "no [updates] root_json configured")
+        return TrustedRepository.from_directory(
+            metadata_dir or self.store.tuf_dir, self.settings.root_json, repo_dir, limits=self.settings.limits
+        )
+
+    def deploy(
+        self, name: str, version: str, *, cmd_id: str | None = None, rollout_id: str | None = None
+    ) -> Outcome:
+        """The ``deploy`` command: fetch ``name@version`` through TUF from the fleet server and install it."""
+        if not self._begin(cmd_id):
+            log.info("duplicate command %s ignored", cmd_id)
+            return Outcome("duplicate", f"command {cmd_id} was already handled")
+        try:
+            return self._install(lambda: self._http_repository(), name, version, cmd_id, rollout_id, False)
+        finally:
+            self._end(cmd_id)
+
+    def install_from_dir(
+        self,
+        repo_dir: Path,
+        *,
+        name: str | None = None,
+        version: str | None = None,
+        cmd_id: str | None = None,
+        force: bool = False,
+    ) -> Outcome:
+        """``edge-agent install DIR``: the same TUF workflow over a local repository directory."""
+        repo_dir = Path(repo_dir)
+        if name is None or version is None:
+            name, version = self._pick_release(repo_dir)
+        return self._install(lambda: self._dir_repository(repo_dir), name, version, cmd_id, None, force)
+
+    @staticmethod
+    def _pick_release(repo_dir: Path) -> tuple[str, str]:
+        """Which release a directory holds: ``release.json`` (fleet export), else its only/newest one.
+
+        Only a hint: whatever is named is then verified through TUF like any other install.
+        """
+        try:
+            info = json.loads((repo_dir / "release.json").read_bytes())
+            return str(info["name"]), str(info["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        found: set[tuple[str, str]] = set()
+        for p in (repo_dir / "targets").glob("*/*/*"):
+            found.add((p.parent.parent.name, p.parent.name))
+        names = {n for n, _ in found}
+        if len(names) != 1:
+            raise _Rejected(
+                "update.rejected", "ambiguous", f"{repo_dir} holds {len(names)} models; name one with --model"
+            )
+        try:
+            return max(found, key=lambda nv: version_key(nv[1]))
+        except ValueError as exc:
+            raise _Rejected("update.rejected", "ambiguous", f"bad version directory in {repo_dir}") from exc
+
+    def _facts(self, state: StoreState) -> DeviceFacts:
+        return DeviceFacts(
+            device_class=self.settings.device_class,
+            agent_version=self.settings.agent_version,
+            highest_accepted=dict(state.highest),
+            failed=frozenset(state.failed),
+        )
+
+    def _stage(self, trust: TrustedRepository, name: str, version: str) -> tuple[Path, VerifiedRelease]:
+        trust.refresh()
+        release = trust.release(name, version)
+        if MANIFEST_FILE not in release.targets:
+            raise UpdateVerificationError(f"{release.ref} has no signed {MANIFEST_FILE}", reason="metadata")
+        self.store.check_space(sum(t.length for t in release.targets.values()))
+        staged = self.store.new_staging()
+        try:
+            for i, (file, target) in enumerate(sorted(release.targets.items())):
+                try:
+                    trust.download(target, staged / file)
+                except OSError as exc:
+                    raise StoreError(
+                        "disk full while staging" if exc.errno in (28, 122) else f"staging failed: {exc}"
+                    ) from exc
+                if i == 0:
+                    self._fault("mid_stage")
+        except BaseException:
+            self.store.discard_staging(staged)
+            raise
+        return staged, release
+
+    def _install(
+        self,
+        repo: Callable[[], TrustedRepository],
+        name: str,
+        version: str,
+        cmd_id: str | None,
+        rollout_id: str | None,
+        force: bool,
+    ) -> Outcome:
+        ctx = {"cmd_id": cmd_id, "rollout_id": rollout_id}
+        self.emit(
+            "update.started",
+            message=f"installing {name}@{version}",
+            data={"name": name, "version": version},
+            **ctx,
+        )
+        staged: Path | None = None
+        new_runner: Runner | None = None
+        try:
+            with self._lock:
+                state = self.store.read_state()
+                if state.active is not None and (state.active.name, state.active.version) == (name, version):
+                    self.emit(
+                        "update.installed",
+                        message=f"{name}@{version} is already active",
+                        model=_ref_msg(state.active),
+                        data={"already_active": True},
+                        **ctx,
+                    )
+                    return Outcome("already_active", f"{name}@{version} is already active", state.active)
+                staged, release = self._stage(repo(), name, version)
+                self._fault("after_download")
+                manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
+                manifest = parse_manifest(manifest_bytes)
+                check_release(
+                    manifest,
+                    signed_name=name,
+                    signed_version=version,
+                    signed_custom=release.custom,
+                    device=self._facts(state),
+                    force=force,
+                )
+                ref = BundleRef(hashlib.sha256(manifest_bytes).hexdigest(), name, version)
+                self.emit(
+                    "update.verified",
+                    message=f"{ref.ref} verified (TUF, manifest, device class, agent version)",
+                    model=_ref_msg(ref),
+                    **ctx,
+                )
+                self._fault("after_verify")
+                files = {f: (t.length, t.hashes["sha256"]) for f, t in release.targets.items()}
+                with self.store.locked():
+                    self.store.commit_staged(staged, files, ref)
+                    staged = None
+                    self._fault("after_rename")
+                # Build, warm and self-test the new session beside the serving one.
+                new_runner = self.load_runner(self.store.bundle_dir(ref))
+                max_diff = run_selftest(new_runner, self.store.bundle_dir(ref), manifest)
+                with self.store.locked():
+                    state = self.store.read_state()
+                    new_state = store_rules.install(state, ref, cmd_id=cmd_id, rollout_id=rollout_id)
+                    self.store.write_state(new_state)
+                    self._state_mtime = self.store.state_mtime_ns()
+                self._fault("after_state_write")
+                swap = self._swap_in(new_runner)
+                new_runner = None
+                self.emit(
+                    "update.installed",
+                    message=f"{ref.ref} installed and serving"
+                    + (" (on probation)" if new_state.probation else ""),
+                    model=_ref_msg(ref),
+                    data={"selftest_max_abs_diff": max_diff, "probation": new_state.probation, "swap": swap},
+                    **ctx,
+                )
+                if new_state.probation:
+                    self._start_probation()
+                    self.emit(
+                        "probation.started",
+                        message=f"{ref.ref} on probation for {manifest.probation.window_s}s",
+                        model=_ref_msg(ref),
+                        data={"gates": manifest.probation.model_dump()},
+                        **ctx,
+                    )
+                else:
+                    self.store.gc(new_state)
+                return Outcome(
+                    "installed", f"{ref.ref} installed", ref, data={"probation": new_state.probation}
+                )
+        except _Rejected as exc:
+            return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
+            return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
+        except (FetchError, StoreError, ModelLoadError, TimeoutError, OSError) as exc:
+            return self._reject("update.failed", _reason_of(exc), str(exc), ctx, name, version)
+        finally:
+            if staged is not None:
+                self.store.discard_staging(staged)
+            if new_runner is not None:
+                with contextlib.suppress(Exception):
+                    new_runner.close()
+
+    def _reject(
+        self,
+        kind: str,
+        reason: str,
+        message: str,
+        ctx: dict[str, Any],
+        name: str,
+        version: str,
+        data: dict[str, Any] | None = None,
+    ) -> Outcome:
+        # Nothing was installed: drop any bundle this attempt added that the state does not name.
+        with contextlib.suppress(LinesideError, OSError):
+            self.store.gc()
+        self.emit(
+            kind,
+            level="error" if kind == "update.failed" else "warning",
+            message=f"{name}@{version}: {message}",
+            data={"reason": reason, "name": name, "version": version, **(data or {})},
+            **ctx,
+        )
+        return Outcome("rejected" if kind == "update.rejected" else "failed", message, reason=reason)
+
+    def _swap_in(self, runner: Runner) -> dict[str, Any]:
+        """Hand ``runner`` to the inference loop between two frames; close the old one."""
+        if self.host is None:
+            runner.close()
+            return {}
+        t0 = self.now()
+        old = self.host.swap_runner(runner, timeout_s=self.settings.swap_timeout_s)
+        took_ms = (self.now() - t0).total_seconds() * 1000
+        if old is not None and old is not runner:
+            with contextlib.suppress(Exception):
+                old.close()
+        stats = getattr(self.host, "last_swap_stats", None)
+        out: dict[str, Any] = {"handover_ms": round(took_ms, 3)}
+        if isinstance(stats, dict):
+            out.update(stats)
+        return out
+
+    # -- rollback ----------------------------------------------------------------------------------
+
+    def rollback(
+        self, *, cmd_id: str | None = None, rollout_id: str | None = None, reason: str = ""
+    ) -> Outcome:
+        """The ``rollback`` command / ``edge-agent rollback``: back to the previous model."""
+        if not self._begin(cmd_id):
+            return Outcome("duplicate", f"command {cmd_id} was already handled")
+        try:
+            return self._rollback(
+                cmd_id=cmd_id,
+                rollout_id=rollout_id,
+                reason="requested",
+                message=reason or "rollback requested",
+            )
+        finally:
+            self._end(cmd_id)
+
+    def _rollback(
+        self,
+        *,
+        cmd_id: str | None,
+        rollout_id: str | None,
+        reason: str,
+        message: str,
+        evidence: dict[str, Any] | None = None,
+        failed_probation: bool = False,
+    ) -> Outcome:
+        ctx = {"cmd_id": cmd_id, "rollout_id": rollout_id}
+        with self._lock:
+            with self.store.locked():
+                state = self.store.read_state()
+                if state.previous is None or state.active is None:
+                    self.emit(
+                        "update.rejected",
+                        level="warning",
+                        message="nothing to roll back to",
+                        data={"reason": "no_previous"},
+                        **ctx,
+                    )
+                    return Outcome(
+                        "rejected", "there is no previous model to roll back to", reason="no_previous"
+                    )
+                failed = state.active
+                target = state.previous
+                try:
+                    self.store.verify_bundle(target)
+                    runner = (
+                        self.load_runner(self.store.bundle_dir(target)) if self.host is not None else None
+                    )
+                except LinesideError as exc:
+                    self.emit(
+                        "update.failed",
+                        level="error",
+                        message=f"cannot roll back: {exc}",
+                        data={"reason": "store"},
+                        **ctx,
+                    )
+                    return Outcome("failed", str(exc), reason="store")
+                new_state = (
+                    store_rules.fail_probation(state) if failed_probation else store_rules.rollback(state)
+                )
+                self.store.write_state(new_state)
+                self._state_mtime = self.store.state_mtime_ns()
+            self._probation_since = None
+            self._windows = []
+            swap = self._swap_in(runner) if runner is not None else {}
+            self.emit(
+                "rollback",
+                level="warning" if reason != "requested" else "info",
+                message=f"rolled back from {failed.ref} to {target.ref}: {message}",
+                model=_ref_msg(target),
+                data={
+                    "reason": reason,
+                    "failed_model": failed.to_dict(),
+                    "evidence": evidence or {},
+                    "swap": swap,
+                },
+                cmd_id=cmd_id or state.probation_cmd_id,
+                rollout_id=rollout_id or state.probation_rollout_id,
+            )
+            if not new_state.probation:
+                self.store.gc(new_state)
+            return Outcome(
+                "rolled_back", f"now serving {target.ref}", target, reason=reason, data=evidence or {}
+            )
+
+    # -- probation ---------------------------------------------------------------------------------
+
+    def _start_probation(self) -> None:
+        self._probation_since = self.now()
+        self._windows = []
+
+    def on_window(self, telemetry: Telemetry) -> None:
+        """Agent window listener: judge probation, notice external store changes."""
+        try:
+            self.check_external_change()
+            self._judge(telemetry)
+        except Exception:  # a listener must never kill the telemetry thread
+            log.exception("updater window handling failed")
+
+    def _judge(self, telemetry: Telemetry) -> ProbationResult | None:
+        with self._lock:
+            since = self._probation_since
+            if since is None:
+                return None
+            state = self.store.read_state()
+            if not state.probation or state.active is None:
+                self._probation_since = None
+                return None
+            self._fault("during_probation")
+            self._windows.append(telemetry)
+            windows = relevant_windows(self._windows, since=since, model_sha256=state.active.sha256)
+            manifest = Manifest.model_validate_json(
+                (self.store.bundle_dir(state.active) / MANIFEST_FILE).read_bytes()
+            )
+            result = judge(manifest.probation, windows)
+            if result.verdict == "pass":
+                with self.store.locked():
+                    state = self.store.read_state()
+                    if not state.probation or state.active is None:
+                        return result
+                    new_state = store_rules.commit(state)
+                    self.store.write_state(new_state)
+                    self._state_mtime = self.store.state_mtime_ns()
+                self._probation_since = None
+                self._windows = []
+                self.emit(
+                    "probation.passed",
+                    message=f"{state.active.ref} passed probation: committed",
+                    model=_ref_msg(state.active),
+                    data={"evidence": result.evidence},
+                    cmd_id=state.probation_cmd_id,
+                    rollout_id=state.probation_rollout_id,
+                )
+                self.store.gc(new_state)
+            elif result.verdict == "fail":
+                self._rollback(
+                    cmd_id=None,
+                    rollout_id=None,
+                    reason="probation_failed",
+                    message=result.reason,
+                    evidence={**result.evidence, "failed_gates": list(result.failed_gates)},
+                    failed_probation=True,
+                )
+            return result
+
+    def check_external_change(self) -> bool:
+        """If the CLI changed ``state.json`` while we run, serve what it made active. True if swapped."""
+        if self.host is None:
+            return False
+        mtime = self.store.state_mtime_ns()
+        if mtime == self._state_mtime:
+            return False
+        with self._lock:
+            self._state_mtime = mtime
+            state = self.store.read_state()
+            current = getattr(self.host.runner, "sha256", None)
+            if state.active is None or state.active.sha256 == current:
+                return False
+            runner = self.load_runner(self.store.bundle_dir(state.active))
+            self._swap_in(runner)
+            if state.probation:
+                self._start_probation()
+            else:
+                self._probation_since = None
+            self.emit(
+                "update.installed",
+                message=f"{state.active.ref} activated from the local store (installed by the CLI)",
+                model=_ref_msg(state.active),
+                data={"source": "cli", "probation": state.probation},
+            )
+            return True
+
+    # -- verify only -------------------------------------------------------------------------------
+
+    def verify_dir(self, repo_dir: Path, *, name: str | None = None, version: str | None = None) -> Outcome:
+        """``edge-agent verify DIR``: the whole check (TUF, manifest, device, self-test), nothing installed.
+
+        Runs on a throw-away copy of the trusted metadata so not even that changes.
+        """
+        repo_dir = Path(repo_dir)
+        tmp = Path(tempfile.mkdtemp(prefix="verify-", dir=self.store.staging))
+        try:
+            md = tmp / "tuf"
+            shutil.copytree(self.store.tuf_dir, md, symlinks=True)
+            if name is None or version is None:
+                name, version = self._pick_release(repo_dir)
+            trust = self._dir_repository(repo_dir, md)
+            staged, release = self._stage(trust, name, version)
+            try:
+                manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
+                manifest = parse_manifest(manifest_bytes)
+                check_release(
+                    manifest,
+                    signed_name=name,
+                    signed_version=version,
+                    signed_custom=release.custom,
+                    device=self._facts(self.store.read_state()),
+                )
+                runner = self.load_runner(staged)
+                try:
+                    max_diff = run_selftest(runner, staged, manifest)
+                finally:
+                    runner.close()
+            finally:
+                self.store.discard_staging(staged)
+            ref = BundleRef(hashlib.sha256(manifest_bytes).hexdigest(), name, version)
+            return Outcome(
+                "verified",
+                f"{ref.ref} verifies: signatures, hashes, manifest, device class, self-test",
+                ref,
+                data={"files": sorted(release.targets), "selftest_max_abs_diff": max_diff},
+            )
+        except _Rejected as exc:
+            return Outcome("rejected", str(exc), reason=exc.reason)
+        except (LinesideError, OSError) as exc:
+            return Outcome("rejected", str(exc), reason=_reason_of(exc))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
