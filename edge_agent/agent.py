@@ -114,8 +114,10 @@ class Agent:
         self.source = source
         self.publisher = publisher
         self.clock: Clock = clock or SystemClock()
-        self.spool = spool or Spool(
-            config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages
+        self.spool = (
+            spool
+            if spool is not None
+            else Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
         )
         self.on_decision = on_decision
         self.agent_version = agent_version
