@@ -187,7 +187,7 @@ def test_failing_handler_is_rejected_not_crashed(tmp_path: Path, bundles: dict[s
 def test_status_file_written(tmp_path: Path, bundles: dict[str, Path]) -> None:
     from edge_agent.service import read_status
 
-    agent, pub = make_agent(tmp_path, bundles["confident"], ListSource(images(10)))
+    agent, _pub = make_agent(tmp_path, bundles["confident"], ListSource(images(10)))
     agent.start()
     try:
         wait_until(lambda: (read_status(agent.config.state_dir) or {}).get("frames") == 10, 10)
@@ -209,7 +209,7 @@ def test_bad_model_file_is_a_clear_error(tmp_path: Path, bundles: dict[str, Path
     with pytest.raises(ModelLoadError, match="cannot load"):
         ModelRunner.load(bad)
     (bad / "model.onnx").unlink()
-    with pytest.raises(ModelLoadError, match="model.onnx"):
+    with pytest.raises(ModelLoadError, match=r"model\.onnx"):
         ModelRunner.load(bad)
     (bad / "manifest.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="manifest"):
