@@ -1,0 +1,531 @@
+"""HTTP API: ``/api/v1`` (bearer tokens), ``/tuf`` (signed files, open), ``/healthz``, ``/metrics``.
+
+Errors are JSON with a one-line ``message`` (and ``detail``): 401 no/unknown token, 403 viewer
+on a write, 404 unknown thing, 409 conflicting state, 413 upload too large, 400 signatures do
+not verify, 422 invalid input (names the field).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edge_agent.errors import ConfigError, LinesideError, VerificationError
+from edge_agent.manifest import parse_manifest
+from edge_agent.messages import valid_device_id
+from fleet_server import auth, metrics
+from fleet_server.app import Services
+from fleet_server.controller import NotFoundError
+from fleet_server.rollouts import Policy, parse_duration_s, parse_fraction, parse_stages
+
+_bearer = HTTPBearer(
+    auto_error=False, description="a token from `fleet tokens create` (or data_dir/admin.token)"
+)
+_METADATA_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def jsonable(obj: Any) -> Any:
+    return jsonable_encoder(obj)
+
+
+def _svc(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def _error(status: int, message: str, **extra: Any) -> HTTPException:
+    return HTTPException(status_code=status, detail={"message": message, **extra})
+
+
+def _role(request: Request, cred: HTTPAuthorizationCredentials | None) -> str:
+    if cred is None or cred.scheme.lower() != "bearer" or not cred.credentials:
+        raise HTTPException(401, {"message": "missing bearer token"}, headers={"WWW-Authenticate": "Bearer"})
+    role = auth.role_of(_svc(request).db, cred.credentials)
+    if role is None:
+        raise HTTPException(401, {"message": "unknown token"}, headers={"WWW-Authenticate": "Bearer"})
+    return role
+
+
+def viewer(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """Any valid token."""
+    return _role(request, cred)
+
+
+def admin(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """An admin token."""
+    role = _role(request, cred)
+    if role != "admin":
+        raise _error(403, "this needs an admin token (yours is a viewer token)")
+    return role
+
+
+Viewer = Annotated[str, Depends(viewer)]
+Admin = Annotated[str, Depends(admin)]
+
+# -- request bodies -----------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DevicePatch(_Body):
+    group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    clear_group: bool = False
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+
+
+class RollbackRequest(_Body):
+    devices: list[str] | None = None
+    group: str | None = None
+    reason: Annotated[str, Field(max_length=500)] = "operator rollback"
+
+
+class RolloutCreate(_Body):
+    model: Annotated[str, Field(description="NAME@VERSION", examples=["shapes@2.0.0"])]
+    devices: list[str] | None = None
+    group: str | None = None
+    stages: str | None = Field(default=None, examples=["1,25%,100%"])
+    soak: str | None = Field(default=None, examples=["60s"])
+    max_failure: str | None = Field(default=None, examples=["10%"])
+    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] | None = None
+    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_gate_frames: Annotated[int, Field(ge=0)] | None = None
+    baseline_window_s: Annotated[float, Field(gt=0)] | None = None
+    resend_after_s: Annotated[float, Field(gt=0)] | None = None
+    device_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    gate_timeout_s: Annotated[float, Field(gt=0)] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        name, sep, version = v.partition("@")
+        if not sep or not name or not version:
+            raise ValueError("must be NAME@VERSION")
+        return v
+
+
+class AbortRequest(_Body):
+    rollback: bool = False
+
+
+class TokenCreate(_Body):
+    role: auth.Role
+    name: Annotated[str, Field(max_length=64)] = ""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _releases(svc: Services) -> list[Any]:
+    return [] if svc.repo is None else list(svc.repo.releases())
+
+
+def _find_release(svc: Services, name: str, version: str) -> Any | None:
+    for info in _releases(svc):
+        if info.name == name and info.version == version:
+            return info
+    return None
+
+
+def _target_file(svc: Services, info: Any, file: str) -> Path | None:
+    from fleet_server.tuf_repo import target_file_name
+
+    meta = info.files.get(file)
+    if meta is None:
+        return None
+    return Path(svc.repo.targets_dir) / target_file_name(meta["path"], meta["sha256"])
+
+
+def _manifest_p50_drop(svc: Services, info: Any) -> float | None:
+    """The release's own allowance (manifest ``drift.max_p50_drop``), if its manifest is readable."""
+    path = _target_file(svc, info, "manifest.json")
+    if path is None:
+        return None
+    try:
+        return float(parse_manifest(path.read_bytes()).drift.max_p50_drop)
+    except (OSError, LinesideError):
+        return None
+
+
+def _serve_file(request: Request, path: Path, media_type: str) -> Response:
+    """The file, or the one byte range asked for (206 / 416)."""
+    size = path.stat().st_size
+    header = request.headers.get("range")
+    if not header:
+        return FileResponse(path, media_type=media_type, headers={"Accept-Ranges": "bytes"})
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise HTTPException(
+            416,
+            {"message": f"unsupported Range {header!r} (one bytes=A-B range)"},
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:
+        length = int(m.group(2))
+        start, end = max(0, size - length), size - 1
+    if start >= size or end < start:
+        raise HTTPException(
+            416,
+            {"message": f"range outside the file's {size} bytes"},
+            headers={"Content-Range": f"bytes */{size}"},
+        )
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read(end - start + 1)
+    return Response(
+        data,
+        status_code=206,
+        media_type=media_type,
+        headers={"Content-Range": f"bytes {start}-{end}/{size}", "Accept-Ranges": "bytes"},
+    )
+
+
+def _safe_join(base: Path, rel: str) -> Path:
+    parts = rel.split("/")
+    if not rel or any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise _error(404, "no such file")
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base.resolve()) or not path.is_file():
+        raise _error(404, "no such file")
+    return path
+
+
+# -- routers ------------------------------------------------------------------------------------
+
+open_router = APIRouter()
+tuf_router = APIRouter(prefix="/tuf", tags=["tuf"])
+v1 = APIRouter(prefix="/api/v1")
+
+
+@open_router.get("/healthz", tags=["ops"])
+def healthz(request: Request) -> dict[str, Any]:
+    svc = _svc(request)
+    link = svc.link
+    return {
+        "status": "ok",
+        "mqtt_connected": bool(link and link.connected.is_set()),
+        "controller": svc.controller.is_leader,
+        "repository": svc.repo is not None,
+    }
+
+
+@open_router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+def prometheus(request: Request) -> PlainTextResponse:
+    svc = _svc(request)
+    counts = svc.registry.counts()
+    totals = vars(svc.ingest.totals)
+    import time
+
+    text = metrics.render(
+        devices_total=counts["total"],
+        devices_online=counts["online"],
+        rollouts_by_state=svc.controller.counts_by_state(),
+        ingest_totals={k: int(v) for k, v in totals.items()},
+        alerts_open=svc.alerts.count_open(),
+        ingest_backlog=svc.link.backlog if svc.link else 0,
+        uptime_s=time.time() - svc.started_at,
+    )
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@tuf_router.get("/metadata/{file}")
+def tuf_metadata(file: str, request: Request) -> Response:
+    svc = _svc(request)
+    if svc.repo is None or not _METADATA_NAME.match(file):
+        raise _error(404, "no such metadata file")
+    path = _safe_join(Path(svc.repo.metadata_dir), file)
+    return _serve_file(request, path, "application/json")
+
+
+@tuf_router.get("/targets/{path:path}")
+def tuf_target(path: str, request: Request) -> Response:
+    svc = _svc(request)
+    if svc.repo is None:
+        raise _error(404, "no repository")
+    return _serve_file(request, _safe_join(Path(svc.repo.targets_dir), path), "application/octet-stream")
+
+
+# models
+
+
+@v1.get("/models", tags=["models"])
+def models_list(request: Request, _: Viewer) -> list[dict[str, Any]]:
+    return [info.to_dict() for info in _releases(_svc(request))]
+
+
+@v1.get("/models/{name}/{version}", tags=["models"])
+def models_show(name: str, version: str, request: Request, _: Viewer) -> dict[str, Any]:
+    svc = _svc(request)
+    info = _find_release(svc, name, version)
+    if info is None:
+        raise _error(404, f"no release {name}@{version}")
+    out: dict[str, Any] = info.to_dict()
+    path = _target_file(svc, info, "manifest.json")
+    if path is not None and path.exists():
+        out["manifest"] = json.loads(path.read_bytes())
+    return out
+
+
+@v1.post("/models", tags=["models"], status_code=201)
+async def models_upload(request: Request, _: Admin) -> dict[str, Any]:
+    """Upload a release signed offline by `fleet release`: ``{"targets": {...}, "files": {"NAME/VERSION/FILE": base64}}``."""
+    svc = _svc(request)
+    if svc.repo is None:
+        raise _error(503, "this server has no TUF repository (set online_keys_dir)")
+    limit = svc.settings.max_upload_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _error(413, f"upload of {declared} bytes is over the {limit}-byte limit")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _error(413, f"upload is over the {limit}-byte limit")
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _error(422, f"body is not JSON: {exc}") from exc
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("targets"), dict)
+        or not isinstance(raw.get("files"), dict)
+    ):
+        raise _error(
+            422,
+            'body must be {"targets": <signed targets metadata>, "files": {"NAME/VERSION/FILE": "<base64>"}}',
+        )
+    files: dict[str, bytes] = {}
+    for path, b64 in raw["files"].items():
+        if not isinstance(b64, str):
+            raise _error(422, f"files.{path}: must be a base64 string")
+        try:
+            files[path] = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _error(422, f"files.{path}: not base64 ({exc})") from exc
+    signed = json.dumps(raw["targets"]).encode()
+    try:
+        info = svc.repo.accept_release(signed, files)
+    except VerificationError as exc:
+        raise _error(400, f"release refused: {exc}", error="verification_failed") from exc
+    except LinesideError as exc:
+        raise _error(422, f"release refused: {exc}") from exc
+    out: dict[str, Any] = info.to_dict()
+    return out
+
+
+@v1.get("/artifacts/{sha256}", tags=["models"])
+def artifact(sha256: str, request: Request, _: Viewer) -> Response:
+    """A released file by its SHA-256 (Range supported, for resumable downloads)."""
+    svc = _svc(request)
+    if not _SHA256.match(sha256):
+        raise _error(422, "sha256 must be 64 lower-case hex digits")
+    for info in _releases(svc):
+        for file, meta in info.files.items():
+            if meta["sha256"] == sha256:
+                path = _target_file(svc, info, file)
+                if path is not None and path.exists():
+                    return _serve_file(request, path, "application/octet-stream")
+    raise _error(404, f"no artifact with sha256 {sha256}")
+
+
+# devices
+
+
+@v1.get("/devices", tags=["devices"])
+def devices_list(
+    request: Request, _: Viewer, group: str | None = None, tag: str | None = None
+) -> list[dict[str, Any]]:
+    return _svc(request).registry.list_devices(group=group, tag=tag)
+
+
+@v1.get("/devices/{device_id}", tags=["devices"])
+def devices_show(
+    device_id: str, request: Request, _: Viewer, recent: Annotated[int, Query(ge=1, le=1000)] = 20
+) -> dict[str, Any]:
+    d = _svc(request).registry.get(device_id, recent=recent)
+    if d is None:
+        raise _error(404, f"no device {device_id}")
+    return d
+
+
+@v1.patch("/devices/{device_id}", tags=["devices"])
+def devices_patch(device_id: str, body: DevicePatch, request: Request, _: Admin) -> dict[str, Any]:
+    if not valid_device_id(device_id):
+        raise _error(422, f"{device_id!r} is not a valid device id")
+    return _svc(request).registry.assign(
+        device_id, group=body.group, tags=body.tags, clear_group=body.clear_group
+    )
+
+
+@v1.post("/rollback", tags=["devices"])
+def rollback(body: RollbackRequest, request: Request, _: Admin) -> dict[str, Any]:
+    """Send ``rollback`` to devices (by list or group) now, outside any rollout."""
+    svc = _svc(request)
+    if (body.devices is None) == (body.group is None):
+        raise _error(422, "give exactly one of devices or group")
+    ids = svc.registry.select(group=body.group, device_ids=body.devices)
+    if not ids:
+        raise _error(404, f"no devices in group {body.group!r}" if body.group else "no devices given")
+    unknown = sorted(set(ids) - svc.registry.known(ids))
+    if unknown:
+        raise _error(404, f"unknown devices: {', '.join(unknown[:10])}")
+    return {"sent": svc.controller.rollback_devices(ids, body.reason)}
+
+
+# rollouts
+
+
+@v1.get("/rollouts", tags=["rollouts"])
+def rollouts_list(request: Request, _: Viewer, state: str | None = None) -> list[dict[str, Any]]:
+    return _svc(request).controller.list_rollouts(state=state)
+
+
+@v1.post("/rollouts", tags=["rollouts"], status_code=201)
+def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str, Any]:
+    svc = _svc(request)
+    name, _sep, version = body.model.partition("@")
+    info = _find_release(svc, name, version)
+    if info is None:
+        raise _error(404, f"no release {body.model} in the repository (upload it with `fleet release`)")
+    if (body.devices is None) == (body.group is None):
+        raise _error(422, "give exactly one of devices or group")
+    d = svc.settings.rollout
+    try:
+        stages = parse_stages(body.stages or d.stages)
+        policy = Policy(
+            soak_s=parse_duration_s(body.soak) if body.soak is not None else d.soak_s,
+            max_failure_rate=parse_fraction(body.max_failure)
+            if body.max_failure is not None
+            else d.max_failure_rate,
+            max_confidence_p50_drop=(
+                body.max_confidence_p50_drop
+                if body.max_confidence_p50_drop is not None
+                else _manifest_p50_drop(svc, info) or d.max_confidence_p50_drop
+            ),
+            max_low_confidence_rate_rise=(
+                body.max_low_confidence_rate_rise
+                if body.max_low_confidence_rate_rise is not None
+                else d.max_low_confidence_rate_rise
+            ),
+            min_gate_frames=body.min_gate_frames if body.min_gate_frames is not None else d.min_gate_frames,
+            baseline_window_s=body.baseline_window_s or d.baseline_window_s,
+            resend_after_s=body.resend_after_s or d.resend_after_s,
+            max_sends=d.max_sends,
+            device_timeout_s=body.device_timeout_s or d.device_timeout_s,
+            gate_timeout_s=body.gate_timeout_s or d.gate_timeout_s,
+        )
+        ids = svc.registry.select(group=body.group, device_ids=body.devices)
+        if not ids:
+            raise _error(422, f"group {body.group!r} has no devices" if body.group else "devices is empty")
+        unknown = sorted(set(ids) - svc.registry.known(ids))
+        if unknown:
+            raise _error(404, f"unknown devices: {', '.join(unknown[:10])}")
+        return svc.controller.create(name, version, ids, stages, policy)
+    except ConfigError as exc:
+        status = 409 if "still" in str(exc) else 422
+        raise _error(status, str(exc), field=exc.field) from exc
+
+
+@v1.get("/rollouts/{rollout_id}", tags=["rollouts"])
+def rollouts_show(rollout_id: str, request: Request, _: Viewer) -> dict[str, Any]:
+    try:
+        return _svc(request).controller.get(rollout_id)
+    except NotFoundError:
+        raise _error(404, f"no rollout {rollout_id}") from None
+
+
+def _rollout_op(request: Request, rollout_id: str, op: str, **kw: Any) -> dict[str, Any]:
+    ctl = _svc(request).controller
+    try:
+        before = ctl.get(rollout_id)["state"]
+        after: dict[str, Any] = getattr(ctl, op)(rollout_id, **kw)
+    except NotFoundError:
+        raise _error(404, f"no rollout {rollout_id}") from None
+    if (
+        after["state"] == before
+        and not (op == "pause" and before == "paused")
+        and not (op == "resume" and before == "running")
+    ):
+        raise _error(409, f"cannot {op} a rollout that is {before}")
+    return after
+
+
+@v1.post("/rollouts/{rollout_id}/pause", tags=["rollouts"])
+def rollouts_pause(rollout_id: str, request: Request, _: Admin) -> dict[str, Any]:
+    return _rollout_op(request, rollout_id, "pause")
+
+
+@v1.post("/rollouts/{rollout_id}/resume", tags=["rollouts"])
+def rollouts_resume(rollout_id: str, request: Request, _: Admin) -> dict[str, Any]:
+    return _rollout_op(request, rollout_id, "resume")
+
+
+@v1.post("/rollouts/{rollout_id}/abort", tags=["rollouts"])
+def rollouts_abort(
+    rollout_id: str, request: Request, _: Admin, body: AbortRequest | None = None
+) -> dict[str, Any]:
+    return _rollout_op(request, rollout_id, "abort", rollback=bool(body and body.rollback))
+
+
+# alerts
+
+
+@v1.get("/alerts", tags=["alerts"])
+def alerts_list(
+    request: Request, _: Viewer, open_only: bool = Query(False, alias="open")
+) -> list[dict[str, Any]]:
+    return _svc(request).alerts.list_alerts(include_acknowledged=not open_only)
+
+
+@v1.post("/alerts/{alert_id}/ack", tags=["alerts"])
+def alerts_ack(alert_id: int, request: Request, _: Admin) -> dict[str, Any]:
+    out = _svc(request).alerts.acknowledge(alert_id)
+    if out is None:
+        raise _error(404, f"no alert {alert_id}")
+    return out
+
+
+# tokens
+
+
+@v1.post("/tokens", tags=["auth"], status_code=201)
+def tokens_create(body: TokenCreate, request: Request, _: Admin) -> dict[str, Any]:
+    token = auth.create_token(_svc(request).db, body.role, body.name)
+    return {"token": token, "role": body.role, "name": body.name}
+
+
+@v1.get("/tokens", tags=["auth"])
+def tokens_list(request: Request, _: Admin) -> list[dict[str, Any]]:
+    return auth.list_tokens(_svc(request).db)
+
+
+def install(app: FastAPI) -> None:
+    """Add every router, and make HTTPException bodies ``{"message": ..., ...}``."""
+    from fastapi.exceptions import HTTPException as FastAPIHTTPException
+
+    @app.exception_handler(FastAPIHTTPException)
+    async def _http(request: Request, exc: FastAPIHTTPException) -> JSONResponse:
+        body = exc.detail if isinstance(exc.detail, dict) else {"message": str(exc.detail)}
+        return JSONResponse(status_code=exc.status_code, content=jsonable(body), headers=exc.headers)
+
+    app.include_router(open_router)
+    app.include_router(tuf_router)
+    app.include_router(v1)
+
+
+__all__ = ["install", "jsonable"]

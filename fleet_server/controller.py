@@ -1,0 +1,322 @@
+"""The rollout controller: the I/O shell around ``rollouts.Rollout``.
+
+A loop (``run``) that, every ``tick_s``, loads each active rollout, applies the device events
+that answer its commands (correlated by ``cmd_id``, which we issued, then by ``rollout_id``),
+measures the quality gate's telemetry when the state machine asks for it, ticks it with the
+clock, publishes the resulting ``deploy``/``rollback`` commands, raises alerts, and saves it.
+
+Crash safety: commands are published BEFORE the new state is saved. A crash in between means
+the next controller (after a restart) recomputes the same step and publishes the same commands
+again with the same ``cmd_id`` — agents are idempotent on it — so nothing is skipped; events
+are re-applied from the database on every start, and transitions are idempotent.
+
+One controller at a time: on PostgreSQL, an advisory lock elects it among replicas (the others
+serve the API and ingest); on SQLite there is only one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import or_, select
+
+from edge_agent.errors import ConfigError
+from edge_agent.messages import DeployCommand, RollbackCommand, Topics, dump
+from fleet_server.alerts import Alerts
+from fleet_server.db import Database, EventRow, RolloutRow, TelemetryRow
+from fleet_server.rollouts import (
+    Action,
+    Policy,
+    QualityReport,
+    RaiseAlert,
+    Rollout,
+    RolloutState,
+    SendDeploy,
+    SendRollback,
+    StageSize,
+    summarize,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """Where commands go (the MQTT link; a list in tests)."""
+
+    def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+class NotFoundError(LookupError):
+    """No such rollout."""
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def rollout_view(r: Rollout) -> dict[str, Any]:
+    """The API's view of a rollout: the document plus per-stage counts."""
+    out = r.model_dump(mode="json")
+    out.update(r.summary())
+    out["ref"] = f"{r.name}@{r.version}"
+    return out
+
+
+class RolloutController:
+    """Creates and advances rollouts; all mutations go through here (one lock per process)."""
+
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher | None,
+        alerts: Alerts,
+        topics: Topics,
+        *,
+        clock: Callable[[], float] = time.time,
+        full_rescan_every_s: float = 10.0,
+    ) -> None:
+        self.db = db
+        self.publisher = publisher
+        self.alerts = alerts
+        self.topics = topics
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._cursor: dict[str, int] = {}  # rollout id → last event row id applied (in this process)
+        self._last_rescan = 0.0
+        self.full_rescan_every_s = full_rescan_every_s
+        self.is_leader = False
+
+    # -- persistence -----------------------------------------------------------------------------
+
+    def _load(self, s: Any, rollout_id: str) -> tuple[RolloutRow, Rollout]:
+        row = s.scalar(select(RolloutRow).where(RolloutRow.id == rollout_id).with_for_update())
+        if row is None:
+            raise NotFoundError(rollout_id)
+        return row, Rollout.model_validate(row.doc)
+
+    @staticmethod
+    def _store(row: RolloutRow, r: Rollout, now: float) -> None:
+        row.doc = r.model_dump(mode="json")
+        row.state = r.state.value
+        row.updated_at = _dt(now)
+
+    # -- API operations -------------------------------------------------------------------------
+
+    def create(
+        self, name: str, version: str, device_ids: list[str], stages: list[StageSize], policy: Policy
+    ) -> dict[str, Any]:
+        now = self.clock()
+        rid = "r" + uuid.uuid4().hex[:10]
+        r = Rollout.create(rid, name, version, device_ids, stages, policy, now)
+        with self._lock:
+            with self.db.session() as s:
+                busy = s.scalars(select(RolloutRow).where(RolloutRow.state.in_(["running", "paused"]))).all()
+                for other in busy:
+                    overlap = set(device_ids) & set(other.doc.get("devices", {}))
+                    if overlap:
+                        raise ConfigError(
+                            f"rollout {other.id} ({other.name}@{other.version}) is still {other.state} on "
+                            f"{', '.join(sorted(overlap)[:5])}; pause/abort it first",
+                            field="devices",
+                        )
+                s.add(
+                    RolloutRow(
+                        id=rid,
+                        name=name,
+                        version=version,
+                        state=r.state.value,
+                        created_at=_dt(now),
+                        updated_at=_dt(now),
+                        doc=r.model_dump(mode="json"),
+                    )
+                )
+            self._step(rid)  # send the first stage's deploys now, not a tick later
+        return self.get(rid)
+
+    def get(self, rollout_id: str) -> dict[str, Any]:
+        with self.db.session() as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFoundError(rollout_id)
+            return rollout_view(Rollout.model_validate(row.doc))
+
+    def list_rollouts(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            q = select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit)
+            if state:
+                q = q.where(RolloutRow.state == state)
+            out = []
+            for row in s.scalars(q).all():
+                r = Rollout.model_validate(row.doc)
+                out.append(
+                    {
+                        "id": r.id,
+                        "ref": f"{r.name}@{r.version}",
+                        "state": r.state.value,
+                        "stage": r.stage,
+                        "stages": len(r.stages),
+                        "devices": len(r.devices),
+                        "created_at": _dt(r.created_at),
+                        "reason": r.reason,
+                    }
+                )
+            return out
+
+    def counts_by_state(self) -> dict[str, int]:
+        with self.db.session() as s:
+            states = s.scalars(select(RolloutRow.state)).all()
+        out = {st.value: 0 for st in RolloutState}
+        for st in states:
+            out[st] = out.get(st, 0) + 1
+        return out
+
+    def _mutate(self, rollout_id: str, fn: Callable[[Rollout, float], list[Action] | bool]) -> dict[str, Any]:
+        with self._lock:
+            now = self.clock()
+            with self.db.session() as s:
+                row, r = self._load(s, rollout_id)
+                result = fn(r, now)
+                actions = result if isinstance(result, list) else []
+                self._execute(r, actions)
+                self._store(row, r, now)
+        return self.get(rollout_id)
+
+    def pause(self, rollout_id: str) -> dict[str, Any]:
+        return self._mutate(rollout_id, lambda r, now: r.pause(now))
+
+    def resume(self, rollout_id: str) -> dict[str, Any]:
+        return self._mutate(rollout_id, lambda r, now: r.resume(now))
+
+    def abort(self, rollout_id: str, *, rollback: bool = False) -> dict[str, Any]:
+        return self._mutate(rollout_id, lambda r, now: r.abort(now, rollback=rollback))
+
+    def rollback_devices(self, device_ids: list[str], reason: str) -> list[dict[str, str]]:
+        """An operator's ``fleet rollback``: send ``rollback`` to each device now."""
+        out = []
+        for d in device_ids:
+            cmd_id = "m" + uuid.uuid4().hex[:12]
+            self._publish(d, dump(RollbackCommand(cmd_id=cmd_id, reason=reason, issued_at=_dt(self.clock()))))
+            out.append({"device_id": d, "cmd_id": cmd_id})
+        return out
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, tick_s: float = 0.5) -> None:
+        """Advance every active rollout until ``stop``; only while holding the controller lock."""
+        lock_conn = None
+        while not stop.is_set():
+            if lock_conn is None:
+                lock_conn = self.db.try_controller_lock()
+                self.is_leader = lock_conn is not None
+                if lock_conn is None:
+                    stop.wait(5.0)
+                    continue
+                log.info("this server runs the rollout controller")
+                self._cursor.clear()  # re-apply every event after (re)gaining leadership
+            try:
+                self.tick_all()
+            except Exception:
+                log.exception("rollout controller tick failed; retrying")
+            stop.wait(tick_s)
+        if lock_conn is not None and hasattr(lock_conn, "close"):
+            lock_conn.close()
+
+    def tick_all(self) -> None:
+        """One pass over every active rollout (tests call this directly)."""
+        now = self.clock()
+        if now - self._last_rescan >= self.full_rescan_every_s:
+            # Events can commit out of id order on PostgreSQL with several writers: re-applying
+            # everything now and then (idempotent) catches any that an incremental pass skipped.
+            self._cursor.clear()
+            self._last_rescan = now
+        with self.db.session() as s:
+            ids = s.scalars(select(RolloutRow.id).where(RolloutRow.state.in_(["running", "paused"]))).all()
+        for rid in ids:
+            self._step(rid)
+
+    def _step(self, rollout_id: str) -> None:
+        with self._lock, self.db.session() as s:
+            row, r = self._load(s, rollout_id)
+            if not r.active:
+                return
+            now = self.clock()
+            self._apply_events(s, r, now)
+            quality = self._measure(s, r) if r.awaiting_gate(now) else None
+            actions = r.tick(now, quality)
+            self._execute(r, actions)
+            self._store(row, r, now)
+
+    def _apply_events(self, s: Any, r: Rollout, now: float) -> None:
+        cursor = self._cursor.get(r.id, 0)
+        q = (
+            select(EventRow)
+            .where(EventRow.id > cursor)
+            .where(or_(EventRow.cmd_id.like(f"{r.id}-%"), EventRow.rollout_id == r.id))
+            .order_by(EventRow.id)
+        )
+        for ev in s.scalars(q).all():
+            cursor = max(cursor, ev.id)
+            data = ev.payload.get("data") or {}
+            reason = str(data.get("reason") or ev.payload.get("message") or "")
+            at = ev.received_at.timestamp()
+            if r.on_event(ev.device_id, ev.kind, min(now, at), cmd_id=ev.cmd_id, reason=reason):
+                log.info("rollout %s: %s %s", r.id, ev.device_id, ev.kind)
+        self._cursor[r.id] = cursor
+
+    def _measure(self, s: Any, r: Rollout) -> QualityReport:
+        devices = r.gate_devices()
+        ids = [p.device_id for p in devices]
+        since = min(p.passed_at or r.started_at for p in devices)
+        base_rows = s.execute(
+            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
+            .where(TelemetryRow.device_id.in_(ids))
+            .where(TelemetryRow.received_at < _dt(r.started_at))
+            .where(
+                TelemetryRow.received_at >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)
+            )
+        ).all()
+        cur_rows = s.execute(
+            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
+            .where(TelemetryRow.device_id.in_(ids))
+            .where(TelemetryRow.model_version == r.version)
+            .where(TelemetryRow.received_at >= _dt(since))
+        ).all()
+        return QualityReport(
+            baseline=summarize((int(a), float(b), int(c)) for a, b, c in base_rows),
+            current=summarize((int(a), float(b), int(c)) for a, b, c in cur_rows),
+        )
+
+    def _publish(self, device_id: str, payload: bytes) -> None:
+        if self.publisher is None:
+            log.warning("no MQTT link: command for %s not sent", device_id)
+            return
+        self.publisher.publish(self.topics.device(device_id, "cmd"), payload)
+
+    def _execute(self, r: Rollout, actions: list[Action]) -> None:
+        issued = _dt(self.clock())
+        for a in actions:
+            if isinstance(a, SendDeploy):
+                cmd = DeployCommand(
+                    cmd_id=a.cmd_id, name=r.name, version=r.version, rollout_id=r.id, issued_at=issued
+                )
+                self._publish(a.device_id, dump(cmd))
+            elif isinstance(a, SendRollback):
+                cmd_rb = RollbackCommand(
+                    cmd_id=a.cmd_id, reason=a.reason[:500], rollout_id=r.id, issued_at=issued
+                )
+                self._publish(a.device_id, dump(cmd_rb))
+            elif isinstance(a, RaiseAlert):
+                self.alerts.raise_alert(
+                    "rollout.halted",
+                    a.message,
+                    severity="error",
+                    rollout_id=r.id,
+                    data=a.data,
+                    dedup_key=f"rollout-halt:{r.id}",
+                )

@@ -1,0 +1,355 @@
+"""MQTT ingest: device state, telemetry and events from the broker into the database.
+
+paho's callbacks run on paho's network thread; they cross into the server's world in exactly
+one place, ``MqttLink._on_message``, which puts the message on a bounded queue. One ingest
+thread takes batches off that queue, writes each batch in one transaction, and only THEN
+acknowledges the messages (paho ``manual_ack``): with a persistent session (fixed client id,
+``clean_start=False``) a server killed before the write gets the messages again from the
+broker, and the (device, seq) unique constraints make the second delivery a no-op. So nothing
+is lost and nothing is counted twice across a restart.
+
+Several replicas can share ingest through an MQTT 5 shared subscription
+(``shared_subscription_group = "fleet"`` → ``$share/fleet/lineside/v1/devices/+/telemetry``):
+the broker gives each message to one of them. Each replica needs its own ``mqtt_client_id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.errors import MessageError, TransportError
+from edge_agent.messages import DeviceState, Event, Telemetry, Topics, parse_message
+from fleet_server import registry
+from fleet_server.alerts import Alerts
+from fleet_server.db import Database, EventRow, TelemetryRow, utcnow
+
+log = logging.getLogger(__name__)
+
+ALERT_EVENT_KINDS = frozenset({"drift", "rollback", "camera.lost", "update.failed", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One message as it left paho's thread."""
+
+    topic: str
+    payload: bytes
+    mid: int = 0
+    qos: int = 0
+    received_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass
+class IngestCounts:
+    """What one batch did (and, summed, what ingest has done: /metrics)."""
+
+    states: int = 0
+    telemetry_new: int = 0
+    telemetry_dup: int = 0
+    events_new: int = 0
+    events_dup: int = 0
+    rejected: int = 0
+
+    def add(self, other: IngestCounts) -> None:
+        for k in vars(self):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+class Ingest:
+    """Parses and writes batches of inbound messages; idempotent by (device, seq)."""
+
+    def __init__(self, db: Database, topics: Topics, alerts: Alerts | None = None) -> None:
+        self.db = db
+        self.topics = topics
+        self.alerts = alerts
+        self.totals = IngestCounts()
+        self._lock = threading.Lock()
+
+    def write_batch(self, items: list[Inbound]) -> IngestCounts:
+        counts = IngestCounts()
+        states: list[tuple[DeviceState, datetime]] = []
+        tel: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        alert_events: list[Event] = []
+        seen: dict[str, datetime] = {}
+        for item in items:
+            parsed = self.topics.parse(item.topic)
+            if parsed is None:
+                counts.rejected += 1
+                continue
+            device_id, channel = parsed
+            try:
+                if channel == "state":
+                    st = parse_message(DeviceState, item.payload, item.topic)
+                    if st.device_id != device_id:
+                        raise MessageError("device_id differs from the topic", topic=item.topic)
+                    states.append((st, item.received_at))
+                elif channel == "telemetry":
+                    t = parse_message(Telemetry, item.payload, item.topic)
+                    if t.device_id != device_id:
+                        raise MessageError("device_id differs from the topic", topic=item.topic)
+                    tel.append(_telemetry_row(t, item.received_at))
+                    seen[device_id] = max(item.received_at, seen.get(device_id, item.received_at))
+                elif channel == "events":
+                    e = parse_message(Event, item.payload, item.topic)
+                    if e.device_id != device_id:
+                        raise MessageError("device_id differs from the topic", topic=item.topic)
+                    events.append(_event_row(e, item.received_at))
+                    seen[device_id] = max(item.received_at, seen.get(device_id, item.received_at))
+                    if e.kind in ALERT_EVENT_KINDS:
+                        alert_events.append(e)
+                else:
+                    continue  # cmd/decisions are not ours to ingest
+            except MessageError as exc:
+                counts.rejected += 1
+                log.warning("rejected %s: %s", item.topic, exc)
+        with self.db.session() as s:
+            for st, at in sorted(states, key=lambda x: x[0].since):
+                registry.apply_state(s, st, at)
+                counts.states += 1
+            # De-duplicate inside the batch too: one multi-row INSERT may not hold the same key twice.
+            tel = list({(r["device_id"], r["seq"]): r for r in tel}.values())
+            events = list({(r["device_id"], r["seq"]): r for r in events}.values())
+            counts.telemetry_new = self.db.insert_ignore(s, TelemetryRow.__table__, tel, ["device_id", "seq"])
+            counts.telemetry_dup = len(tel) - counts.telemetry_new
+            counts.events_new = self.db.insert_ignore(s, EventRow.__table__, events, ["device_id", "seq"])
+            counts.events_dup = len(events) - counts.events_new
+            for device_id, at in seen.items():
+                registry.touch(s, device_id, at)
+        if self.alerts is not None:
+            for e in alert_events:
+                self._alert(e)
+        with self._lock:
+            self.totals.add(counts)
+        return counts
+
+    def _alert(self, e: Event) -> None:
+        assert self.alerts is not None
+        reason = str(e.data.get("reason", "")) or e.message
+        text = {
+            "drift": f"{e.device_id}: confidence drift — {e.message or reason}",
+            "rollback": f"{e.device_id} rolled back its model: {reason or 'no reason given'}",
+            "camera.lost": f"{e.device_id}: camera lost — {e.message}",
+            "update.failed": f"{e.device_id}: update failed — {reason}",
+            "error": f"{e.device_id}: {e.message}",
+        }[e.kind]
+        self.alerts.raise_alert(
+            e.kind,
+            text,
+            severity="warning"
+            if e.kind in ("drift", "camera.lost")
+            else "error"
+            if e.level == "error"
+            else "warning",
+            device_id=e.device_id,
+            rollout_id=e.rollout_id,
+            data={"event": e.model_dump(mode="json")},
+            dedup_key=f"event:{e.device_id}:{e.seq}",
+        )
+
+
+def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": t.device_id,
+        "seq": t.seq,
+        "received_at": received_at,
+        "window_start": t.window_start,
+        "window_s": t.window_s,
+        "model_name": t.model.name if t.model else None,
+        "model_version": t.model.version if t.model else None,
+        "frames": t.frames,
+        "errors": t.errors,
+        "confidence_p50": t.confidence_p50,
+        "confidence_mean": t.confidence_mean,
+        "low_confidence": t.low_confidence,
+        "latency_ms_p99": t.latency_ms_p99,
+        "payload": t.model_dump(mode="json"),
+    }
+
+
+def _event_row(e: Event, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": e.device_id,
+        "seq": e.seq,
+        "kind": e.kind,
+        "at": e.at,
+        "received_at": received_at,
+        "cmd_id": e.cmd_id,
+        "rollout_id": e.rollout_id,
+        "payload": e.model_dump(mode="json"),
+    }
+
+
+class MqttLink:
+    """The server's one MQTT client: persistent-session subscriber (manual acks) and command publisher."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        topics: Topics,
+        ingest: Ingest,
+        *,
+        client_id: str = "lineside-fleet",
+        protocol: str = "5",
+        shared_group: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        ca_file: str | None = None,
+        queue_max: int = 50_000,
+        batch_max: int = 500,
+    ) -> None:
+        u = urlparse(broker_url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or (8883 if u.scheme in ("mqtts", "ssl") else 1883)
+        self.topics = topics
+        self.ingest = ingest
+        self.shared_group = shared_group
+        self.batch_max = batch_max
+        self.v5 = protocol == "5"
+        self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=queue_max)
+        self._stop = threading.Event()
+        self.connected = threading.Event()
+        self.on_batch: Callable[[IngestCounts], None] | None = None
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else False,
+            manual_ack=True,
+        )
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(100)
+        if username:
+            self.client.username_pw_set(username, password)
+        if u.scheme in ("mqtts", "ssl"):
+            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self._thread = threading.Thread(target=self._ingest_loop, name="fleet-ingest", daemon=True)
+
+    def subscriptions(self) -> list[str]:
+        subs = [self.topics.wildcard(c) for c in ("state", "telemetry", "events")]
+        if self.shared_group:
+            # Retained state goes to every replica (not shared): each keeps its own view of devices.
+            subs = [subs[0]] + [f"$share/{self.shared_group}/{t}" for t in subs[1:]]
+        return subs
+
+    # -- paho thread -----------------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+        if getattr(rc, "is_failure", False):
+            log.error("broker refused the connection: %s", rc)
+            return
+        client.subscribe([(t, 1) for t in self.subscriptions()])
+        self.connected.set()
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.host,
+            self.port,
+            getattr(flags, "session_present", "?"),
+        )
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected from the broker (%s); paho reconnects", rc)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        item = Inbound(msg.topic, bytes(msg.payload), int(msg.mid), int(msg.qos))
+        # Blocking here (rather than dropping) pushes back on the broker; nothing is acked until
+        # written, so a full queue delays delivery but never loses a message.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                log.warning("ingest queue full (%d); waiting", self._queue.maxsize)
+
+    # -- the server's side ----------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 7 * 24 * 3600
+        # connect_async: paho connects (and keeps retrying) on its own thread, so a broker that
+        # starts after the server is fine.
+        if self.v5:
+            self.client.connect_async(self.host, self.port, keepalive=15, clean_start=False, properties=props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=15)
+        self.client.loop_start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """QoS 1, not retained. paho queues it while disconnected and sends on reconnect."""
+        info = self.client.publish(topic, payload, qos=1)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise TransportError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+
+    def _ingest_loop(self) -> None:
+        while not self._stop.is_set() or not self._queue.empty():
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            while len(batch) < self.batch_max:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for attempt in range(1_000_000):
+                try:
+                    counts = self.ingest.write_batch(batch)
+                    break
+                except Exception:
+                    # The database is down or locked: keep the batch (unacked) and retry.
+                    log.exception(
+                        "writing %d messages failed (attempt %d); retrying", len(batch), attempt + 1
+                    )
+                    if self._stop.wait(min(5.0, 0.2 * 2**attempt)):
+                        return
+            for item in batch:
+                if item.qos > 0:
+                    self.client.ack(item.mid, item.qos)
+            if self.on_batch is not None:
+                self.on_batch(counts)
+
+
+def wait_connected(link: MqttLink, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if link.connected.wait(0.1):
+            return True
+    return False

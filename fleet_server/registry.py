@@ -1,0 +1,174 @@
+"""The device registry: what the fleet knows about each device, from its retained ``state``
+messages (and Last Will), its telemetry (last seen, recent windows), and operator-assigned
+group and tags.
+
+``online`` is the device's own claim (its state, or the broker's Last Will saying it went away),
+and additionally false when nothing has been heard from it for ``offline_after_s``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edge_agent.messages import DeviceState
+from fleet_server.db import Database, DeviceRow, TelemetryRow, utcnow
+
+
+def _get_or_create(s: Session, device_id: str, now: datetime) -> DeviceRow:
+    row = s.get(DeviceRow, device_id)
+    if row is None:
+        row = DeviceRow(device_id=device_id, online=False, first_seen=now, tags=[], state={})
+        s.add(row)
+    return row
+
+
+def apply_state(s: Session, state: DeviceState, now: datetime) -> None:
+    """A retained state message (or the Last Will): update what the device says about itself.
+
+    Older state than what we have (by ``since``) is ignored, so a redelivered retained
+    message never overwrites a newer one.
+    """
+    row = _get_or_create(s, state.device_id, now)
+    if row.state_since is not None and state.since < row.state_since:
+        return
+    row.state_since = state.since
+    row.online = state.online
+    row.state = state.model_dump(mode="json")
+    if state.online:
+        row.last_seen = now
+    # The Last Will carries only what the broker was given at connect time: keep the facts
+    # we know when it omits them.
+    if state.agent_version:
+        row.agent_version = state.agent_version
+    if state.device_class:
+        row.device_class = state.device_class
+    if state.execution_provider:
+        row.execution_provider = state.execution_provider
+    if state.active_model is not None or state.online:
+        row.active_name = state.active_model.name if state.active_model else None
+        row.active_version = state.active_model.version if state.active_model else None
+        row.previous_name = state.previous_model.name if state.previous_model else None
+        row.previous_version = state.previous_model.version if state.previous_model else None
+        row.probation = state.probation
+
+
+def touch(s: Session, device_id: str, now: datetime) -> None:
+    """Something arrived from the device: it is alive."""
+    row = _get_or_create(s, device_id, now)
+    if row.last_seen is None or row.last_seen < now:
+        row.last_seen = now
+
+
+def device_dict(row: DeviceRow, now: datetime, offline_after_s: float) -> dict[str, Any]:
+    recent = row.last_seen is not None and now - row.last_seen <= timedelta(seconds=offline_after_s)
+    return {
+        "device_id": row.device_id,
+        "online": bool(row.online and recent),
+        "last_seen": row.last_seen,
+        "first_seen": row.first_seen,
+        "agent_version": row.agent_version,
+        "device_class": row.device_class,
+        "active_model": f"{row.active_name}@{row.active_version}" if row.active_name else None,
+        "previous_model": f"{row.previous_name}@{row.previous_version}" if row.previous_name else None,
+        "probation": row.probation,
+        "execution_provider": row.execution_provider,
+        "group": row.group,
+        "tags": list(row.tags or []),
+    }
+
+
+def telemetry_dict(row: TelemetryRow) -> dict[str, Any]:
+    return {
+        "seq": row.seq,
+        "received_at": row.received_at,
+        "window_start": row.window_start,
+        "window_s": row.window_s,
+        "model": f"{row.model_name}@{row.model_version}" if row.model_name else None,
+        "frames": row.frames,
+        "errors": row.errors,
+        "confidence_p50": row.confidence_p50,
+        "confidence_mean": row.confidence_mean,
+        "low_confidence": row.low_confidence,
+        "latency_ms_p99": row.latency_ms_p99,
+        "fps": row.payload.get("fps", 0.0),
+    }
+
+
+class Registry:
+    """Queries and operator edits over the devices table."""
+
+    def __init__(self, db: Database, *, offline_after_s: float = 120.0) -> None:
+        self.db = db
+        self.offline_after_s = offline_after_s
+
+    def list_devices(self, *, group: str | None = None, tag: str | None = None) -> list[dict[str, Any]]:
+        now = utcnow()
+        with self.db.session() as s:
+            q = select(DeviceRow).order_by(DeviceRow.device_id)
+            if group is not None:
+                q = q.where(DeviceRow.group == group)
+            rows = s.scalars(q).all()
+            out = [device_dict(r, now, self.offline_after_s) for r in rows]
+        if tag is not None:
+            out = [d for d in out if tag in d["tags"]]
+        return out
+
+    def get(self, device_id: str, *, recent: int = 20) -> dict[str, Any] | None:
+        now = utcnow()
+        with self.db.session() as s:
+            row = s.get(DeviceRow, device_id)
+            if row is None:
+                return None
+            out = device_dict(row, now, self.offline_after_s)
+            out["state"] = row.state
+            tel = s.scalars(
+                select(TelemetryRow)
+                .where(TelemetryRow.device_id == device_id)
+                .order_by(TelemetryRow.seq.desc())
+                .limit(recent)
+            ).all()
+            out["recent_telemetry"] = [telemetry_dict(t) for t in tel]
+        return out
+
+    def assign(
+        self,
+        device_id: str,
+        *,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        clear_group: bool = False,
+    ) -> dict[str, Any]:
+        """Set a device's group and/or tags (a device not yet seen is registered for later)."""
+        now = utcnow()
+        with self.db.session() as s:
+            row = _get_or_create(s, device_id, now)
+            if clear_group:
+                row.group = None
+            elif group is not None:
+                row.group = group
+            if tags is not None:
+                row.tags = sorted(set(tags))
+            s.flush()
+            return device_dict(row, now, self.offline_after_s)
+
+    def select(self, *, group: str | None = None, device_ids: list[str] | None = None) -> list[str]:
+        """Devices for a rollout: the named ones as given, or a group's, online ones first."""
+        if device_ids is not None:
+            return list(device_ids)
+        devices = self.list_devices(group=group)
+        devices.sort(key=lambda d: (not d["online"], d["device_id"]))
+        return [d["device_id"] for d in devices]
+
+    def known(self, device_ids: list[str]) -> set[str]:
+        with self.db.session() as s:
+            return set(
+                s.scalars(select(DeviceRow.device_id).where(DeviceRow.device_id.in_(device_ids))).all()
+            )
+
+    def counts(self) -> dict[str, int]:
+        devices = self.list_devices()
+        return {"total": len(devices), "online": sum(1 for d in devices if d["online"])}

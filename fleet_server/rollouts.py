@@ -1,0 +1,579 @@
+"""The staged-rollout state machine: pure — no database, no MQTT, no clock (``now`` is an argument).
+
+A rollout deploys ``name@version`` to a list of devices in stages (``"1,25%,100%"``: one
+canary, then a quarter, then everyone; sizes are cumulative). For each stage::
+
+    devices PENDING ──send deploy──▶ SENT ──update.*──▶ INSTALLING ──probation.started──▶ PROBATION
+                                       │  (re-sent after resend_after_s, up to max_sends)      │
+                                       └──────── update.failed / update.rejected / rollback ───┴─▶ FAILED
+                                                                        probation.passed ───────▶ PASSED
+
+When every device of the stage has settled (PASSED or FAILED) the stage soaks for ``soak_s``,
+then the gates decide:
+
+1. failure gate — failed / devices so far > ``max_failure_rate`` (checked on every tick: once
+   it is exceeded no later success can bring it back, so the rollout halts at once);
+2. quality gates — the passed devices' telemetry on the new version against the SAME devices'
+   telemetry before the rollout: confidence p50 dropped by more than ``max_confidence_p50_drop``,
+   or the low-confidence rate rose by more than ``max_low_confidence_rate_rise``.
+
+Pass → next stage (or SUCCEEDED after the last). Fail → HALTED: every device that received the
+release and has not already rolled itself back gets a ``rollback`` command, and an alert says why.
+``pause`` stops sending and advancing (in-flight devices are still tracked); ``resume`` continues;
+``abort`` stops for good (optionally rolling back). Every transition is idempotent, so replaying
+an event after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field
+
+from edge_agent.errors import ConfigError
+
+
+class RolloutState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    HALTED = "halted"
+    ABORTED = "aborted"
+    SUCCEEDED = "succeeded"
+
+
+ACTIVE_STATES = frozenset({RolloutState.RUNNING, RolloutState.PAUSED})
+
+
+class DeviceStatus(StrEnum):
+    WAITING = "waiting"  # in a later stage
+    PENDING = "pending"  # its stage started; deploy not sent yet
+    SENT = "sent"
+    INSTALLING = "installing"
+    PROBATION = "probation"
+    PASSED = "passed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"  # the fleet sent a rollback after a halt/abort
+
+
+_RANK = {
+    DeviceStatus.WAITING: 0,
+    DeviceStatus.PENDING: 0,
+    DeviceStatus.SENT: 1,
+    DeviceStatus.INSTALLING: 2,
+    DeviceStatus.PROBATION: 3,
+    DeviceStatus.PASSED: 4,
+}
+IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.INSTALLING, DeviceStatus.PROBATION})
+SETTLED = frozenset({DeviceStatus.PASSED, DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK})
+FAILURE_EVENTS = frozenset({"update.failed", "update.rejected", "rollback"})
+PROGRESS_EVENTS = {
+    "update.started": DeviceStatus.INSTALLING,
+    "update.verified": DeviceStatus.INSTALLING,
+    "update.installed": DeviceStatus.INSTALLING,
+    "probation.started": DeviceStatus.PROBATION,
+    "probation.passed": DeviceStatus.PASSED,
+}
+
+# -- parsing operator input ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSize:
+    """One stage's cumulative size: an absolute device count or a percentage of the rollout."""
+
+    count: int | None = None
+    percent: float | None = None
+
+    def devices(self, total: int) -> int:
+        if self.count is not None:
+            return min(self.count, total)
+        assert self.percent is not None
+        return min(total, max(1, math.ceil(self.percent * total / 100.0 - 1e-9)))
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{self.percent:g}%"
+
+
+def parse_stages(text: str) -> list[StageSize]:
+    """``"1,25%,100%"`` → stage sizes; ConfigError when a part is not a count or a percentage."""
+    out: list[StageSize] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.endswith("%"):
+            try:
+                pct = float(part[:-1])
+            except ValueError:
+                raise ConfigError(f"stage {part!r} is not a percentage", field="stages") from None
+            if not 0 < pct <= 100:
+                raise ConfigError(f"stage {part!r} must be in (0%, 100%]", field="stages")
+            out.append(StageSize(percent=pct))
+        elif part.isdigit() and int(part) >= 1:
+            out.append(StageSize(count=int(part)))
+        else:
+            raise ConfigError(f"stage {part!r} is not a device count (>= 1) or a percentage", field="stages")
+    return out
+
+
+def plan_stages(device_ids: Sequence[str], stages: Sequence[StageSize]) -> list[list[str]]:
+    """Split devices into stages (each stage lists only its NEW devices); empty stages are dropped.
+
+    Sizes are cumulative and never shrink: ``[1, 25%, 100%]`` over 8 devices → 1, 1, 6.
+    """
+    if len(set(device_ids)) != len(device_ids):
+        raise ConfigError("a device is listed twice", field="devices")
+    plan: list[list[str]] = []
+    done = 0
+    for stage in stages:
+        upto = max(done, stage.devices(len(device_ids)))
+        if upto > done:
+            plan.append(list(device_ids[done:upto]))
+            done = upto
+    return plan
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration_s(text: str) -> float:
+    """``"60s"``, ``"5m"``, ``"1h"``, ``"90"`` (seconds) → seconds."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ConfigError(f"{text!r} is not a duration like 60s, 5m or 1h", field="soak")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def parse_fraction(text: str) -> float:
+    """``"10%"`` or ``"0.1"`` → 0.1."""
+    t = text.strip()
+    try:
+        value = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a percentage like 10% or a fraction like 0.1") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{text!r} must be between 0% and 100%")
+    return value
+
+
+# -- quality ------------------------------------------------------------------------------------
+
+
+class QualityStats(BaseModel):
+    """Confidence summary of a set of telemetry windows."""
+
+    frames: int = 0
+    windows: int = 0
+    confidence_p50: float = 0.0
+    low_confidence_rate: float = 0.0
+
+
+def summarize(windows: Iterable[tuple[int, float, int]]) -> QualityStats:
+    """``(frames, confidence_p50, low_confidence)`` per window → frame-weighted summary.
+
+    The p50 of the union is approximated by the frame-weighted mean of the windows' p50s
+    (windows are short and similar; exact merging would need the histograms).
+    """
+    frames = windows_n = low = 0
+    weighted = 0.0
+    for f, p50, lo in windows:
+        if f <= 0:
+            continue
+        frames += f
+        windows_n += 1
+        low += lo
+        weighted += f * p50
+    if frames == 0:
+        return QualityStats()
+    return QualityStats(
+        frames=frames,
+        windows=windows_n,
+        confidence_p50=weighted / frames,
+        low_confidence_rate=min(1.0, low / frames),
+    )
+
+
+class Policy(BaseModel):
+    """Gates and timings of one rollout (defaults from settings, overridden per rollout)."""
+
+    soak_s: Annotated[float, Field(ge=0)] = 60.0
+    max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
+    min_gate_frames: Annotated[int, Field(ge=0)] = 50
+    baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
+    resend_after_s: Annotated[float, Field(gt=0)] = 30.0
+    max_sends: Annotated[int, Field(ge=1)] = 5
+    device_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    gate_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
+
+def failure_gate(policy: Policy, failed: int, total: int) -> str | None:
+    """The reason to halt, or None: failures over the threshold."""
+    if total <= 0 or failed == 0:
+        return None
+    rate = failed / total
+    if rate > policy.max_failure_rate:
+        return (
+            f"{failed} of {total} devices failed to install or pass probation "
+            f"({rate:.0%} > max {policy.max_failure_rate:.0%})"
+        )
+    return None
+
+
+def quality_gate(policy: Policy, baseline: QualityStats, current: QualityStats) -> str | None:
+    """The reason to halt, or None: the new model's confidence is worse than before by too much."""
+    drop = baseline.confidence_p50 - current.confidence_p50
+    if drop > policy.max_confidence_p50_drop:
+        return (
+            f"confidence p50 dropped from {baseline.confidence_p50:.3f} to {current.confidence_p50:.3f} "
+            f"(-{drop:.3f} > allowed {policy.max_confidence_p50_drop:.3f}) on the new version"
+        )
+    rise = current.low_confidence_rate - baseline.low_confidence_rate
+    if rise > policy.max_low_confidence_rate_rise:
+        return (
+            f"low-confidence rate rose from {baseline.low_confidence_rate:.1%} to "
+            f"{current.low_confidence_rate:.1%} (+{rise:.1%} > allowed "
+            f"{policy.max_low_confidence_rate_rise:.1%}) on the new version"
+        )
+    return None
+
+
+# -- actions the shell carries out --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendDeploy:
+    device_id: str
+    cmd_id: str
+
+
+@dataclass(frozen=True)
+class SendRollback:
+    device_id: str
+    cmd_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RaiseAlert:
+    message: str
+    data: dict[str, Any]
+
+
+Action = SendDeploy | SendRollback | RaiseAlert
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """What the shell measured for ``Rollout.gate_devices()``: before the rollout and on the new version."""
+
+    baseline: QualityStats
+    current: QualityStats
+
+
+# -- the rollout --------------------------------------------------------------------------------
+
+
+class DeviceProgress(BaseModel):
+    device_id: str
+    stage: int
+    status: DeviceStatus = DeviceStatus.WAITING
+    cmd_id: str
+    sends: int = 0
+    first_sent_at: float | None = None
+    last_sent_at: float | None = None
+    passed_at: float | None = None
+    updated_at: float | None = None
+    last_event: str | None = None
+    reason: str = ""
+
+
+class HistoryEntry(BaseModel):
+    at: float
+    text: str
+
+
+class Rollout(BaseModel):
+    """One rollout's whole state; serialisable with ``model_dump(mode="json")``."""
+
+    id: str
+    name: str
+    version: str
+    state: RolloutState = RolloutState.RUNNING
+    policy: Policy
+    stage_sizes: list[str]
+    stages: list[list[str]]
+    devices: dict[str, DeviceProgress]
+    stage: int = 0
+    created_at: float
+    started_at: float
+    stage_started_at: float
+    stage_settled_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+    last_quality: QualityReport | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+    # -- construction --------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        rollout_id: str,
+        name: str,
+        version: str,
+        device_ids: Sequence[str],
+        stages: Sequence[StageSize],
+        policy: Policy,
+        now: float,
+    ) -> Rollout:
+        if not device_ids:
+            raise ConfigError("the rollout has no devices", field="devices")
+        if not stages:
+            raise ConfigError("the rollout has no stages", field="stages")
+        plan = plan_stages(device_ids, stages)
+        devices: dict[str, DeviceProgress] = {}
+        n = 0
+        for i, members in enumerate(plan):
+            for d in members:
+                # The same cmd_id on every re-send: agents are idempotent on it.
+                devices[d] = DeviceProgress(device_id=d, stage=i, cmd_id=f"{rollout_id}-{n}")
+                n += 1
+        r = cls(
+            id=rollout_id,
+            name=name,
+            version=version,
+            policy=policy,
+            stage_sizes=[str(s) for s in stages],
+            stages=plan,
+            devices=devices,
+            created_at=now,
+            started_at=now,
+            stage_started_at=now,
+        )
+        r._log(now, f"created: {name}@{version} to {len(devices)} devices in {len(plan)} stages")
+        r._open_stage(0, now)
+        return r
+
+    # -- queries -------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    def stage_devices(self, stage: int) -> list[DeviceProgress]:
+        return [self.devices[d] for d in self.stages[stage]]
+
+    def devices_so_far(self) -> list[DeviceProgress]:
+        return [p for i in range(self.stage + 1) for p in self.stage_devices(i)]
+
+    def by_cmd_id(self, cmd_id: str) -> DeviceProgress | None:
+        for p in self.devices.values():
+            if p.cmd_id == cmd_id:
+                return p
+        return None
+
+    def stage_settled(self) -> bool:
+        return all(p.status in SETTLED for p in self.stage_devices(self.stage))
+
+    def gate_devices(self) -> list[DeviceProgress]:
+        """Devices whose telemetry the quality gate judges: those that passed, so far."""
+        return [p for p in self.devices_so_far() if p.status == DeviceStatus.PASSED]
+
+    def awaiting_gate(self, now: float) -> bool:
+        """True when the next ``tick`` would judge quality (so the shell should measure it)."""
+        return (
+            self.state == RolloutState.RUNNING
+            and self.stage_settled_at is not None
+            and now >= self.stage_settled_at + self.policy.soak_s
+            and bool(self.gate_devices())
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Per-stage counts by status, for people and the API."""
+        out = []
+        for i, members in enumerate(self.stages):
+            counts: dict[str, int] = {}
+            for d in members:
+                s = self.devices[d].status.value
+                counts[s] = counts.get(s, 0) + 1
+            out.append(
+                {
+                    "stage": i,
+                    "size": self.stage_sizes[i] if i < len(self.stage_sizes) else "",
+                    "devices": len(members),
+                    "counts": counts,
+                }
+            )
+        return {"stages": out}
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _log(self, now: float, text: str) -> None:
+        self.history.append(HistoryEntry(at=now, text=text))
+
+    def _open_stage(self, stage: int, now: float) -> None:
+        self.stage = stage
+        self.stage_started_at = now
+        self.stage_settled_at = None
+        for p in self.stage_devices(stage):
+            if p.status == DeviceStatus.WAITING:
+                p.status = DeviceStatus.PENDING
+                p.updated_at = now
+        self._log(now, f"stage {stage + 1}/{len(self.stages)} started: {len(self.stages[stage])} devices")
+
+    def on_event(
+        self, device_id: str, kind: str, now: float, *, cmd_id: str | None = None, reason: str = ""
+    ) -> bool:
+        """Apply one device event; True when it changed anything. Events from strangers are ignored."""
+        p = self.devices.get(device_id)
+        if p is None or (cmd_id is not None and cmd_id != p.cmd_id):
+            return False
+        if p.status in (DeviceStatus.WAITING, DeviceStatus.PENDING, DeviceStatus.ROLLED_BACK):
+            return False
+        if kind in FAILURE_EVENTS:
+            if p.status == DeviceStatus.FAILED:
+                return False
+            p.status = DeviceStatus.FAILED
+            p.reason = reason or kind
+        elif kind in PROGRESS_EVENTS:
+            target = PROGRESS_EVENTS[kind]
+            if p.status == DeviceStatus.FAILED or _RANK[target] <= _RANK[p.status]:
+                return False  # never backwards (duplicates and reordering are harmless)
+            p.status = target
+            if target == DeviceStatus.PASSED:
+                p.passed_at = now
+        else:
+            return False
+        p.last_event = kind
+        p.updated_at = now
+        return True
+
+    def tick(self, now: float, quality: QualityReport | None = None) -> list[Action]:
+        """Advance with the clock; ``quality`` is the shell's measurement when ``awaiting_gate``."""
+        if self.state != RolloutState.RUNNING:
+            return []
+        actions: list[Action] = []
+        for p in self.stage_devices(self.stage):
+            if p.status == DeviceStatus.PENDING:
+                p.status = DeviceStatus.SENT
+                p.sends, p.first_sent_at, p.last_sent_at, p.updated_at = 1, now, now, now
+                actions.append(SendDeploy(p.device_id, p.cmd_id))
+            elif (
+                p.status == DeviceStatus.SENT and now - (p.last_sent_at or now) >= self.policy.resend_after_s
+            ):
+                if p.sends >= self.policy.max_sends:
+                    p.status, p.reason, p.updated_at = (
+                        DeviceStatus.FAILED,
+                        f"no answer after {p.sends} deploy commands",
+                        now,
+                    )
+                else:
+                    p.sends += 1
+                    p.last_sent_at = p.updated_at = now
+                    actions.append(SendDeploy(p.device_id, p.cmd_id))
+            if p.status in IN_FLIGHT and now - (p.first_sent_at or now) >= self.policy.device_timeout_s:
+                p.status, p.reason, p.updated_at = (
+                    DeviceStatus.FAILED,
+                    f"not done after {self.policy.device_timeout_s:g}s",
+                    now,
+                )
+
+        so_far = self.devices_so_far()
+        failed = sum(1 for p in so_far if p.status == DeviceStatus.FAILED)
+        reason = failure_gate(self.policy, failed, len(so_far))
+        if reason is not None:
+            return actions + self.halt(reason, now)
+        if not self.stage_settled():
+            return actions
+        if self.stage_settled_at is None:
+            self.stage_settled_at = now
+            self._log(now, f"stage {self.stage + 1} settled; soaking {self.policy.soak_s:g}s")
+        if now < self.stage_settled_at + self.policy.soak_s:
+            return actions
+        if self.gate_devices():
+            if quality is None:
+                return actions  # the shell measures on the next tick
+            self.last_quality = quality
+            if quality.current.frames < max(1, self.policy.min_gate_frames):
+                if now >= self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s:
+                    return actions + self.halt(
+                        f"not enough telemetry on the new version to judge quality "
+                        f"({quality.current.frames} frames < {self.policy.min_gate_frames})",
+                        now,
+                    )
+                return actions
+            if quality.baseline.frames < max(1, self.policy.min_gate_frames):
+                self._log(now, "no pre-rollout telemetry for these devices: quality gates skipped")
+            else:
+                reason = quality_gate(self.policy, quality.baseline, quality.current)
+                if reason is not None:
+                    return actions + self.halt(reason, now)
+        if self.stage + 1 >= len(self.stages):
+            self.state = RolloutState.SUCCEEDED
+            self.finished_at = now
+            self._log(
+                now,
+                f"succeeded: {sum(1 for p in self.devices.values() if p.status == DeviceStatus.PASSED)} devices run {self.version}",
+            )
+            return actions
+        self._log(now, f"stage {self.stage + 1} passed its gates")
+        self._open_stage(self.stage + 1, now)
+        return actions + self.tick(now)
+
+    def _roll_back(self, reason: str, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for p in self.devices.values():
+            if p.status in IN_FLIGHT or p.status == DeviceStatus.PASSED:
+                p.status, p.updated_at = DeviceStatus.ROLLED_BACK, now
+                p.reason = reason
+                actions.append(SendRollback(p.device_id, f"{p.cmd_id}-rb", reason))
+            elif p.status in (DeviceStatus.PENDING, DeviceStatus.WAITING):
+                p.reason = "never sent: the rollout stopped"
+        return actions
+
+    def halt(self, reason: str, now: float) -> list[Action]:
+        """Stop, roll back every device that received the release, and raise an alert."""
+        if not self.active:
+            return []
+        self.state, self.reason, self.finished_at = RolloutState.HALTED, reason, now
+        self._log(now, f"halted at stage {self.stage + 1}: {reason}")
+        actions = self._roll_back(reason, now)
+        rolled = [a.device_id for a in actions if isinstance(a, SendRollback)]
+        return [
+            *actions,
+            RaiseAlert(
+                f"rollout {self.id} of {self.name}@{self.version} halted at stage {self.stage + 1}/"
+                f"{len(self.stages)}: {reason}; rolled back: {', '.join(rolled) or 'none'}",
+                {"reason": reason, "stage": self.stage, "rolled_back": rolled},
+            ),
+        ]
+
+    def pause(self, now: float) -> bool:
+        if self.state != RolloutState.RUNNING:
+            return False
+        self.state = RolloutState.PAUSED
+        self._log(now, "paused")
+        return True
+
+    def resume(self, now: float) -> bool:
+        if self.state != RolloutState.PAUSED:
+            return False
+        self.state = RolloutState.RUNNING
+        self._log(now, "resumed")
+        return True
+
+    def abort(self, now: float, *, rollback: bool = False) -> list[Action]:
+        """Stop for good; with ``rollback`` the devices that received the release go back too."""
+        if not self.active:
+            return []
+        self.state, self.finished_at = RolloutState.ABORTED, now
+        self.reason = "aborted by an operator"
+        self._log(now, "aborted" + (" with rollback" if rollback else ""))
+        if rollback:
+            return self._roll_back("rollout aborted", now)
+        return []

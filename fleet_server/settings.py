@@ -1,0 +1,183 @@
+"""The fleet server's typed settings: a TOML file plus ``LINESIDE_FLEET_*`` environment overrides.
+
+Read ONCE at the CLI boundary (``fleet serve``) and passed down; nothing deeper reads the
+environment. Example ``fleet.toml``::
+
+    data_dir = "/var/lib/lineside-fleet"
+    database_url = "postgresql+psycopg://fleet@db/fleet"   # default: sqlite under data_dir
+    broker_url = "mqtt://broker.plant:1883"                # default: embedded amqtt (one machine only)
+    listen = "0.0.0.0:8080"
+    online_keys_dir = "/etc/lineside/online-keys"
+    webhook_url = "https://alerts.plant/hook"
+
+    [rollout]
+    soak_s = 60
+    max_failure_rate = 0.1
+
+Environment: ``LINESIDE_FLEET_<FIELD>`` for top-level fields (``LINESIDE_FLEET_BROKER_URL``,
+``LINESIDE_FLEET_DATABASE_URL``, ...) and ``LINESIDE_FLEET_ROLLOUT__<FIELD>`` for rollout defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_agent.errors import ConfigError
+from edge_agent.messages import DEFAULT_TOPIC_ROOT
+
+ENV_PREFIX = "LINESIDE_FLEET_"
+
+
+class RolloutDefaults(BaseModel):
+    """Defaults for ``fleet rollout start`` flags the operator leaves out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stages: str = "1,25%,100%"
+    soak_s: Annotated[float, Field(ge=0)] = 60.0
+    max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
+    # Quality gates vs the same devices' pre-rollout telemetry (absolute differences of fractions).
+    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
+    min_gate_frames: Annotated[int, Field(ge=0)] = 50
+    baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
+    # A deploy with no answer is re-sent after this long (agents are idempotent on cmd_id).
+    resend_after_s: Annotated[float, Field(gt=0)] = 30.0
+    max_sends: Annotated[int, Field(ge=1)] = 5
+    # A device that has not passed or failed probation within this long counts as failed.
+    device_timeout_s: Annotated[float, Field(gt=0)] = 900.0
+    # After the soak, wait at most this long for enough telemetry to judge quality, then halt.
+    gate_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+
+
+class FleetSettings(BaseModel):
+    """Everything ``fleet serve`` needs; units in names (``_s``, ``_bytes``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: Path = Path("fleet-data")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; None → sqlite in data_dir")
+    broker_url: str | None = Field(default=None, description="mqtt[s]://host:port; None → embedded amqtt")
+    embedded_broker_listen: str = "127.0.0.1:1883"
+    broker_username: str | None = None
+    broker_password: str | None = None
+    broker_ca_file: Path | None = None
+    mqtt_client_id: str = "lineside-fleet"
+    # "auto": MQTT 5 for an external broker, 3.1.1 for the embedded amqtt (which speaks only 3.1.1).
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
+    # MQTT 5 shared subscription group: several replicas split ingest (``$share/GROUP/...``).
+    shared_subscription_group: str | None = None
+    topic_root: str = DEFAULT_TOPIC_ROOT
+    listen: str = "127.0.0.1:8080"
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    online_keys_dir: Path | None = Field(
+        default=None, description="`fleet keys init` output (root.json + online keys); None → no TUF repo"
+    )
+    repo_dir: Path | None = Field(default=None, description="TUF repository; None → data_dir/repo")
+    timestamp_refresh_every_s: Annotated[float, Field(gt=0)] = 300.0
+    timestamp_refresh_margin_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    admin_token: str | None = Field(default=None, description="bootstrap admin token (hashed on start)")
+    webhook_url: str | None = None
+    webhook_retries: Annotated[int, Field(ge=0)] = 3
+    max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
+    ingest_queue_max: Annotated[int, Field(gt=0)] = 50_000
+    ingest_batch_max: Annotated[int, Field(gt=0)] = 500
+    controller_tick_s: Annotated[float, Field(gt=0)] = 0.5
+    offline_after_s: Annotated[float, Field(gt=0)] = 120.0
+    recent_telemetry: Annotated[int, Field(ge=1, le=1000)] = 20
+    rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
+        return v
+
+    @field_validator("listen", "embedded_broker_listen")
+    @classmethod
+    def _hostport(cls, v: str) -> str:
+        split_hostport(v)
+        return v
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fleet.db').resolve()}"
+
+    @property
+    def effective_repo_dir(self) -> Path:
+        return self.repo_dir or self.data_dir / "repo"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url:
+            return self.broker_url
+        host, port = split_hostport(self.embedded_broker_listen)
+        return f"mqtt://{host}:{port}"
+
+
+def split_hostport(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` → (host, port); ValueError when it is not one."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if "__" in name:
+            section, _, sub = name.partition("__")
+            out.setdefault(section, {})[sub] = value
+        else:
+            out[name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(dict(out[k]), v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> FleetSettings:
+    """TOML file, then environment, then explicit overrides (CLI flags); ConfigError names the field."""
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {config_file}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file} is not valid TOML: {exc}") from exc
+    raw = _merge(raw, _env_overrides(env or {}))
+    raw = _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return FleetSettings.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"fleet settings: {loc}: {err['msg']}", field=loc) from exc
