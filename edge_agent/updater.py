@@ -790,3 +790,33 @@ class Updater:
             return Outcome("rejected", str(exc), reason=_reason_of(exc))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+STORE_SUBDIR = "models"
+
+
+def store_dir(state_dir: Path) -> Path:
+    """Where the model store lives under the agent's state directory."""
+    return Path(state_dir) / STORE_SUBDIR
+
+
+def settings_from_config(config: Any) -> UpdaterSettings:
+    """UpdaterSettings from an AgentConfig (its optional ``updates`` section)."""
+    up = getattr(config, "updates", None)
+    base: dict[str, Any] = {"device_class": config.device_class}
+    if up is not None:
+        base.update(
+            root_json=up.root_json,
+            repository_url=up.repository_url,
+            limits=FetchLimits(
+                root_max_bytes=up.root_max_bytes,
+                timestamp_max_bytes=up.timestamp_max_bytes,
+                snapshot_max_bytes=up.snapshot_max_bytes,
+                targets_max_bytes=up.targets_max_bytes,
+            ),
+            crash_loop_threshold=up.crash_loop_threshold,
+            reserve_bytes=up.reserve_bytes,
+            swap_timeout_s=up.swap_timeout_s,
+            fault_point=up.fault_point,
+        )
+    return UpdaterSettings(**base)

@@ -1,0 +1,200 @@
+"""``fleet keys init``, ``fleet release``, ``fleet export``: signing releases with TUF.
+
+``fleet release BUNDLE --keys DIR --server URL --token T`` first GETs
+``{URL}/tuf/metadata/targets.json`` (the newest targets, kept unversioned beside the versioned
+files; 404 means no release yet), checks it is signed by the targets key in DIR's root.json (so a
+compromised server cannot get extra targets signed), adds the bundle's files, signs the next
+targets version offline and POSTs ``{"targets": ..., "files": {path: base64}}`` to
+``{URL}/api/v1/models``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Targets
+
+from edge_agent.clitools import CommandError, print_json
+from edge_agent.errors import VerificationError
+from fleet_server import keys as keymod
+from fleet_server.tuf_repo import Repository, build_release_targets, release_local
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="TUF signing keys", description="Manage the TUF signing keys.")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = ksub.add_parser(
+        "init",
+        help="create root/targets/snapshot/timestamp keys and root.json",
+        description="Create Ed25519 keys for the four TUF roles and the first root.json "
+        "(the trust anchor to provision on every device). Private keys are written 0600.",
+    )
+    init.add_argument("--out", type=Path, required=True, help="directory for the keys (must not hold keys)")
+    init.add_argument(
+        "--expiry-days",
+        default=None,
+        help="metadata lifetime per role, e.g. root=365,targets=90,snapshot=7,timestamp=1 (these are the defaults)",
+    )
+    init.add_argument("--json", action="store_true", help="print the result as JSON")
+    init.set_defaults(func=_keys_init)
+
+    rel = sub.add_parser(
+        "release",
+        help="sign a model bundle and publish it",
+        description="Sign BUNDLE's files as TUF targets with the targets key and publish them: into a "
+        "local TUF repository (--repo, created on first use; works with no server) or to a fleet "
+        "server (--server/--token).",
+    )
+    rel.add_argument("bundle", type=Path, help="bundle directory (manifest.json, model.onnx, selftest.npz)")
+    rel.add_argument("--keys", type=Path, required=True, help="keys directory from `fleet keys init`")
+    where = rel.add_mutually_exclusive_group(required=True)
+    where.add_argument("--repo", type=Path, help="local TUF repository directory")
+    where.add_argument("--server", help="fleet server URL, e.g. http://127.0.0.1:8700")
+    rel.add_argument("--token", help="bearer token for --server")
+    rel.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="sign this release as a deliberate downgrade (devices accept it below their highest version)",
+    )
+    rel.add_argument("--json", action="store_true", help="print the result as JSON")
+    rel.set_defaults(func=_release)
+
+    exp = sub.add_parser(
+        "export",
+        help="write a signed release to a directory (USB side-loading)",
+        description="Write a self-contained signed TUF repository holding NAME@VERSION, for "
+        "`edge-agent install DIR` on air-gapped lines.",
+    )
+    exp.add_argument("ref", help="NAME@VERSION")
+    exp.add_argument("--out", type=Path, required=True, help="output directory (must be empty or absent)")
+    src = exp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--repo", type=Path, help="local TUF repository directory")
+    src.add_argument("--server", help="fleet server URL (downloads through /tuf/)")
+    exp.set_defaults(func=_export)
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    root = keymod.init_keys(args.out, keymod.parse_expiry_days(args.expiry_days))
+    if args.json:
+        print_json({"keys_dir": str(args.out), "root_json": str(root)})
+    else:
+        sys.stdout.write(
+            f"keys written to {args.out} (private keys in {args.out / keymod.PRIVATE_DIR}, mode 0600)\n"
+            f"trust anchor: {root}: provision it on every device ([updates] root_json)\n"
+            "keep root.pem and targets.pem offline; the fleet server needs only snapshot.pem and timestamp.pem\n"
+        )
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    if args.repo is not None:
+        info = release_local(args.bundle, args.keys, args.repo, allow_downgrade=args.allow_downgrade)
+        result: dict[str, Any] = {"repo": str(args.repo), **info.to_dict()}
+    else:
+        if not args.token:
+            raise CommandError("--server needs --token")
+        result = _release_to_server(args)
+    if args.json:
+        print_json(result)
+    else:
+        sys.stdout.write(f"released {result['name']}@{result['version']} ({len(result['files'])} files)\n")
+    return 0
+
+
+def _release_to_server(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    base = args.server.rstrip("/")
+    headers = {"Authorization": f"Bearer {args.token}"}
+    root = keymod.load_root(args.keys)
+    try:
+        with httpx.Client(timeout=60.0) as client:
+            r = client.get(f"{base}/tuf/metadata/targets.json")
+            current: Metadata[Targets] | None = None
+            if r.status_code == 200:
+                current = Metadata[Targets].from_bytes(r.content)
+                try:
+                    root.verify_delegate(Targets.type, current)
+                except UnsignedMetadataError as exc:
+                    raise VerificationError(
+                        "the server's targets.json is not signed by our targets key"
+                    ) from exc
+            elif r.status_code != 404:
+                raise CommandError(f"GET targets.json: HTTP {r.status_code}")
+            signed, files = build_release_targets(
+                args.bundle,
+                targets_signer=keymod.load_signer(args.keys, "targets"),
+                current=current,
+                expiry_days=keymod.load_expiry_days(args.keys)["targets"],
+                allow_downgrade=args.allow_downgrade,
+            )
+            body = {
+                "targets": json.loads(signed),
+                "files": {p: base64.b64encode(d).decode() for p, d in files.items()},
+            }
+            resp = client.post(f"{base}/api/v1/models", json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"cannot reach {base}: {exc}") from exc
+    if resp.status_code >= 400:
+        raise CommandError(f"the server refused the release: HTTP {resp.status_code} {resp.text[:300]}")
+    out: dict[str, Any] = resp.json()
+    return out
+
+
+def _export(args: argparse.Namespace) -> int:
+    name, sep, version = args.ref.partition("@")
+    if not sep:
+        raise CommandError("give the release as NAME@VERSION")
+    if args.repo is not None:
+        path = Repository.open(args.repo, None).export(name, version, args.out)
+    else:
+        path = _export_from_server(args.server, name, version, args.out)
+    sys.stdout.write(f"exported {name}@{version} to {path}\n")
+    return 0
+
+
+def _export_from_server(server: str, name: str, version: str, out: Path) -> Path:
+    """Mirror the server's metadata and the release's files, then export from the mirror."""
+    import tempfile
+
+    import httpx
+
+    from fleet_server.tuf_repo import METADATA_DIR, TARGETS_DIR, target_file_name
+
+    base = server.rstrip("/")
+    with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60.0) as client:
+        mirror = Path(tmp)
+        md = mirror / METADATA_DIR
+        md.mkdir()
+
+        def get(path: str) -> bytes:
+            r = client.get(f"{base}/tuf/{path}")
+            if r.status_code != 200:
+                raise CommandError(f"GET /tuf/{path}: HTTP {r.status_code}")
+            return r.content
+
+        (md / "timestamp.json").write_bytes(get("metadata/timestamp.json"))
+        for fname in ("root.json", "snapshot.json", "targets.json"):
+            (md / fname).write_bytes(get(f"metadata/{fname}"))
+        rootv = Metadata.from_bytes((md / "root.json").read_bytes()).signed.version
+        for v in range(1, rootv + 1):
+            (md / f"{v}.root.json").write_bytes(get(f"metadata/{v}.root.json"))
+        for role in ("snapshot", "targets"):
+            v = Metadata.from_bytes((md / f"{role}.json").read_bytes()).signed.version
+            (md / f"{v}.{role}.json").write_bytes((md / f"{role}.json").read_bytes())
+        repo = Repository.open(mirror, None)
+        for info in repo.releases():
+            if (info.name, info.version) != (name, version):
+                continue
+            for f in info.files.values():
+                rel = target_file_name(f["path"], f["sha256"])
+                dest = mirror / TARGETS_DIR / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(get(f"targets/{rel}"))
+        return repo.export(name, version, out)
