@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edge_agent import clitools
 from edge_agent.config import AgentConfig, load_config
@@ -106,7 +106,18 @@ def build_agent(config: AgentConfig) -> Any:
     from edge_agent.publisher import MqttPublisher
 
     fallbacks: list[tuple[str, str]] = []
-    runner = _initial_runner(config, lambda provider, reason: fallbacks.append((provider, reason)))
+    on_fallback = lambda provider, reason: fallbacks.append((provider, reason))  # noqa: E731
+    # With [updates]: serve the active verified bundle from the store (after crash recovery and
+    # the crash-loop check); the configured bundle only while the store is still empty.
+    updater = None
+    runner: ModelRunner | None = None
+    if config.updates is not None:
+        from edge_agent.updater import daemon_updater
+
+        updater = daemon_updater(config, on_fallback)
+        runner = cast(ModelRunner | None, updater.boot())  # daemon_updater loads ModelRunners
+    if runner is None:
+        runner = _initial_runner(config, on_fallback)
     source = _open_source(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
@@ -115,6 +126,10 @@ def build_agent(config: AgentConfig) -> Any:
         config.broker, device_id=config.device_id, client_id=config.client_id, spool=spool, will_payload=will
     )
     agent = Agent(config, source, publisher, runner, spool=spool)
+    if updater is not None:
+        from edge_agent.updater import attach_to_agent
+
+        attach_to_agent(agent, updater)
     for provider, reason in fallbacks:
         agent.emit_event(
             "provider.fallback",

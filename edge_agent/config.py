@@ -195,6 +195,41 @@ class ThresholdsConfig(_Section):
     drift: bool = Field(default=True, description="detect drift at all")
 
 
+class UpdatesConfig(_Section):
+    """Verified model updates (TUF). Without this section the agent serves ``bundle`` and takes no updates.
+
+    ``root_json`` is the provisioned trust anchor (from ``fleet keys init``); ``repository_url`` the
+    fleet server (``{url}/tuf/metadata/``, ``{url}/tuf/targets/``); None accepts only side-loads
+    (``edge-agent install DIR``).
+    """
+
+    root_json: Path
+    repository_url: str | None = None
+    root_max_bytes: Annotated[int, Field(gt=0)] = 512_000
+    timestamp_max_bytes: Annotated[int, Field(gt=0)] = 16_384
+    snapshot_max_bytes: Annotated[int, Field(gt=0)] = 2_000_000
+    targets_max_bytes: Annotated[int, Field(gt=0)] = 5_000_000
+    crash_loop_threshold: Annotated[int, Field(ge=0)] = Field(
+        default=3, description="starts on probation before the new model counts as crash-looping"
+    )
+    reserve_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="free space to keep on the store's disk"
+    )
+    swap_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    fault_point: str | None = Field(
+        default=None,
+        description="FAULT-INJECTION TESTS ONLY: SIGKILL the agent at this install step "
+        "(after_download, mid_stage, after_verify, after_rename, after_state_write, during_probation)",
+    )
+
+    @field_validator("repository_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s):// URL")
+        return v
+
+
 class AgentConfig(_Section):
     """The whole agent config file."""
 
@@ -207,6 +242,7 @@ class AgentConfig(_Section):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
+    updates: UpdatesConfig | None = None
     watchdog_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
     )

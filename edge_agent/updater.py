@@ -820,3 +820,32 @@ def settings_from_config(config: Any) -> UpdaterSettings:
             fault_point=up.fault_point,
         )
     return UpdaterSettings(**base)
+
+
+def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None = None) -> Updater:
+    """The updater a running agent uses: the store under ``state_dir``, ModelRunner with the config."""
+    from edge_agent.runtime import ModelRunner
+
+    settings = settings_from_config(config)
+    store = ModelStore(store_dir(config.state_dir), reserve_bytes=settings.reserve_bytes)
+
+    def load(bundle_dir: Path) -> Runner:
+        return ModelRunner.load(bundle_dir, inference=config.inference, on_fallback=on_fallback)
+
+    return Updater(store, settings, load_runner=load)
+
+
+def attach_to_agent(agent: Any, updater: Updater) -> None:
+    """Wire the updater into a running Agent: commands, telemetry windows, state message."""
+
+    def deploy(cmd: Any) -> None:
+        updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+
+    def rollback(cmd: Any) -> None:
+        updater.rollback(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id, reason=cmd.reason)
+
+    updater.attach(agent)
+    agent.set_command_handler("deploy", deploy)
+    agent.set_command_handler("rollback", rollback)
+    agent.add_window_listener(updater.on_window)
+    agent.set_model_info(updater.model_info)
