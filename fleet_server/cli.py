@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from edge_agent import clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = ["fleet_server.cli_keys"]
+COMMAND_MODULES: list[str] = ["fleet_server.cli_keys", "fleet_server.cli_serve", "fleet_server.cli_ops"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
