@@ -1,0 +1,221 @@
+"""The agent against a real Mosquitto: as a subprocess replaying a simulator recording, and through outages.
+
+Integration tests (``-m integration``). The model is ``models/releases/shapes-1.0.0``
+when that bundle exists, otherwise the synthetic bundle (plumbing only: the
+label-agreement check then needs the real model and is skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentProcess
+from tests.mqtt import Collector, Mosquitto, wait_until
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+SHAPES = REPO / "models" / "releases" / "shapes-1.0.0"
+ROOT = "lineside/v1"
+# The issue asks for a 20 s broker outage; the default here is shorter to keep CI fast
+# (the spool and reconnect logic do not depend on the length). LINESIDE_OUTAGE_S=20 runs the full one.
+OUTAGE_S = float(os.environ.get("LINESIDE_OUTAGE_S", "6"))
+
+
+def real_model() -> Path | None:
+    return SHAPES if (SHAPES / "manifest.json").is_file() and (SHAPES / "model.onnx").is_file() else None
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    found = real_model()
+    if found is not None:
+        return found
+    from models.synthetic import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", behaviour="confident")
+
+
+def record(out: Path, *, frames: int, seed: int, fps: float, scenario: str = "baseline") -> Path:
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "edge-sim"),
+            "record",
+            "--out",
+            str(out),
+            "--frames",
+            str(frames),
+            "--seed",
+            str(seed),
+            "--fps",
+            str(fps),
+            "--scenario",
+            scenario,
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record(tmp_path_factory.mktemp("rec") / "baseline", frames=150, seed=11, fps=30)
+
+
+def write_config(
+    path: Path, *, device: str, state: Path, bundle: Path, source: Path, broker: str, **extra: str
+) -> Path:
+    lines = [
+        f'device_id = "{device}"',
+        f'state_dir = "{state}"',
+        f'bundle = "{bundle}"',
+        "[source]",
+        f'uri = "{source}"',
+        f"loop = {extra.get('loop', 'false')}",
+        "[broker]",
+        f'url = "{broker}"',
+        "reconnect_min_s = 0.2",
+        "reconnect_max_s = 1.0",
+        "[telemetry]",
+        f"window_s = {extra.get('window_s', '1.0')}",
+        "flush_timeout_s = 5.0",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def labels_of(recording: Path) -> list[str]:
+    return [
+        json.loads(line)["package"] for line in (recording / "labels.jsonl").read_text().splitlines() if line
+    ]
+
+
+def dedup_in_order(payloads: list[dict[str, Any]]) -> list[int]:
+    seen: set[int] = set()
+    out = []
+    for p in payloads:
+        if p["seq"] not in seen:
+            seen.add(p["seq"])
+            out.append(p["seq"])
+    return out
+
+
+def test_agent_replays_recording_and_reports(
+    mosquitto: Mosquitto,
+    edge_agent_process: Callable[..., AgentProcess],
+    bundle: Path,
+    recording: Path,
+    tmp_path: Path,
+) -> None:
+    device = "replay-1"
+    cfg = write_config(
+        tmp_path / "agent.toml", device=device, state=tmp_path / "state", bundle=bundle, source=recording,
+        broker=mosquitto.url,
+    )  # fmt: skip
+    labels = labels_of(recording)
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/#") as c:
+        agent = edge_agent_process(cfg)
+        tele = f"{device}/telemetry"
+        c.wait_for(lambda c: sum(t["frames"] for t in c.payloads(tele)) >= len(labels), timeout=60)
+        # A late subscriber gets the retained state.
+        with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/state") as late:
+            retained = late.wait_for(lambda c: [m for m in c.messages() if m.retain], timeout=10)[0].json()
+        assert retained["online"] is True and retained["execution_provider"] == "CPUExecutionProvider"
+        assert retained["active_model"]["name"] == json.loads((bundle / "manifest.json").read_text())["name"]
+        status = subprocess.run(
+            [str(Path(sys.executable).parent / "edge-agent"), "status", "--json", "--state-dir", str(tmp_path / "state")],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["running"] is True
+        assert agent.stop(signal.SIGTERM) == 0, agent.log()[-3000:]
+        c.wait_for(lambda c: any(not p["online"] for p in c.payloads(f"{device}/state")), timeout=10)
+    windows = c.payloads(tele)
+    seqs = [w["seq"] for w in windows]
+    assert seqs == list(range(len(seqs))), seqs
+    assert sum(w["frames"] for w in windows) == len(labels)
+    hist: dict[str, int] = {}
+    for w in windows:
+        for k, v in w["class_histogram"].items():
+            hist[k] = hist.get(k, 0) + v
+    assert sum(hist.values()) == len(labels)
+    decisions = c.payloads(f"{device}/decisions")
+    assert [d["frame_id"] for d in decisions] == list(range(len(labels)))
+    events = c.payloads(f"{device}/events")
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    assert events[0]["kind"] == "agent.started" and events[-1]["kind"] == "agent.stopping"
+    if real_model() is None:
+        pytest.skip("models/releases/shapes-1.0.0 not available: plumbing checked, label agreement not")
+    agree = sum(d["label"] == lab for d, lab in zip(decisions, labels, strict=True)) / len(labels)
+    assert agree >= 0.99, agree
+    expected = {k: labels.count(k) for k in set(labels)}
+    assert sum(min(hist.get(k, 0), n) for k, n in expected.items()) >= 0.99 * len(labels)
+
+
+def test_broker_outage_and_agent_restart_lose_nothing(
+    mosquitto_factory: Callable[..., Mosquitto],
+    edge_agent_process: Callable[..., AgentProcess],
+    bundle: Path,
+    recording: Path,
+    tmp_path: Path,
+) -> None:
+    broker = mosquitto_factory(persistence=True)  # the collector's session survives the broker restart
+    device = "outage-1"
+    cfg = write_config(
+        tmp_path / "agent.toml", device=device, state=tmp_path / "state", bundle=bundle, source=recording,
+        broker=broker.url, loop="true", window_s="0.5",
+    )  # fmt: skip
+    c = Collector(
+        broker.host, broker.port, f"{ROOT}/devices/{device}/#", persistent=True, client_id="outage-watch"
+    )
+    c.start()
+    try:
+        agent = edge_agent_process(cfg)
+        tele, evts = f"{device}/telemetry", f"{device}/events"
+        c.wait_for(lambda c: len(c.payloads(tele)) >= 3, timeout=30)
+        broker.stop()
+        outage_start = time.monotonic()
+        # Restart the agent during the outage: the spool and the seq counters must carry over.
+        wait_until(
+            lambda: len(list((tmp_path / "state" / "spool").glob("*.telemetry.*.json"))) >= 2, OUTAGE_S + 20
+        )
+        assert agent.stop(signal.SIGTERM) == 0
+        agent = edge_agent_process(cfg)
+        # The restarted agent spools its own events: agent.stopping, then agent.started (and telemetry).
+        wait_until(lambda: len(list((tmp_path / "state" / "spool").glob("*.events.*.json"))) >= 2, 30)
+        # The outage lasts OUTAGE_S: this wait is the scenario's length, not synchronisation.
+        time.sleep(max(0.0, outage_start + OUTAGE_S - time.monotonic()))
+        assert len(list((tmp_path / "state" / "spool").glob("*.json"))) >= 4
+        broker.start()
+        assert c.wait_connected(20)
+        last_t = max(
+            int(p.name.split(".")[2]) for p in (tmp_path / "state" / "spool").glob("*.telemetry.*.json")
+        )
+        c.wait_for(lambda c: last_t in {t["seq"] for t in c.payloads(tele)}, timeout=30)
+        assert agent.stop(signal.SIGTERM) == 0
+        c.wait_for(
+            lambda c: any(e["kind"] == "agent.stopping" and e["seq"] >= 2 for e in c.payloads(evts)),
+            timeout=15,
+        )
+    finally:
+        c.stop()
+    for channel in (tele, evts):
+        payloads = c.payloads(channel)
+        order = dedup_in_order(payloads)
+        assert order == list(range(len(order))), (channel, order)
+    kinds = [e["kind"] for e in c.payloads(evts)]
+    assert kinds.count("agent.started") >= 2
+    assert not list((tmp_path / "state" / "spool").glob("*.json")), "spool drained"
