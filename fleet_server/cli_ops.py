@@ -39,7 +39,8 @@ def _client(args: argparse.Namespace) -> FleetClient:
 
 
 def _console() -> Console:
-    return Console(stderr=False, soft_wrap=True)
+    # Not a terminal (a pipe, a log): wide enough that tables do not wrap every cell.
+    return Console(stderr=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
@@ -320,6 +321,7 @@ def _watch(c: FleetClient, rollout_id: str, interval: float, as_json: bool) -> i
                 time.sleep(interval)
                 r = c.rollout(rollout_id)
                 live.update(_status_table(r))
+        sys.stdout.write("\n")
         text = _status_text(r)
         if text:
             _console().print(text, markup=False)

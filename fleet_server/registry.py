@@ -29,11 +29,13 @@ def _get_or_create(s: Session, device_id: str, now: datetime) -> DeviceRow:
 def apply_state(s: Session, state: DeviceState, now: datetime) -> None:
     """A retained state message (or the Last Will): update what the device says about itself.
 
-    Older state than what we have (by ``since``) is ignored, so a redelivered retained
+    Older online state than what we have (by ``since``) is ignored, so a redelivered retained
     message never overwrites a newer one.
     """
     row = _get_or_create(s, state.device_id, now)
-    if row.state_since is not None and state.since < row.state_since:
+    # The Last Will (online=False) was composed when the device connected, so its ``since`` is
+    # older than later state; it still wins — it is the broker telling us the device is gone.
+    if row.state_since is not None and state.since < row.state_since and state.online:
         return
     row.state_since = state.since
     row.online = state.online

@@ -1,0 +1,477 @@
+"""Simulated devices that speak the real agent protocol, without inference: fleets of 100s on one machine.
+
+Each ``SimDevice`` has its own MQTT client (so its own Last Will), publishes its retained
+``state``, one ``telemetry`` window every ``window_s`` (with a monotonically increasing ``seq``
+that keeps increasing across restarts: it starts from the wall clock in ms), and answers the
+``cmd`` topic like an agent does:
+
+- ``deploy`` → ``update.started``, ``update.verified``, ``update.installed``, ``probation.started``
+  (state: the new version active, the old one previous, probation on), then after
+  ``probation_s`` either ``probation.passed`` or — for a ``faulty`` version — ``rollback`` with a
+  reason and evidence (state back to the old version). ``reject`` versions answer
+  ``update.rejected``. Idempotent on ``cmd_id``: a re-sent deploy re-publishes the last answer.
+- ``rollback`` → back to the previous model, ``rollback`` event echoing the ``cmd_id``.
+- ``ping`` → ``pong``.
+
+A "low-confidence" version reports confidence p50 ``low_confidence_p50`` and most frames under
+the low-confidence threshold, which is how tests provoke the fleet's model-quality gate. With
+``server_url``, a deploy of a release that the server's TUF ``targets.json`` does not list fails
+(``update.failed``), as a real agent's download would.
+
+Networking: devices are split into groups, each group served by ONE thread that multiplexes its
+clients' sockets with ``select`` and also runs their timers — no thread per device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.errors import MessageError
+from edge_agent.messages import (
+    DeployCommand,
+    DeviceState,
+    Event,
+    ModelRef,
+    PingCommand,
+    RollbackCommand,
+    Telemetry,
+    Topics,
+    dump,
+    parse_command,
+)
+
+log = logging.getLogger(__name__)
+
+PublishFn = Callable[[str, bytes, bool], None]  # topic, payload, retain (always QoS 1)
+
+
+@dataclass
+class SimOptions:
+    """How the simulated devices behave."""
+
+    topic_root: str = "lineside/v1"
+    initial_model: str = "shapes@1.0.0"
+    agent_version: str = "0.1.0-sim"
+    device_class: str = "sim"
+    window_s: float = 1.0
+    fps: float = 20.0
+    confidence_p50: float = 0.92
+    low_confidence_p50: float = 0.55
+    low_confidence_versions: set[str] = field(default_factory=set)
+    faulty_versions: set[str] = field(default_factory=set)
+    reject_versions: set[str] = field(default_factory=set)
+    install_delay_s: float = 0.3
+    probation_s: float = 1.0
+    server_url: str | None = None
+    seed: int = 0
+
+
+def _now_dt(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+def _ref(text: str | None) -> ModelRef | None:
+    if not text:
+        return None
+    name, _, version = text.partition("@")
+    return ModelRef(name=name, version=version)
+
+
+class ReleaseCheck:
+    """Does the server's TUF targets.json list NAME/VERSION? (cached briefly; no server → yes)."""
+
+    def __init__(self, server_url: str | None, ttl_s: float = 2.0) -> None:
+        self.server_url = server_url.rstrip("/") if server_url else None
+        self.ttl_s = ttl_s
+        self._paths: set[str] = set()
+        self._at = 0.0
+        self._lock = threading.Lock()
+
+    def exists(self, name: str, version: str) -> bool:
+        if self.server_url is None:
+            return True
+        import httpx
+
+        with self._lock:
+            if (
+                time.monotonic() - self._at > self.ttl_s
+                or f"{name}/{version}/manifest.json" not in self._paths
+            ):
+                try:
+                    r = httpx.get(f"{self.server_url}/tuf/metadata/targets.json", timeout=5.0)
+                    if r.status_code == 200:
+                        self._paths = set(json.loads(r.content)["signed"]["targets"])
+                        self._at = time.monotonic()
+                except (httpx.HTTPError, ValueError, KeyError) as exc:
+                    log.warning("cannot read the server's targets.json: %s", exc)
+            return f"{name}/{version}/manifest.json" in self._paths
+
+
+class SimDevice:
+    """One simulated device's behaviour; the I/O is the ``publish`` function it is given."""
+
+    def __init__(
+        self, device_id: str, opts: SimOptions, publish: PublishFn, *, releases: ReleaseCheck | None = None
+    ) -> None:
+        self.device_id = device_id
+        self.opts = opts
+        self.publish = publish
+        self.releases = releases or ReleaseCheck(None)
+        self.topics = Topics(opts.topic_root)
+        self.active: str | None = opts.initial_model or None
+        self.previous: str | None = None
+        self.probation = False
+        base = int(time.time() * 1000)
+        self.tel_seq = base
+        self.ev_seq = base
+        self.rng = random.Random(f"{opts.seed}:{device_id}")
+        self.next_window: float | None = None
+        self.timers: list[tuple[float, Callable[[float], None]]] = []
+        self.answers: dict[str, list[bytes]] = {}  # cmd_id → events published for it (re-sent on repeat)
+        self.busy_cmd: str | None = None
+
+    # -- messages ----------------------------------------------------------------------------------
+
+    def state(self, *, online: bool = True, now: float | None = None) -> DeviceState:
+        return DeviceState(
+            device_id=self.device_id,
+            online=online,
+            since=_now_dt(now if now is not None else time.time()),
+            agent_version=self.opts.agent_version,
+            device_class=self.opts.device_class,
+            active_model=_ref(self.active),
+            previous_model=_ref(self.previous),
+            probation=self.probation,
+            execution_provider="CPUExecutionProvider",
+            source="sim",
+        )
+
+    def publish_state(self, now: float) -> None:
+        self.publish(self.topics.device(self.device_id, "state"), dump(self.state(now=now)), True)
+
+    def event(
+        self,
+        kind: str,
+        now: float,
+        *,
+        cmd_id: str | None = None,
+        rollout_id: str | None = None,
+        level: str = "info",
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.ev_seq += 1
+        ev = Event(
+            device_id=self.device_id,
+            seq=self.ev_seq,
+            kind=kind,  # type: ignore[arg-type]  # callers pass EventKind literals
+            at=_now_dt(now),
+            level=level,  # type: ignore[arg-type]  # "info" | "warning" | "error"
+            message=message,
+            cmd_id=cmd_id,
+            rollout_id=rollout_id,
+            model=_ref(self.active),
+            data=data or {},
+        )
+        payload = dump(ev)
+        if cmd_id is not None:
+            self.answers.setdefault(cmd_id, []).append(payload)
+        self.publish(self.topics.device(self.device_id, "events"), payload, False)
+
+    def telemetry(self, now: float) -> Telemetry:
+        version = self.active.partition("@")[2] if self.active else None
+        frames = max(1, round(self.opts.fps * self.opts.window_s))
+        low = version in self.opts.low_confidence_versions
+        p50 = (self.opts.low_confidence_p50 if low else self.opts.confidence_p50) + self.rng.uniform(
+            -0.01, 0.01
+        )
+        low_frac = 0.7 if low else 0.03
+        self.tel_seq += 1
+        return Telemetry(
+            device_id=self.device_id,
+            seq=self.tel_seq,
+            window_start=_now_dt(now - self.opts.window_s),
+            window_s=self.opts.window_s,
+            frames=frames,
+            fps=frames / self.opts.window_s,
+            latency_ms_p50=2.0,
+            latency_ms_p99=4.0,
+            confidence_mean=p50 - 0.02,
+            confidence_p05=max(0.0, p50 - 0.3),
+            confidence_p50=p50,
+            low_confidence=round(frames * low_frac),
+            model=_ref(self.active),
+        )
+
+    # -- behaviour ---------------------------------------------------------------------------------
+
+    def on_connect(self, now: float) -> None:
+        self.publish_state(now)
+        if self.next_window is None:
+            self.next_window = now + self.opts.window_s
+
+    def poll(self, now: float) -> None:
+        """Run due timers and emit due telemetry."""
+        due = [t for t in self.timers if t[0] <= now]
+        if due:
+            self.timers = [t for t in self.timers if t[0] > now]
+            for _, fn in sorted(due, key=lambda t: t[0]):
+                fn(now)
+        if self.next_window is not None and now >= self.next_window:
+            self.publish(self.topics.device(self.device_id, "telemetry"), dump(self.telemetry(now)), False)
+            self.next_window = max(self.next_window + self.opts.window_s, now)
+
+    def on_command(self, payload: bytes, now: float) -> None:
+        try:
+            cmd = parse_command(payload, self.topics.device(self.device_id, "cmd"))
+        except MessageError as exc:
+            self.event("message.rejected", now, level="warning", message=str(exc))
+            return
+        if cmd.cmd_id in self.answers and cmd.cmd_id != self.busy_cmd:
+            for p in self.answers[cmd.cmd_id]:  # a repeat: answer again, do nothing again
+                self.publish(self.topics.device(self.device_id, "events"), p, False)
+            return
+        if isinstance(cmd, PingCommand):
+            self.event("pong", now, cmd_id=cmd.cmd_id)
+        elif isinstance(cmd, DeployCommand):
+            self._deploy(cmd, now)
+        elif isinstance(cmd, RollbackCommand):
+            self._rollback(cmd.cmd_id, cmd.rollout_id, cmd.reason or "fleet rollback", now)
+        else:
+            self.event(
+                "command.rejected",
+                now,
+                cmd_id=cmd.cmd_id,
+                message=f"{cmd.type} not supported by the simulator",
+            )
+
+    def _deploy(self, cmd: DeployCommand, now: float) -> None:
+        if self.busy_cmd is not None:
+            return  # an update is in progress; the fleet re-sends if it needs to
+        target = f"{cmd.name}@{cmd.version}"
+        c, r = cmd.cmd_id, cmd.rollout_id
+        self.answers[c] = []
+        self.event("update.started", now, cmd_id=c, rollout_id=r, message=target)
+        if cmd.version in self.opts.reject_versions:
+            self.event(
+                "update.rejected",
+                now,
+                cmd_id=c,
+                rollout_id=r,
+                level="error",
+                data={"reason": "simulated rejection"},
+            )
+            return
+        if not self.releases.exists(cmd.name, cmd.version):
+            self.event(
+                "update.failed",
+                now,
+                cmd_id=c,
+                rollout_id=r,
+                level="error",
+                data={"reason": f"{target} is not in the repository"},
+            )
+            return
+        if self.active == target and not self.probation:
+            self.event("update.installed", now, cmd_id=c, rollout_id=r, message="already active")
+            self.event("probation.passed", now, cmd_id=c, rollout_id=r, message="already active")
+            return
+        self.busy_cmd = c
+
+        def installed(t: float) -> None:
+            self.event("update.verified", t, cmd_id=c, rollout_id=r)
+            self.previous, self.active, self.probation = self.active, target, True
+            self.event("update.installed", t, cmd_id=c, rollout_id=r)
+            self.event("probation.started", t, cmd_id=c, rollout_id=r)
+            self.publish_state(t)
+            self.timers.append((t + self.opts.probation_s, verdict))
+
+        def verdict(t: float) -> None:
+            self.busy_cmd = None
+            self.probation = False
+            if cmd.version in self.opts.faulty_versions:
+                bad = self.active
+                self.active, self.previous = self.previous, None
+                self.event(
+                    "rollback",
+                    t,
+                    cmd_id=c,
+                    rollout_id=r,
+                    level="error",
+                    message=f"probation failed for {bad}",
+                    data={
+                        "reason": "probation failed: error rate 0.5 > 0.01",
+                        "evidence": {"error_rate": 0.5},
+                    },
+                )
+            else:
+                self.event("probation.passed", t, cmd_id=c, rollout_id=r)
+            self.publish_state(t)
+
+        self.timers.append((now + self.opts.install_delay_s, installed))
+
+    def _rollback(self, cmd_id: str, rollout_id: str | None, reason: str, now: float) -> None:
+        if self.previous is None:
+            self.event(
+                "command.rejected",
+                now,
+                cmd_id=cmd_id,
+                rollout_id=rollout_id,
+                message="no previous model to roll back to",
+            )
+            return
+        self.timers.clear()
+        self.busy_cmd = None
+        bad = self.active
+        self.active, self.previous, self.probation = self.previous, None, False
+        self.event(
+            "rollback",
+            now,
+            cmd_id=cmd_id,
+            rollout_id=rollout_id,
+            level="warning",
+            message=f"rolled back from {bad}",
+            data={"reason": reason},
+        )
+        self.publish_state(now)
+
+
+class _Group(threading.Thread):
+    """One thread: the sockets and timers of a group of devices."""
+
+    def __init__(self, fleet: SimFleet, devices: list[tuple[SimDevice, mqtt.Client]]) -> None:
+        super().__init__(name="sim-fleet", daemon=True)
+        self.fleet = fleet
+        self.devices = devices
+
+    def run(self) -> None:
+        last_retry = 0.0
+        while not self.fleet.stopping.is_set():
+            socks: dict[Any, mqtt.Client] = {}
+            for _, c in self.devices:
+                s = c.socket()
+                if s is not None:
+                    socks[s] = c
+            wants = [s for s, c in socks.items() if c.want_write()]
+            try:
+                r, w, _ = select.select(list(socks), wants, [], 0.05) if socks else ([], [], [])
+            except (OSError, ValueError):
+                r, w = [], []
+            if not socks:
+                self.fleet.stopping.wait(0.05)
+            for s in r:
+                socks[s].loop_read()
+            for s in w:
+                if s in socks:
+                    socks[s].loop_write()
+            now = time.time()
+            for dev, c in self.devices:
+                c.loop_misc()
+                if c.is_connected():
+                    dev.poll(now)
+            if now - last_retry > 1.0:
+                last_retry = now
+                for _, c in self.devices:
+                    if c.socket() is None and not self.fleet.stopping.is_set():
+                        with contextlib.suppress(OSError):
+                            c.reconnect()
+
+
+class SimFleet:
+    """N simulated devices against one broker; ``start()`` connects them, ``stop()`` disconnects."""
+
+    def __init__(
+        self, broker_url: str, device_ids: list[str], opts: SimOptions, *, per_thread: int = 250
+    ) -> None:
+        u = urlparse(broker_url)
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or 1883
+        self.opts = opts
+        self.stopping = threading.Event()
+        self.releases = ReleaseCheck(opts.server_url)
+        self.devices: list[tuple[SimDevice, mqtt.Client]] = []
+        for d in device_ids:
+            client = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"sim-{d}", protocol=mqtt.MQTTv311, clean_session=True
+            )
+            dev = SimDevice(d, opts, self._publisher(client), releases=self.releases)
+            client.will_set(dev.topics.device(d, "state"), dump(dev.state(online=False)), qos=1, retain=True)
+            client.on_connect = self._on_connect(dev)
+            client.on_message = self._on_message(dev)
+            self.devices.append((dev, client))
+        self.groups = [
+            _Group(self, self.devices[i : i + per_thread]) for i in range(0, len(self.devices), per_thread)
+        ]
+
+    @staticmethod
+    def _publisher(client: mqtt.Client) -> PublishFn:
+        def publish(topic: str, payload: bytes, retain: bool) -> None:
+            client.publish(topic, payload, qos=1, retain=retain)
+
+        return publish
+
+    @staticmethod
+    def _on_connect(dev: SimDevice) -> Callable[..., None]:
+        def cb(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            if getattr(rc, "is_failure", False):
+                return
+            client.subscribe(dev.topics.device(dev.device_id, "cmd"), qos=1)
+            dev.on_connect(time.time())
+
+        return cb
+
+    @staticmethod
+    def _on_message(dev: SimDevice) -> Callable[..., None]:
+        def cb(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            dev.on_command(bytes(msg.payload), time.time())
+
+        return cb
+
+    def start(self) -> None:
+        for _, c in self.devices:
+            c.connect_async(self.host, self.port, keepalive=10)
+            try:
+                c.reconnect()
+            except OSError as exc:
+                log.warning("%s: broker not reachable yet (%s); retrying", c._client_id, exc)
+        for g in self.groups:
+            g.start()
+
+    def connected(self) -> int:
+        return sum(1 for _, c in self.devices if c.is_connected())
+
+    def stop(self) -> None:
+        """Clean disconnect: publish offline state first (a clean disconnect does not fire the Will)."""
+        now = time.time()
+        for dev, c in self.devices:
+            if c.is_connected():
+                c.publish(
+                    dev.topics.device(dev.device_id, "state"),
+                    dump(dev.state(online=False, now=now)),
+                    qos=1,
+                    retain=True,
+                )
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(c.want_write() for _, c in self.devices):
+            time.sleep(0.05)
+        self.stopping.set()
+        for g in self.groups:
+            g.join(timeout=5)
+        for _, c in self.devices:
+            if c.socket() is not None:
+                c.disconnect()
+                c.loop_write()
