@@ -199,11 +199,11 @@ def test_broker_outage_and_agent_restart_lose_nothing(
         # The outage lasts OUTAGE_S: this wait is the scenario's length, not synchronisation.
         time.sleep(max(0.0, outage_start + OUTAGE_S - time.monotonic()))
         assert len(list((tmp_path / "state" / "spool").glob("*.json"))) >= 4
-        broker.start()
-        assert c.wait_connected(20)
         last_t = max(
             int(p.name.split(".")[2]) for p in (tmp_path / "state" / "spool").glob("*.telemetry.*.json")
         )
+        broker.start()
+        assert c.wait_connected(20)
         c.wait_for(lambda c: last_t in {t["seq"] for t in c.payloads(tele)}, timeout=30)
         assert agent.stop(signal.SIGTERM) == 0
         c.wait_for(
@@ -219,3 +219,55 @@ def test_broker_outage_and_agent_restart_lose_nothing(
     kinds = [e["kind"] for e in c.payloads(evts)]
     assert kinds.count("agent.started") >= 2
     assert not list((tmp_path / "state" / "spool").glob("*.json")), "spool drained"
+
+
+def test_drift_on_new_packages_in_second_half(
+    mosquitto: Mosquitto,
+    edge_agent_process: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    """new-packages: baseline mix for the first half, then unknown types ramp in.
+
+    Time is compressed 6x (the 120 s scenario plays in 20 s), and so are the
+    windows (5 s → 0.83 s) and the deadline (30 s after the change → 5 s).
+    """
+    bundle = real_model()
+    if bundle is None:
+        pytest.skip("needs models/releases/shapes-1.0.0 (the synthetic model cannot tell packages apart)")
+    frames, fps, scenario_s = 600, 30.0, 120.0
+    scale = scenario_s / (frames / fps)  # scenario seconds per recording second
+    rec = tmp_path / "rec"
+    subprocess.run(
+        [str(Path(sys.executable).parent / "edge-sim"), "record", "--out", str(rec), "--frames", str(frames),
+         "--seed", "5", "--fps", str(fps), "--scenario", "new-packages", "--fit", "--force"],
+        check=True, capture_output=True, cwd=REPO,
+    )  # fmt: skip
+    known = set(json.loads((bundle / "manifest.json").read_text())["labels"])
+    labels = labels_of(rec)
+    change = next(i for i, lab in enumerate(labels) if lab not in known)
+    device = "drift-1"
+    cfg = write_config(
+        tmp_path / "agent.toml", device=device, state=tmp_path / "state", bundle=bundle, source=rec,
+        broker=mosquitto.url, window_s=f"{5.0 / scale:.3f}",
+    )  # fmt: skip
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/#") as c:
+        edge_agent_process(cfg)
+        c.wait_for(
+            lambda c: sum(t["frames"] for t in c.payloads(f"{device}/telemetry")) >= frames, timeout=90
+        )
+    drift = [
+        e for e in c.payloads(f"{device}/events") if e["kind"] == "drift" and e["data"]["state"] == "drifting"
+    ]
+    assert drift, "no drift event"
+    decisions = c.messages(f"{device}/decisions")
+    # The frame being served when the drift event was raised.
+    from datetime import datetime
+
+    at = datetime.fromisoformat(drift[0]["at"]).timestamp()
+    served = [d.json()["frame_id"] for d in decisions if d.json()["ts"] <= at]
+    assert served, "drift before any frame"
+    frame_at_event = served[-1]
+    assert frame_at_event >= change, f"drift at frame {frame_at_event}, before the change at {change}"
+    delay_scenario_s = (frame_at_event - change) / fps * scale
+    assert delay_scenario_s <= 30.0, delay_scenario_s
+    assert len(drift) == 1
