@@ -272,7 +272,7 @@ class RolloutController:
     def _measure(self, s: Any, r: Rollout) -> QualityReport:
         devices = r.gate_devices()
         ids = [p.device_id for p in devices]
-        since = min(p.passed_at or r.started_at for p in devices)
+        since = min(p.passed_at if p.passed_at is not None else r.started_at for p in devices)
         base_rows = s.execute(
             select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
             .where(TelemetryRow.device_id.in_(ids))

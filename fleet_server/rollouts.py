@@ -464,7 +464,9 @@ class Rollout(BaseModel):
                 p.sends, p.first_sent_at, p.last_sent_at, p.updated_at = 1, now, now, now
                 actions.append(SendDeploy(p.device_id, p.cmd_id))
             elif (
-                p.status == DeviceStatus.SENT and now - (p.last_sent_at or now) >= self.policy.resend_after_s
+                p.status == DeviceStatus.SENT
+                and now - (p.last_sent_at if p.last_sent_at is not None else now)
+                >= self.policy.resend_after_s
             ):
                 if p.sends >= self.policy.max_sends:
                     p.status, p.reason, p.updated_at = (
@@ -476,7 +478,11 @@ class Rollout(BaseModel):
                     p.sends += 1
                     p.last_sent_at = p.updated_at = now
                     actions.append(SendDeploy(p.device_id, p.cmd_id))
-            if p.status in IN_FLIGHT and now - (p.first_sent_at or now) >= self.policy.device_timeout_s:
+            if (
+                p.status in IN_FLIGHT
+                and now - (p.first_sent_at if p.first_sent_at is not None else now)
+                >= self.policy.device_timeout_s
+            ):
                 p.status, p.reason, p.updated_at = (
                     DeviceStatus.FAILED,
                     f"not done after {self.policy.device_timeout_s:g}s",
