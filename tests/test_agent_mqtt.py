@@ -271,3 +271,25 @@ def test_drift_on_new_packages_in_second_half(
     delay_scenario_s = (frame_at_event - change) / fps * scale
     assert delay_scenario_s <= 30.0, delay_scenario_s
     assert len(drift) == 1
+
+
+def test_last_will_when_agent_dies(
+    mosquitto: Mosquitto,
+    edge_agent_process: Callable[..., AgentProcess],
+    bundle: Path,
+    recording: Path,
+    tmp_path: Path,
+) -> None:
+    device = "will-1"
+    cfg = write_config(
+        tmp_path / "agent.toml", device=device, state=tmp_path / "state", bundle=bundle, source=recording,
+        broker=mosquitto.url,
+    )  # fmt: skip
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/state") as c:
+        agent = edge_agent_process(cfg)
+        c.wait_for(lambda c: any(p["online"] for p in c.payloads("/state")), timeout=30)
+        agent.kill()
+        c.wait_for(lambda c: not c.payloads("/state")[-1]["online"], timeout=30)
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/state") as late:
+        retained = late.wait_for(lambda c: [m for m in c.messages() if m.retain], timeout=10)[0].json()
+    assert retained["online"] is False

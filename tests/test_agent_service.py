@@ -163,3 +163,16 @@ def test_sigterm_with_systemd_notify_and_memory(
         sock.close()
     st = read_status(tmp_path / "s")
     assert st is not None and not st["running"] and st["frames"] >= 30
+
+
+def test_backoff_is_capped_exponential_with_jitter() -> None:
+    from edge_agent.publisher import Backoff
+
+    lo = Backoff(0.5, 8.0, rng=lambda: 0.0)
+    hi = Backoff(0.5, 8.0, rng=lambda: 1.0)
+    lows = [lo.next_delay() for _ in range(8)]
+    highs = [hi.next_delay() for _ in range(8)]
+    assert highs == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
+    assert lows == [h / 2 for h in highs]
+    hi.reset()
+    assert hi.next_delay() == 0.5
