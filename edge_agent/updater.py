@@ -36,11 +36,15 @@ import logging
 import os
 import shutil
 import signal
+import statistics
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,6 +179,47 @@ def _reason_of(exc: BaseException) -> str:
     return "error"
 
 
+class DecisionMeter:
+    """Records (frame id, time) of recent decisions so a swap can report its effect on the line.
+
+    Installed as (or chained to) the Agent's ``on_decision`` hook; one deque append per frame.
+    """
+
+    def __init__(self, maxlen: int = 8192, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._d: deque[tuple[int, float]] = deque(maxlen=maxlen)
+        self.clock = clock
+
+    def __call__(self, decision: Any) -> None:
+        self._d.append((int(decision.frame_id), self.clock()))
+
+    def snapshot(self) -> list[tuple[int, float]]:
+        return list(self._d)
+
+    def count_after(self, t: float) -> int:
+        return sum(1 for _, ts in list(self._d) if ts > t)
+
+    def swap_stats(self, t_start: float, t_end: float, *, after_frames: int = 10) -> dict[str, Any]:
+        """Frames dropped and the largest gap between two decisions around a swap in [t_start, t_end].
+
+        The span runs from the last decision before ``t_start`` to the ``after_frames``-th after
+        ``t_end``; the median frame time is taken from the decisions before the swap.
+        """
+        d = self.snapshot()
+        before = [x for x in d if x[1] <= t_start]
+        after = [x for x in d if x[1] > t_start]
+        span = before[-1:] + after[: after_frames + sum(1 for x in after if x[1] <= t_end)]
+        intervals = [b[1] - a[1] for a, b in zip(before[-201:], before[-200:], strict=False)]
+        gaps = [b[1] - a[1] for a, b in pairwise(span)]
+        ids = [x[0] for x in span]
+        dropped = sum(max(0, b - a - 1) for a, b in pairwise(ids))
+        return {
+            "dropped": dropped,
+            "max_gap_ms": round(max(gaps, default=0.0) * 1000, 3),
+            "median_frame_ms": round(statistics.median(intervals) * 1000, 3) if intervals else 0.0,
+            "frames_observed": len(span),
+        }
+
+
 class Updater:
     """Installs, verifies, swaps, judges and rolls back models for one device.
 
@@ -207,6 +252,7 @@ class Updater:
         self._state_mtime = 0
         self._boot_notes: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []  # what was emitted (CLI output, tests)
+        self.meter: DecisionMeter | None = None  # set when attached to an agent
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -558,16 +604,20 @@ class Updater:
         if self.host is None:
             runner.close()
             return {}
-        t0 = self.now()
+        t0 = time.perf_counter()
         old = self.host.swap_runner(runner, timeout_s=self.settings.swap_timeout_s)
-        took_ms = (self.now() - t0).total_seconds() * 1000
+        t1 = time.perf_counter()
+        out: dict[str, Any] = {"handover_ms": round((t1 - t0) * 1000, 3)}
+        meter = self.meter
+        if meter is not None:
+            # Let a few frames pass on the new model (bounded wait: the line may be idle).
+            deadline = t1 + 1.0
+            while meter.count_after(t1) < 10 and time.perf_counter() < deadline:
+                time.sleep(0.005)  # polling the meter with a deadline, not synchronising on time
+            out.update(meter.swap_stats(t0, t1))
         if old is not None and old is not runner:
             with contextlib.suppress(Exception):
                 old.close()
-        stats = getattr(self.host, "last_swap_stats", None)
-        out: dict[str, Any] = {"handover_ms": round(took_ms, 3)}
-        if isinstance(stats, dict):
-            out.update(stats)
         return out
 
     # -- rollback ----------------------------------------------------------------------------------
@@ -844,6 +894,18 @@ def attach_to_agent(agent: Any, updater: Updater) -> None:
     def rollback(cmd: Any) -> None:
         updater.rollback(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id, reason=cmd.reason)
 
+    meter = DecisionMeter()
+    previous_hook = agent.on_decision
+    if previous_hook is None:
+        agent.on_decision = meter
+    else:
+
+        def both(decision: Any) -> None:
+            previous_hook(decision)
+            meter(decision)
+
+        agent.on_decision = both
+    updater.meter = meter
     updater.attach(agent)
     agent.set_command_handler("deploy", deploy)
     agent.set_command_handler("rollback", rollback)
