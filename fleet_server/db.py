@@ -204,8 +204,8 @@ class Database:
             return 0
         mod: Any = postgresql if self.dialect == "postgresql" else sqlite
         stmt = mod.insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=keys)
-        result = s.execute(stmt)
-        return int(getattr(result, "rowcount", 0) or 0)
+        # RETURNING lists only the rows really inserted (rowcount is -1 on some drivers).
+        return len(s.execute(stmt.returning(table.c[keys[0]])).all())
 
     def try_controller_lock(self) -> Any | None:
         """Hold the single-controller lock; returns a connection to keep open, or None if taken.
