@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from edge_agent import clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["models.cli_models"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
