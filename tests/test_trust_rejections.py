@@ -188,3 +188,18 @@ def test_timestamp_type_is_what_devices_fetch(world: World) -> None:
     md = Metadata[Timestamp].from_bytes((world.repo_dir / "metadata" / "timestamp.json").read_bytes())
     assert (world.repo_dir / "metadata" / f"{md.signed.snapshot_meta.version}.snapshot.json").exists()
     assert isinstance(Repository.open(world.repo_dir, None).releases()[0].version, str)
+
+
+def test_device_clock_behind_the_last_update_refuses_updates(world: World) -> None:
+    from edge_agent.trust import TrustedRepository, UpdateVerificationError
+
+    md = world.tmp / "md"
+    TrustedRepository.from_directory(md, world.keys / "root.json", world.repo_dir).refresh()
+    behind = TrustedRepository.from_directory(
+        md, world.keys / "root.json", world.repo_dir, now=lambda: datetime.now(UTC) - timedelta(days=3)
+    )
+    with pytest.raises(UpdateVerificationError) as err:
+        behind.refresh()
+    assert err.value.reason == "clock"
+    # A correct clock works again, nothing to reinstall.
+    TrustedRepository.from_directory(md, world.keys / "root.json", world.repo_dir).refresh()
