@@ -40,7 +40,7 @@ typecheck: deps-test
 	$(VENV)/bin/mypy
 
 test: deps-test mosquitto lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 
 test-fast: deps-test
 	$(PY) -m pytest -m "not integration and not slow"
