@@ -40,8 +40,17 @@ def alert_dict(row: AlertRow) -> dict[str, Any]:
 class Webhook:
     """POSTs alerts as JSON to a URL on its own thread; retries with backoff, drops when full."""
 
-    def __init__(self, url: str, *, retries: int = 3, timeout_s: float = 5.0, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        retries: int = 3,
+        timeout_s: float = 5.0,
+        backoff_s: float = 1.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url
+        self.transport = transport
         self.retries = retries
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
@@ -60,7 +69,7 @@ class Webhook:
         self._thread.join(timeout=self.timeout_s)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=self.timeout_s) as client:
+        with httpx.Client(timeout=self.timeout_s, transport=self.transport) as client:
             while True:
                 item = self._q.get()
                 if item is None:
