@@ -159,6 +159,10 @@ def _manifest_p50_drop(svc: Services, info: Any) -> float | None:
         return None
 
 
+def _first_set(*values: float | None) -> float:
+    return next(v for v in values if v is not None)
+
+
 def _serve_file(request: Request, path: Path, media_type: str) -> Response:
     """The file, or the one byte range asked for (206 / 416)."""
     size = path.stat().st_size
@@ -415,7 +419,7 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
             max_confidence_p50_drop=(
                 body.max_confidence_p50_drop
                 if body.max_confidence_p50_drop is not None
-                else _manifest_p50_drop(svc, info) or d.max_confidence_p50_drop
+                else _first_set(_manifest_p50_drop(svc, info), d.max_confidence_p50_drop)
             ),
             max_low_confidence_rate_rise=(
                 body.max_low_confidence_rate_rise

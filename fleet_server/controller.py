@@ -29,8 +29,9 @@ from sqlalchemy import or_, select
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DeployCommand, RollbackCommand, Topics, dump
 from fleet_server.alerts import Alerts
-from fleet_server.db import Database, EventRow, RolloutRow, TelemetryRow
+from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
 from fleet_server.rollouts import (
+    IN_FLIGHT,
     Action,
     Policy,
     QualityReport,
@@ -268,6 +269,24 @@ class RolloutController:
             if r.on_event(ev.device_id, ev.kind, min(now, at), cmd_id=ev.cmd_id, reason=reason):
                 log.info("rollout %s: %s %s", r.id, ev.device_id, ev.kind)
         self._cursor[r.id] = cursor
+        waiting = [d for d, p in r.devices.items() if p.status in IN_FLIGHT]
+        if waiting:
+            rows = s.execute(
+                select(
+                    DeviceRow.device_id, DeviceRow.active_version, DeviceRow.probation, DeviceRow.state_since
+                )
+                .where(DeviceRow.device_id.in_(waiting))
+                .where(DeviceRow.active_version == r.version)
+            ).all()
+            for device_id, version, probation, since in rows:
+                if since is not None and r.on_state(
+                    device_id, version, bool(probation), since.timestamp(), now
+                ):
+                    log.info(
+                        "rollout %s: %s confirmed by its state (no probation.passed event seen)",
+                        r.id,
+                        device_id,
+                    )
 
     def _measure(self, s: Any, r: Rollout) -> QualityReport:
         devices = r.gate_devices()

@@ -453,6 +453,20 @@ class Rollout(BaseModel):
         p.updated_at = now
         return True
 
+    def on_state(
+        self, device_id: str, active_version: str | None, probation: bool, since: float, now: float
+    ) -> bool:
+        """The device's retained state as a fallback when its events were lost: it runs the new
+        version, out of probation, in a state published after our first deploy → it passed."""
+        p = self.devices.get(device_id)
+        if p is None or p.status not in IN_FLIGHT or p.first_sent_at is None:
+            return False
+        if active_version != self.version or probation or since < p.first_sent_at:
+            return False
+        p.status, p.passed_at, p.updated_at = DeviceStatus.PASSED, now, now
+        p.last_event = "state"
+        return True
+
     def tick(self, now: float, quality: QualityReport | None = None) -> list[Action]:
         """Advance with the clock; ``quality`` is the shell's measurement when ``awaiting_gate``."""
         if self.state != RolloutState.RUNNING:

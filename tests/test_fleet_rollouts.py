@@ -360,3 +360,15 @@ def test_invariants_under_any_event_order(n: int, script: list[tuple[int, str, b
         )
     if r.state == RolloutState.SUCCEEDED:
         assert not bad or not any(p.status == DeviceStatus.PASSED for p in r.devices.values())
+
+
+def test_state_confirms_a_device_whose_events_were_lost() -> None:
+    r = _rollout(2, "100%")
+    r.tick(10.0)
+    assert not r.on_state("d0", "2.0.0", False, 9.0, 12.0)  # state older than our deploy
+    assert not r.on_state("d0", "2.0.0", True, 11.0, 12.0)  # still in probation
+    assert not r.on_state("d0", "1.0.0", False, 11.0, 12.0)  # still the old model
+    assert r.on_state("d0", "2.0.0", False, 11.0, 12.0)
+    assert r.devices["d0"].status == DeviceStatus.PASSED and r.devices["d0"].passed_at == 12.0
+    assert not r.on_state("d0", "2.0.0", False, 11.0, 13.0)  # idempotent
+    assert not r.on_state("d1", "2.0.0", False, 5.0, 13.0)
