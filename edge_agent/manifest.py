@@ -255,9 +255,14 @@ def parse_manifest(data: bytes | str) -> Manifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest is {len(data)} bytes, over the {MAX_MANIFEST_BYTES} limit")
     try:
-        raw = json.loads(data)
+        raw = json.loads(data, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ManifestError("manifest is nested too deeply") from exc
+    except ValueError as exc:
+        # Integers over Python's int-digit limit, or NaN/Infinity (not JSON).
+        raise ManifestError(f"manifest is not acceptable JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ManifestError("manifest must be a JSON object")
     try:
@@ -266,6 +271,10 @@ def parse_manifest(data: bytes | str) -> Manifest:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or None
         raise ManifestError(f"manifest field {field or '(root)'}: {err['msg']}", field=field) from exc
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def load_manifest(bundle_dir: Path | str) -> Manifest:

@@ -211,9 +211,20 @@ def _load(payload: bytes, topic: str | None) -> Any:
             f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} limit", topic=topic
         )
     try:
-        return json.loads(payload)
+        return json.loads(payload, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"payload is not JSON: {exc}", topic=topic) from exc
+    except RecursionError as exc:
+        # Deeply nested arrays/objects ("[[[[..."): json's C decoder recurses per level.
+        raise MessageError("payload is nested too deeply", topic=topic) from exc
+    except ValueError as exc:
+        # Integers over Python's int-digit limit, or NaN/Infinity (not JSON; see _reject_constant).
+        raise MessageError(f"payload is not acceptable JSON: {exc}", topic=topic) from exc
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON and would poison aggregates and API responses downstream.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _first_error(exc: ValidationError) -> str:
