@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -497,7 +498,12 @@ def alerts_list(
 
 
 @v1.post("/alerts/{alert_id}/ack", tags=["alerts"])
-def alerts_ack(alert_id: int, request: Request, _: Admin) -> dict[str, Any]:
+def alerts_ack(
+    # Bounded to the database's integer range: a larger id is a 422, not an OverflowError (500).
+    alert_id: Annotated[int, PathParam(ge=0, le=2**63 - 1)],
+    request: Request,
+    _: Admin,
+) -> dict[str, Any]:
     out = _svc(request).alerts.acknowledge(alert_id)
     if out is None:
         raise _error(404, f"no alert {alert_id}")
