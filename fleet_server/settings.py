@@ -14,6 +14,12 @@ environment. Example ``fleet.toml``::
     soak_s = 60
     max_failure_rate = 0.1
 
+Several replicas (PostgreSQL, an external MQTT 5 broker): give each its own ``mqtt_client_id``
+and the same ``shared_subscription_group`` (e.g. ``"fleet"``); telemetry and events are then
+subscribed as ``$share/fleet/{root}/devices/+/...`` so the broker hands each message to one
+replica, while every replica still sees all retained ``state``. One of them runs the rollout
+controller (PostgreSQL advisory lock). The embedded amqtt broker is for one machine only.
+
 Environment: ``LINESIDE_FLEET_<FIELD>`` for top-level fields (``LINESIDE_FLEET_BROKER_URL``,
 ``LINESIDE_FLEET_DATABASE_URL``, ...) and ``LINESIDE_FLEET_ROLLOUT__<FIELD>`` for rollout defaults.
 """

@@ -145,3 +145,21 @@ def test_event_rows_keep_cmd_and_rollout(tmp_path: Path) -> None:
     with db.session() as s:
         row = s.scalars(select(EventRow)).one()
         assert (row.kind, row.cmd_id, row.rollout_id) == ("probation.passed", "r1-0", "r1")
+
+
+def test_one_controller_at_a_time(db_url: str) -> None:
+    """PostgreSQL: an advisory lock elects one controller; it is free again once the holder goes."""
+    a, b = Database(db_url), Database(db_url)
+    first = a.try_controller_lock()
+    assert first is not None
+    second = b.try_controller_lock()
+    if a.dialect == "postgresql":
+        assert second is None
+        first.close()
+        third = b.try_controller_lock()
+        assert third is not None
+        third.close()
+    else:
+        assert second is not None  # SQLite: one process owns the file
+    a.dispose()
+    b.dispose()
