@@ -224,9 +224,13 @@ class RolloutController:
                 self.tick_all()
             except Exception:
                 log.exception("rollout controller tick failed; retrying")
+                if not self.db.controller_lock_alive(lock_conn):
+                    log.warning("lost the controller lock's connection; re-electing")
+                    lock_conn, self.is_leader = None, False
             stop.wait(tick_s)
-        if lock_conn is not None and hasattr(lock_conn, "close"):
-            lock_conn.close()
+        if lock_conn is not None:
+            self.db.release_controller_lock(lock_conn)
+        self.is_leader = False
 
     def tick_all(self) -> None:
         """One pass over every active rollout (tests call this directly)."""

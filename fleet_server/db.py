@@ -223,5 +223,30 @@ class Database:
         conn.close()
         return None
 
+    def release_controller_lock(self, lock: Any) -> None:
+        """Give the controller lock back (the pooled connection would otherwise keep holding it)."""
+        if self.dialect != "postgresql" or lock is None:
+            return
+        try:
+            lock.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": CONTROLLER_LOCK_ID})
+            lock.commit()
+        except Exception:
+            lock.invalidate()  # a broken connection: drop it (PostgreSQL frees the lock with it)
+        finally:
+            lock.close()
+
+    def controller_lock_alive(self, lock: Any) -> bool:
+        """Is the lock's connection still up? (If PostgreSQL restarted, the lock is gone.)"""
+        if self.dialect != "postgresql":
+            return True
+        try:
+            lock.execute(text("SELECT 1"))
+            lock.commit()
+            return True
+        except Exception:
+            lock.invalidate()
+            lock.close()
+            return False
+
     def dispose(self) -> None:
         self.engine.dispose()

@@ -155,10 +155,10 @@ def test_one_controller_at_a_time(db_url: str) -> None:
     second = b.try_controller_lock()
     if a.dialect == "postgresql":
         assert second is None
-        first.close()
+        a.release_controller_lock(first)
         third = b.try_controller_lock()
         assert third is not None
-        third.close()
+        b.release_controller_lock(third)
     else:
         assert second is not None  # SQLite: one process owns the file
     a.dispose()
