@@ -216,6 +216,11 @@ class UpdatesConfig(_Section):
         default=0, description="free space to keep on the store's disk"
     )
     swap_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    fetch_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=4, description="downloads cut by the network are retried this many times in all"
+    )
+    fetch_backoff_s: Annotated[float, Field(gt=0)] = 1.0
+    fetch_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
     fault_point: str | None = Field(
         default=None,
         description="FAULT-INJECTION TESTS ONLY: SIGKILL the agent at this install step "

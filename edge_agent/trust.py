@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import urllib3
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
@@ -268,6 +269,8 @@ class TrustedRepository:
             raise UpdateVerificationError(f"metadata too long: {exc}", reason="length") from exc
         except tuf_exc.DownloadError as exc:
             raise FetchError(f"cannot download TUF metadata: {exc}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise FetchError(f"download of TUF metadata was cut: {exc}") from exc
         except (ValueError, TypeError, KeyError) as exc:
             raise UpdateVerificationError(f"malformed TUF metadata: {exc}", reason="metadata") from exc
         finally:
@@ -325,6 +328,10 @@ class TrustedRepository:
             ) from exc
         except tuf_exc.DownloadError as exc:
             raise FetchError(f"cannot download {target.path}: {exc}") from exc
+        except urllib3.exceptions.HTTPError as exc:
+            # ngclient wraps errors of the request but not of the body stream: a connection cut
+            # mid-download surfaces as urllib3's ProtocolError (IncompleteRead). Transport, retry.
+            raise FetchError(f"download of {target.path} was cut: {exc}") from exc
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -121,6 +121,11 @@ class UpdaterSettings:
     reserve_bytes: int = 0
     swap_timeout_s: float = 10.0
     fault_point: str | None = None  # fault-injection tests only
+    # A download cut by the network (FetchError) is retried from a fresh TUF session, after
+    # fetch_backoff_s, doubling up to fetch_backoff_max_s; verification failures never are.
+    fetch_attempts: int = 4
+    fetch_backoff_s: float = 1.0
+    fetch_backoff_max_s: float = 30.0
 
 
 @dataclass
@@ -253,6 +258,7 @@ class Updater:
         self._boot_notes: list[tuple[str, dict[str, Any]]] = []
         self.events: list[tuple[str, dict[str, Any]]] = []  # what was emitted (CLI output, tests)
         self.meter: DecisionMeter | None = None  # set when attached to an agent
+        self.sleep: Callable[[float], None] = time.sleep  # backoff between fetch retries (a test seam)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -476,6 +482,37 @@ class Updater:
             raise
         return staged, release
 
+    def _stage_with_retries(
+        self, repo: Callable[[], TrustedRepository], name: str, version: str
+    ) -> tuple[Path, VerifiedRelease, list[str]]:
+        """``_stage`` with capped exponential backoff on transport failures (a cut network).
+
+        Each attempt is a new TUF session from the trusted metadata on disk; a partial download
+        is discarded with its staging directory, so a retry starts clean. Returns what failed.
+        """
+        retries: list[str] = []
+        delay = self.settings.fetch_backoff_s
+        for attempt in range(1, max(1, self.settings.fetch_attempts) + 1):
+            try:
+                staged, release = self._stage(repo(), name, version)
+                return staged, release, retries
+            except FetchError as exc:
+                if attempt >= self.settings.fetch_attempts:
+                    raise FetchError(f"{exc} (gave up after {attempt} attempts)") from exc
+                retries.append(str(exc))
+                log.warning(
+                    "download of %s@%s failed (attempt %d/%d), retrying in %.1fs: %s",
+                    name,
+                    version,
+                    attempt,
+                    self.settings.fetch_attempts,
+                    delay,
+                    exc,
+                )
+                self.sleep(delay)
+                delay = min(delay * 2, self.settings.fetch_backoff_max_s)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
     def _install(
         self,
         repo: Callable[[], TrustedRepository],
@@ -506,7 +543,7 @@ class Updater:
                         **ctx,
                     )
                     return Outcome("already_active", f"{name}@{version} is already active", state.active)
-                staged, release = self._stage(repo(), name, version)
+                staged, release, retries = self._stage_with_retries(repo, name, version)
                 self._fault("after_download")
                 manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
                 manifest = parse_manifest(manifest_bytes)
@@ -547,7 +584,12 @@ class Updater:
                     message=f"{ref.ref} installed and serving"
                     + (" (on probation)" if new_state.probation else ""),
                     model=_ref_msg(ref),
-                    data={"selftest_max_abs_diff": max_diff, "probation": new_state.probation, "swap": swap},
+                    data={
+                        "selftest_max_abs_diff": max_diff,
+                        "probation": new_state.probation,
+                        "swap": swap,
+                        "fetch_retries": retries,
+                    },
                     **ctx,
                 )
                 if new_state.probation:
@@ -868,6 +910,9 @@ def settings_from_config(config: Any) -> UpdaterSettings:
             reserve_bytes=up.reserve_bytes,
             swap_timeout_s=up.swap_timeout_s,
             fault_point=up.fault_point,
+            fetch_attempts=up.fetch_attempts,
+            fetch_backoff_s=up.fetch_backoff_s,
+            fetch_backoff_max_s=up.fetch_backoff_max_s,
         )
     return UpdaterSettings(**base)
 

@@ -1,0 +1,186 @@
+"""Fault-injection helpers: a TCP proxy that cuts downloads, a static TUF server, process probes.
+
+``CuttingProxy`` sits between an agent (or the Updater) and the artifact server on 127.0.0.1 and
+forwards bytes both ways; while it has cuts left, a response to a request whose path matches
+``cut_path`` is cut after ``cut_after_bytes`` bytes (both sockets closed), which is what a pulled
+cable or a dropped Wi-Fi link looks like to the client mid-download.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+
+class CuttingProxy:
+    """A threaded TCP proxy ``127.0.0.1:port`` → ``upstream``; ``cuts`` responses are cut short."""
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        cuts: int = 1,
+        cut_after_bytes: int = 2048,
+        cut_path: str = "/targets/",
+    ) -> None:
+        self.upstream = upstream
+        self.cut_after_bytes = cut_after_bytes
+        self.cut_path = cut_path.encode()
+        self._cuts_left = cuts
+        self._lock = threading.Lock()
+        self.cut_requests: list[str] = []  # request lines whose responses were cut
+        self.requests: list[str] = []
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="cutting-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> CuttingProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._sock.close()
+
+    def __enter__(self) -> CuttingProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=10)
+        except OSError:
+            client.close()
+            return
+        # armed[0]: response bytes still allowed before the cut, or None when not cutting.
+        armed: list[int | None] = [None]
+        done = threading.Event()
+
+        def close_both() -> None:
+            done.set()
+            for s in (client, upstream):
+                with suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+        def client_to_upstream() -> None:
+            try:
+                while not done.is_set():
+                    data = client.recv(65536)
+                    if not data:
+                        break
+                    for line in data.split(b"\r\n"):
+                        if line.startswith((b"GET ", b"POST ", b"HEAD ")):
+                            text = line.decode(errors="replace")
+                            with self._lock:
+                                self.requests.append(text)
+                                if self.cut_path in line and self._cuts_left > 0:
+                                    self._cuts_left -= 1
+                                    self.cut_requests.append(text)
+                                    armed[0] = self.cut_after_bytes
+                    upstream.sendall(data)
+            except OSError:
+                pass
+            finally:
+                close_both()
+
+        threading.Thread(target=client_to_upstream, daemon=True).start()
+        try:
+            while not done.is_set():
+                data = upstream.recv(65536)
+                if not data:
+                    break
+                left = armed[0]
+                if left is not None:
+                    if len(data) >= left:
+                        client.sendall(data[:left])
+                        break  # the cut: both sockets closed below
+                    armed[0] = left - len(data)
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            close_both()
+
+
+class _TufHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a TUF repository directory under /tuf/ as the fleet server does (HTTP/1.1 keep-alive)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def translate_path(self, path: str) -> str:
+        if not path.startswith("/tuf/"):
+            return "/nonexistent"
+        return super().translate_path(path[len("/tuf") :])
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def tuf_http_server(repo_dir: Path) -> Iterator[tuple[str, int]]:
+    """Serve ``repo_dir`` (``metadata/``, ``targets/``) over HTTP on 127.0.0.1; yields (host, port)."""
+    handler = functools.partial(_TufHandler, directory=str(repo_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield "127.0.0.1", int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors a process holds open (Linux /proc)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def tree_size(path: Path) -> int:
+    """Total bytes of the regular files under ``path``."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with suppress(FileNotFoundError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def seq_gaps(seqs: list[int]) -> list[int]:
+    """The sequence numbers missing between the lowest and highest of ``seqs``."""
+    if not seqs:
+        return []
+    have = set(seqs)
+    return [s for s in range(min(have), max(have) + 1) if s not in have]
