@@ -56,6 +56,11 @@ class DataConfig(_Strict):
     val_seed: int = 2000
     val_frames_per_type: Annotated[int, Field(ge=1, le=100_000)] = 200
     workers: Annotated[int, Field(ge=1, le=64)] = 2
+    # Outlier exposure (Hendrycks et al. 2019): package types the model must NOT claim, trained towards a
+    # uniform prediction, so that a type it has never seen gets low confidence (the drift signal).
+    # Never list a type the model is later evaluated on as "unknown": that would be cheating.
+    outlier_types: list[str] = Field(default_factory=list)
+    outlier_frames_per_type: Annotated[int, Field(ge=0, le=100_000)] = 300
 
     @model_validator(mode="after")
     def _disjoint(self) -> DataConfig:
@@ -100,6 +105,7 @@ class TrainParams(_Strict):
     lr: Annotated[float, Field(gt=0, le=1)] = 3e-3
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
     dims_loss_weight: Annotated[float, Field(ge=0)] = 1.0
+    outlier_loss_weight: Annotated[float, Field(ge=0)] = 0.5
     width: Annotated[int, Field(ge=4, le=256)] = Field(default=16, description="channels of the first conv")
     seed: int = 0
     threads: Annotated[int, Field(ge=1, le=256)] = 2
@@ -144,6 +150,17 @@ class TrainConfig(_Strict):
             if PackageType.parse(label).label != label:
                 raise ValueError(f"label {label!r} is not in canonical SHAPE-SIZE form")
         return v
+
+    @model_validator(mode="after")
+    def _outliers(self) -> TrainConfig:
+        from sim.packages import PackageType
+
+        for t in self.data.outlier_types:
+            PackageType.parse(t)
+        clash = set(self.data.outlier_types) & set(self.labels)
+        if clash:
+            raise ValueError(f"data.outlier_types must not contain labels: {sorted(clash)}")
+        return self
 
     def digest(self) -> str:
         """SHA-256 of the canonical JSON: names the run and its cached data."""

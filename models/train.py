@@ -122,8 +122,9 @@ def _train_net(config: TrainConfig, train: Dataset, progress: Progress | None):
 
     p = config.train
     net = ShapeNet(train.x.shape[1], len(config.labels), width=p.width)
-    dims_mean = train.dims_mm.mean(axis=0)
-    dims_std = train.dims_mm.std(axis=0) + 1e-6
+    known = train.y >= 0  # y == -1: an outlier frame (see DataConfig.outlier_types)
+    dims_mean = train.dims_mm[known].mean(axis=0)
+    dims_std = train.dims_mm[known].std(axis=0) + 1e-6
     x_all = torch.from_numpy(train.x)
     y_all = torch.from_numpy(train.y)
     d_all = torch.from_numpy(((train.dims_mm - dims_mean) / dims_std).astype(np.float32))
@@ -157,21 +158,25 @@ def _train_net(config: TrainConfig, train: Dataset, progress: Progress | None):
                 if flip[1] < 0.5:
                     xb = torch.flip(xb, dims=(2,))
             logits, dims = net(xb)
-            loss = F.cross_entropy(logits, yb) + p.dims_loss_weight * F.smooth_l1_loss(dims, db)
+            k = yb >= 0
+            loss = F.cross_entropy(logits[k], yb[k]) + p.dims_loss_weight * F.smooth_l1_loss(dims[k], db[k])
+            if not bool(k.all()):
+                # Outlier exposure: cross-entropy to the uniform distribution over the labels.
+                loss = loss - p.outlier_loss_weight * F.log_softmax(logits[~k], dim=1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            seen += len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            loss_sum += float(loss.detach()) * len(idx)
+            seen += int(k.sum())
+            correct += int((logits[k].argmax(1) == yb[k]).sum())
+            loss_sum += float(loss.detach()) * int(k.sum())
             if progress is not None:
                 progress(
                     "train",
                     1,
-                    {"epoch": epoch + 1, "loss": loss_sum / seen, "acc": correct / seen},
+                    {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)},
                 )
-        log.info("epoch %d: loss %.4f acc %.4f", epoch + 1, loss_sum / seen, correct / seen)
+        log.info("epoch %d: loss %.4f acc %.4f", epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1))
     net.eval()
     return net, dims_mean, dims_std
 
@@ -209,6 +214,17 @@ def train(
         spec, config.labels, d.val_seed, d.val_frames_per_type,
         cache_dir=cache_dir, workers=d.workers, progress=data_progress,
     )  # fmt: skip
+    if d.outlier_types and d.outlier_frames_per_type:
+        # A seed of their own: outlier frames share no random stream with the train/val frames.
+        out_ds = cached_dataset(
+            spec, d.outlier_types, d.train_seed + 500_000, d.outlier_frames_per_type,
+            cache_dir=cache_dir, workers=d.workers, progress=data_progress,
+        )  # fmt: skip
+        train_ds = Dataset(
+            np.concatenate([train_ds.x, out_ds.x]),
+            np.concatenate([train_ds.y, np.full_like(out_ds.y, -1)]),
+            np.concatenate([train_ds.dims_mm, out_ds.dims_mm]),
+        )
     t_data = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -267,7 +283,9 @@ def train(
             "weights_sha256": digest,
             "temperature": round(temperature, 6),
             "parameters": n_params,
-            "train_frames": len(train_ds),
+            "train_frames": int((train_ds.y >= 0).sum()),
+            "outlier_frames": int((train_ds.y < 0).sum()),
+            "outlier_types": list(d.outlier_types),
             "val_frames": len(val_ds),
             "train_seed": d.train_seed,
             "val_seed": d.val_seed,

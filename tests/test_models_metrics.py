@@ -121,6 +121,12 @@ def test_config_validation(tmp_path) -> None:  # type: ignore[no-untyped-def]
     )
     with pytest.raises(CommandError, match="val_seed"):
         load_config(same_seed)
+    clash = tmp_path / "clash.toml"
+    clash.write_text(
+        'name = "x"\nversion = "1.0.0"\nlabels = ["circle-80", "square-80"]\n[data]\noutlier_types = ["square-80"]\n'
+    )
+    with pytest.raises(CommandError, match="outlier_types"):
+        load_config(clash)
 
 
 def test_release_configs_parse() -> None:

@@ -24,7 +24,13 @@ def _tiny(**train_overrides: object) -> TrainConfig:
             "name": "tiny",
             "version": "0.0.1",
             "labels": ["circle-80", "square-120", "triangle-100"],
-            "data": {"train_frames_per_type": 40, "val_frames_per_type": 10, "workers": 1},
+            "data": {
+                "train_frames_per_type": 40,
+                "val_frames_per_type": 10,
+                "workers": 1,
+                "outlier_types": ["rectangle-80"],
+                "outlier_frames_per_type": 10,
+            },
             "input": {"width": 48, "height": 32, "roi": {"x": 0.0, "y": 0.05, "width": 1.0, "height": 0.9}},
             "train": {"epochs": 1, "batch_size": 32, "width": 4, "threads": 1, **train_overrides},
             "gates": {"min_accuracy": None, "max_dimension_mae_mm": None, "max_ece": None},
@@ -49,6 +55,7 @@ def test_bundle_written_and_valid(trained: tuple[Path, str, Path]) -> None:
     assert m.input.shape == [1, 1, 32, 48] and m.input.color_order == "GRAY"
     assert m.outputs.dimensions_output == "dimensions_mm"
     assert m.extra["weights_sha256"] == digest
+    assert m.extra["train_frames"] == 120 and m.extra["outlier_frames"] == 10
     assert m.extra["export_max_abs_logit_diff"] <= 1e-3
     assert len(m.confidence_baseline.histogram) == 20
     b = load_bundle(bundle_dir)
