@@ -204,4 +204,7 @@ def create_app(
         )
 
     api.install(app)
+    from fleet_server import dashboard  # the operator page at /
+
+    dashboard.install(app)
     return app
