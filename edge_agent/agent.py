@@ -130,7 +130,12 @@ class Agent:
         self._listeners: list[Callable[[Telemetry], None]] = []
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw)
-        self.frames = DropOldestQueue(config.source.queue_size)
+        # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
+        # (realtime = false, not a live source) waits for room instead of dropping.
+        self.frames = DropOldestQueue(
+            config.source.queue_size,
+            block_when_full=not config.source.realtime and not getattr(source, "live", False),
+        )
         self.capture = CaptureThread(
             source,
             self.frames,

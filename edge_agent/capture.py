@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 class DropOldestQueue:
     """A bounded single-producer/single-consumer frame queue that drops the oldest frame when full."""
 
-    def __init__(self, maxsize: int) -> None:
+    def __init__(self, maxsize: int, *, block_when_full: bool = False) -> None:
         self.maxsize = maxsize
+        # A replay as fast as possible has no camera to keep up with: waiting for room beats
+        # decoding frames only to drop them (wasted CPU, lost frames).
+        self.block_when_full = block_when_full
+        self._released = False
         self._items: deque[Frame] = deque()
         self._cond = threading.Condition(threading.Lock())
         self._dropped = 0
@@ -33,6 +37,8 @@ class DropOldestQueue:
 
     def put(self, frame: Frame) -> None:
         with self._cond:
+            while self.block_when_full and not self._released and len(self._items) >= self.maxsize:
+                self._cond.wait(0.1)
             if len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self._dropped += 1
@@ -45,7 +51,18 @@ class DropOldestQueue:
         with self._cond:
             if not self._items and not self._cond.wait(timeout):
                 return None
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            frame = self._items.popleft()
+            if self.block_when_full:
+                self._cond.notify()  # the producer may be waiting for room
+            return frame
+
+    def release_blocked(self) -> None:
+        """Stop waiting for room from now on (shutdown): a blocked ``put`` drops the oldest instead."""
+        with self._cond:
+            self._released = True
+            self._cond.notify_all()
 
     def take_dropped(self) -> int:
         """Frames dropped since the last call."""
@@ -91,6 +108,7 @@ class CaptureThread:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self.frames.release_blocked()
         self._thread.join(timeout=timeout)
 
     @property

@@ -3,8 +3,11 @@ runs, measures every peer it promises and reports its acceptance checks."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +120,70 @@ def test_proc_readings_of_this_process() -> None:
 
     assert proc_cpu_s(os.getpid()) > 0
     assert proc_rss_mb(os.getpid()) > 1
+
+
+# -- the hot-path fix the pipeline benchmark led to: an unpaced replay waits instead of dropping
+
+
+def _frame(i: int) -> Any:
+    import numpy as np
+
+    from edge_agent.sources import Frame
+
+    return Frame(i, 0.0, np.zeros((2, 2, 3), dtype=np.uint8))
+
+
+def test_blocking_queue_waits_for_room_instead_of_dropping() -> None:
+    from edge_agent.capture import DropOldestQueue
+
+    q = DropOldestQueue(2, block_when_full=True)
+    q.put(_frame(0))
+    q.put(_frame(1))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (q.put(_frame(2)), done.set()), daemon=True)
+    t.start()
+    assert not done.wait(0.3)  # full: the producer waits
+    first = q.get(1.0)
+    assert first is not None and first.index == 0
+    assert done.wait(5)  # room: the producer goes on
+    assert [q.get(1.0).index for _ in range(2)] == [1, 2]  # type: ignore[union-attr]
+    assert q.dropped_total == 0
+
+
+def test_released_queue_drops_the_oldest_again() -> None:
+    from edge_agent.capture import DropOldestQueue
+
+    q = DropOldestQueue(1, block_when_full=True)
+    q.put(_frame(0))
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put(_frame(1)), done.set()), daemon=True).start()
+    assert not done.wait(0.2)
+    q.release_blocked()  # shutdown: never leave the capture thread stuck
+    assert done.wait(5)
+    assert q.dropped_total == 1 and q.get(1.0).index == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("realtime", "blocks"), [(False, True), (True, False)])
+def test_agent_blocks_only_for_an_unpaced_replay(tmp_path: Path, realtime: bool, blocks: bool) -> None:
+    from edge_agent.agent import Agent
+    from edge_agent.runtime import ModelRunner
+    from edge_agent.spool import Spool
+    from models.synthetic import make_bundle
+    from tests.agent_fakes import ListSource, SpoolDrainingPublisher, agent_config, images
+
+    config = agent_config(tmp_path / "state", **{"source.realtime": realtime, "source.queue_size": 1})
+    spool = Spool(config.state_dir / "spool")
+    bundle = make_bundle(tmp_path / "b")
+    agent = Agent(
+        config, ListSource(images(3)), SpoolDrainingPublisher(spool), ModelRunner.load(bundle), spool=spool
+    )
+    assert agent.frames.block_when_full is blocks
+    if not realtime:
+        agent.start()
+        try:
+            deadline = time.monotonic() + 20
+            while agent.frames_total < 3 and time.monotonic() < deadline:
+                threading.Event().wait(0.02)
+        finally:
+            agent.stop()
+        assert agent.frames_total == 3 and agent.frames.dropped_total == 0
