@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge_agent.errors import ConfigError, LinesideError, VerificationError
+from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import parse_manifest
 from edge_agent.messages import valid_device_id
 from fleet_server import auth, metrics
@@ -327,6 +327,9 @@ async def models_upload(request: Request, _: Admin) -> dict[str, Any]:
         info = svc.repo.accept_release(signed, files)
     except VerificationError as exc:
         raise _error(400, f"release refused: {exc}", error="verification_failed") from exc
+    except StoreError as exc:
+        # 507 Insufficient Storage: nothing was stored; free space and upload again.
+        raise _error(507, f"release not stored: {exc}", error="storage") from exc
     except LinesideError as exc:
         raise _error(422, f"release refused: {exc}") from exc
     out: dict[str, Any] = info.to_dict()

@@ -28,6 +28,8 @@ keys), so a stolen server cannot make a device install anything.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -275,18 +277,62 @@ class Repository:
         if not added:
             raise VerificationError("the release adds no targets")
 
-        for path, tf in added.items():
-            atomic_write_bytes(self.targets_dir / target_file_name(path, tf.hashes["sha256"]), files[path])
-        data = new.to_bytes()
-        atomic_write_bytes(self.metadata_dir / f"{new.signed.version}.targets.json", data)
-        atomic_write_bytes(self.metadata_dir / "targets.json", data)
-        self._publish_snapshot(new.signed.version, data)
+        undo = self._undo_point()
+        try:
+            for path, tf in added.items():
+                atomic_write_bytes(
+                    self.targets_dir / target_file_name(path, tf.hashes["sha256"]), files[path]
+                )
+            data = new.to_bytes()
+            atomic_write_bytes(self.metadata_dir / f"{new.signed.version}.targets.json", data)
+            atomic_write_bytes(self.metadata_dir / "targets.json", data)
+            self._publish_snapshot(new.signed.version, data)
+        except OSError as exc:
+            # Disk full (or any write error) part way: put the repository back as it was, so
+            # nothing half-written is ever served and the upload can simply be retried.
+            self._undo(undo)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise StoreError(
+                ("disk full" if full else "write failed")
+                + f" while storing the release: {exc.strerror or exc}"
+            ) from exc
         log.info("accepted targets v%d adding %s", new.signed.version, sorted(added))
         name, version, _ = split_target_path(next(iter(added)))
         for info in self.releases():
             if (info.name, info.version) == (name, version):
                 return info
         raise StoreError("the accepted release is not listed")  # cannot happen: just written
+
+    _POINTERS = ("targets.json", "snapshot.json", "timestamp.json")
+
+    def _undo_point(self) -> tuple[set[Path], dict[str, bytes | None]]:
+        existing = {p for d in (self.metadata_dir, self.targets_dir) if d.is_dir() for p in d.rglob("*")}
+        pointers = {}
+        for name in self._POINTERS:
+            try:
+                pointers[name] = (self.metadata_dir / name).read_bytes()
+            except FileNotFoundError:
+                pointers[name] = None
+        return existing, pointers
+
+    def _undo(self, point: tuple[set[Path], dict[str, bytes | None]]) -> None:
+        existing, pointers = point
+        for d in (self.metadata_dir, self.targets_dir):
+            # Deepest first, so directories this attempt created are empty when they go.
+            for p in sorted(d.rglob("*") if d.is_dir() else (), key=lambda q: len(q.parts), reverse=True):
+                if p in existing or (p.parent == self.metadata_dir and p.name in self._POINTERS):
+                    continue
+                with contextlib.suppress(OSError):
+                    p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        for name, old in pointers.items():
+            path = self.metadata_dir / name
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                elif not path.exists() or path.read_bytes() != old:
+                    atomic_write_bytes(path, old)
+            except OSError:
+                log.exception("cannot restore %s after a failed release", path)
 
     def _publish_snapshot(self, targets_version: int, targets_bytes: bytes | None = None) -> None:
         old = self.snapshot()
