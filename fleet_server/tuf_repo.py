@@ -307,7 +307,7 @@ class Repository:
 
     def _undo_point(self) -> tuple[set[Path], dict[str, bytes | None]]:
         existing = {p for d in (self.metadata_dir, self.targets_dir) if d.is_dir() for p in d.rglob("*")}
-        pointers = {}
+        pointers: dict[str, bytes | None] = {}
         for name in self._POINTERS:
             try:
                 pointers[name] = (self.metadata_dir / name).read_bytes()
