@@ -234,6 +234,11 @@ class RecordingSource:
         if self._pos >= self.meta.frame_count:
             if not self._loop or self.meta.frame_count == 0:
                 return None
+            # Re-open at every wrap (keeping the schedule): a recording that went away, as an
+            # unplugged camera does, raises SourceError here within one pass instead of
+            # replaying from a deleted file forever; the capture thread then reconnects.
+            self._reader.close()
+            self.meta, self._reader = open_recording_video(self._dir)
             self._pos = 0
         if self._realtime:
             now = self._clock()

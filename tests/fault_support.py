@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import socket
 import threading
@@ -184,3 +185,81 @@ def seq_gaps(seqs: list[int]) -> list[int]:
         return []
     have = set(seqs)
     return [s for s in range(min(have), max(have) + 1) if s not in have]
+
+
+# -- agents as processes -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def record(
+    out: Path, *, frames: int = 30, seed: int = 1, fps: float = 30.0, scenario: str = "baseline"
+) -> Path:
+    """A simulator recording (``edge-sim record``): what a replayed 'camera' reads."""
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "edge-sim"
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "sim.cli"]
+    subprocess.run(
+        [
+            *cmd,
+            "record",
+            "--out",
+            str(out),
+            "--frames",
+            str(frames),
+            "--seed",
+            str(seed),
+            "--fps",
+            str(fps),
+            "--scenario",
+            scenario,
+            "--force",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    return out
+
+
+def agent_toml(
+    path: Path,
+    *,
+    device: str,
+    state: Path,
+    source: Path,
+    broker: str,
+    bundle: Path | None = None,
+    window_s: float = 0.5,
+    updates: dict[str, Any] | None = None,
+    source_extra: dict[str, Any] | None = None,
+) -> Path:
+    """An agent config file for tests: looping replay at camera rate, quick reconnects."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v))
+
+    lines = [f"device_id = {val(device)}", f"state_dir = {val(state)}"]
+    if bundle is not None:
+        lines.append(f"bundle = {val(bundle)}")
+    src = {
+        "uri": source,
+        "loop": True,
+        "reconnect_initial_s": 0.2,
+        "reconnect_max_s": 1.0,
+        **(source_extra or {}),
+    }
+    lines += ["[source]", *(f"{k} = {val(v)}" for k, v in src.items())]
+    lines += ["[broker]", f"url = {val(broker)}", "reconnect_min_s = 0.2", "reconnect_max_s = 1.0"]
+    lines += ["[telemetry]", f"window_s = {window_s}", "flush_timeout_s = 5.0"]
+    if updates:
+        lines += ["[updates]", *(f"{k} = {val(v)}" for k, v in updates.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
