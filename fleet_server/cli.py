@@ -8,7 +8,12 @@ from collections.abc import Sequence
 from edge_agent import clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = ["fleet_server.cli_keys", "fleet_server.cli_serve", "fleet_server.cli_ops"]
+COMMAND_MODULES: list[str] = [
+    "fleet_server.cli_keys",
+    "fleet_server.cli_serve",
+    "fleet_server.cli_ops",
+    "fleet_server.cli_enroll",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
