@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks" + "".join(
         f" {shlex.quote(a)}" for a in (argv if argv is not None else sys.argv[1:])
     )
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="lineside-bench-") as tmp:
         ctx = Context(quick=args.quick, workdir=args.workdir or Path(tmp))
         sections: list[Section] = []
@@ -73,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(section)
             print_sections([section], console)
     if out is not None:
-        write_atomic(out, markdown(sections, machine(), command, quick=args.quick))
+        info = machine()
+        # Other work on the machine moves absolute figures: say how busy it was.
+        info["load average (1/5/15 min) before / after"] = (
+            f"{' '.join(f'{x:.1f}' for x in load_before)} / {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        )
+        write_atomic(out, markdown(sections, info, command, quick=args.quick))
         console.print(f"wrote {out}")
     failed = [s.key for s in sections if s.error]
     if failed:

@@ -276,10 +276,13 @@ def run(ctx: Context) -> Section:
     section.notes += [
         f"Bundle: {b.v1.name} ({b.kind}); recording: {ctx.scale(40, 1500)} frames 640x480 MJPG from the simulator; "
         f"median of {ctx.scale(1, 3)} interleaved rounds per peer.",
-        "Agent = the real Agent class in process (capture thread + drop-oldest queue + inference thread + "
+        "Agent = the real Agent class in process (capture thread + frame queue + inference thread + "
         "telemetry thread + spool) with a real RecordingSource(realtime=False) and a publisher that sends "
         "nothing. Its latency is its own per-frame latency_ms (preprocess → decision); CPU is the "
         "whole process's time.process_time() over the run (every thread).",
+        "The agent decodes JPEGs on its capture thread while the inference thread preprocesses and runs "
+        "the previous frame, so flat out it can beat the single-threaded minimal loop; an unpaced replay "
+        "waits for room in the frame queue (a camera-rate source drops the oldest frame instead).",
         "Minimal and cv2.dnn loops include JPEG decoding in throughput and CPU, not in latency "
         "(latency = preprocess + inference + argmax), the same split as the agent's latency_ms.",
     ]
