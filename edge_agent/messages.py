@@ -15,6 +15,7 @@ Topics (root configurable, default ``lineside/v1``)::
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -211,7 +212,9 @@ def _load(payload: bytes, topic: str | None) -> Any:
             f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD_BYTES} limit", topic=topic
         )
     try:
-        return json.loads(payload, parse_constant=_reject_constant)
+        return json.loads(
+            payload, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"payload is not JSON: {exc}", topic=topic) from exc
     except RecursionError as exc:
@@ -225,6 +228,25 @@ def _load(payload: bytes, topic: str | None) -> Any:
 def _reject_constant(name: str) -> Any:
     # NaN/Infinity are not JSON and would poison aggregates and API responses downstream.
     raise ValueError(f"{name} is not a JSON number")
+
+
+MAX_INT = 2**63 - 1  # what a database BIGINT holds; larger integers are refused, not stored
+
+
+def _bounded_int(text: str) -> int:
+    # A seq or counter past 64 bits would parse, then fail every database insert of its batch.
+    value = int(text)
+    if not -MAX_INT - 1 <= value <= MAX_INT:
+        raise ValueError(f"integer {text[:24]}... is out of the 64-bit range")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    # "1e999" is valid JSON that Python reads as inf: the same poison as Infinity.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
 
 
 def _first_error(exc: ValidationError) -> str:

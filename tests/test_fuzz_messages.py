@@ -204,3 +204,19 @@ def test_rejecting_hostile_payloads_does_not_grow_memory() -> None:
     finally:
         tracemalloc.stop()
     assert after - before < 1_000_000, f"{after - before} bytes retained after rejecting junk"
+
+
+@pytest.mark.parametrize(
+    ("field", "literal"),
+    [("seq", str(2**64)), ("frames", "-" + str(2**70)), ("fps", "1e999"), ("latency_ms_p99", "-1e400")],
+)
+def test_numbers_a_database_cannot_hold_are_refused(field: str, literal: str) -> None:
+    # These parse as Python numbers but fail (int) or poison (inf) every write and API read after.
+    obj = json.loads(dump(TELEMETRY[0]))
+    raw = json.dumps(obj | {field: 0}).replace(f'"{field}": 0', f'"{field}": {literal}')
+    with pytest.raises(MessageError, match="range"):
+        parse_message(Telemetry, raw.encode())
+    ev = json.dumps(json.loads(dump(EVENTS[0])) | {"data": {"x": 0}}).replace('"x": 0', f'"x": {literal}')
+    with pytest.raises(MessageError, match="range"):
+        parse_message(Event, ev.encode())
+    assert parse_message(Telemetry, json.dumps(obj | {field: 2**62}).encode())
