@@ -40,6 +40,7 @@ typecheck: deps-test
 	$(VENV)/bin/mypy
 
 test: deps-test mosquitto lint typecheck
+	@bash scripts/ensure-browser.sh || echo "warning: no chromium: the dashboard's browser tests will be skipped" >&2
 	$(PY) -m pytest -m "not slow"
 
 test-fast: deps-test

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from fastapi.testclient import TestClient
@@ -39,7 +39,7 @@ def env(tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
 _seq: dict[str, int] = {}
 
 
-def _feed(svc: Services, device: str, channel: str, payload: bytes) -> None:
+def _feed(svc: Services, device: str, channel: Literal["state", "telemetry"], payload: bytes) -> None:
     svc.ingest.write_batch([Inbound(svc.topics.device(device, channel), payload, 0, 1)])
 
 

@@ -322,13 +322,34 @@ async function refreshChart() {
     }))
     .filter((p) => !Number.isNaN(p.t))
     .sort((a, b) => a.t - b.t);
-  const marks = (events || [])
-    .filter((e) => e.kind in MARK_KINDS)
-    .map((e) => ({ t: ms(e.at), kind: MARK_KINDS[e.kind], label: e.kind, model: e.model || "" }))
-    .filter((m) => !Number.isNaN(m.t));
+  const marks = state.eventsMissing
+    ? modelChanges(points)
+    : (events || [])
+        .filter((e) => e.kind in MARK_KINDS)
+        .map((e) => ({ t: ms(e.at), kind: MARK_KINDS[e.kind], label: e.kind, model: modelRef(e.model) }))
+        .filter((m) => !Number.isNaN(m.t));
   if (!changed("chart", { id, points, marks })) return;
   box.replaceChildren(drawChart(id, points, marks));
   $("chart-summary").textContent = summarize(points, marks);
+}
+
+// "name@version" from either that string or a {name, version} object.
+function modelRef(m) {
+  if (!m) return "";
+  if (typeof m === "string") return m;
+  return m.name && m.version ? `${m.name}@${m.version}` : "";
+}
+
+// Without the events endpoint: the moments the telemetry's model changed (up = release, down = rollback).
+function modelChanges(points) {
+  const out = [];
+  for (let i = 1; i < points.length; i++) {
+    const [a, b] = [points[i - 1].model, points[i].model];
+    if (!a || !b || a === b) continue;
+    const up = b.split("@")[1].localeCompare(a.split("@")[1], undefined, { numeric: true }) > 0;
+    out.push({ t: points[i].t, kind: up ? "release" : "rollback", label: `${a} → `, model: b });
+  }
+  return out;
 }
 
 function summarize(points, marks) {
@@ -346,7 +367,7 @@ function summarize(points, marks) {
 function drawChart(id, points, marks) {
   const W = 640;
   const PANEL = 96;
-  const GAP = 22;
+  const GAP = 26;
   const LEFT = 44;
   const RIGHT = 10;
   const TOP = 8;
@@ -392,6 +413,10 @@ function drawChart(id, points, marks) {
           s("title", {}, `${m.label} ${m.model} at ${clock(m.t)}`),
         ),
       );
+      if (i === 0) {
+        const version = (m.model || "").split("@")[1] || m.kind;
+        g.append(s("text", { x: x(m.t) + 3, y: y0 + PANEL - 4, class: `mark-label mark-label-${m.kind}` }, version));
+      }
     }
     const coords = points.map((pt) => `${x(pt.t).toFixed(1)},${y(pt[p.key]).toFixed(1)}`);
     g.append(s("polyline", { points: coords.join(" "), class: `series series-${p.key}` }));
