@@ -371,6 +371,21 @@ def devices_show(
     return d
 
 
+@v1.get("/devices/{device_id}/events", tags=["devices"])
+def devices_events(
+    device_id: str,
+    request: Request,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 100,
+    kind: Annotated[str | None, Query(max_length=64)] = None,
+) -> list[dict[str, Any]]:
+    """The device's events (update steps, rollbacks with their evidence, drift, camera), newest first."""
+    events = _svc(request).registry.events(device_id, limit=limit, kind=kind)
+    if events is None:
+        raise _error(404, f"no device {device_id}")
+    return events
+
+
 @v1.patch("/devices/{device_id}", tags=["devices"])
 def devices_patch(device_id: str, body: DevicePatch, request: Request, _: Admin) -> dict[str, Any]:
     if not valid_device_id(device_id):

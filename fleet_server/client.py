@@ -103,6 +103,14 @@ class FleetClient:
         out: dict[str, Any] = self.request("GET", f"/api/v1/devices/{device_id}", params={"recent": recent})
         return out
 
+    def device_events(
+        self, device_id: str, *, limit: int = 100, kind: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The device's events, newest first."""
+        params: dict[str, Any] = {"limit": limit, **({"kind": kind} if kind else {})}
+        out: list[dict[str, Any]] = self.request("GET", f"/api/v1/devices/{device_id}/events", params=params)
+        return out
+
     def tag(
         self,
         device_id: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -121,9 +122,10 @@ class Ingest:
             for st, at in sorted(states, key=lambda x: x[0].since):
                 registry.apply_state(s, st, at)
                 counts.states += 1
-            # De-duplicate inside the batch too: one multi-row INSERT may not hold the same key twice.
-            tel = list({(r["device_id"], r["seq"]): r for r in tel}.values())
-            events = list({(r["device_id"], r["seq"]): r for r in events}.values())
+            # De-duplicate inside the batch too (one multi-row INSERT may not hold the same key twice);
+            # the first delivery wins, as it does across batches.
+            tel = _first_per_key(tel)
+            events = _first_per_key(events)
             counts.telemetry_new = self.db.insert_ignore(s, TelemetryRow.__table__, tel, ["device_id", "seq"])
             counts.telemetry_dup = len(tel) - counts.telemetry_new
             counts.events_new = self.db.insert_ignore(s, EventRow.__table__, events, ["device_id", "seq"])
@@ -181,6 +183,13 @@ def _telemetry_row(t: Telemetry, received_at: datetime) -> dict[str, Any]:
     }
 
 
+def _first_per_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    firsts: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        firsts.setdefault((r["device_id"], r["seq"]), r)
+    return list(firsts.values())
+
+
 def _event_row(e: Event, received_at: datetime) -> dict[str, Any]:
     return {
         "device_id": e.device_id,
@@ -235,7 +244,9 @@ class MqttLink:
         self.client.max_inflight_messages_set(100)
         if username:
             self.client.username_pw_set(username, password)
-        if u.scheme in ("mqtts", "ssl"):
+        self.tls = u.scheme in ("mqtts", "ssl")
+        self.ca_file = ca_file
+        if self.tls:
             self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)
         self.client.on_connect = self._on_connect
@@ -290,6 +301,8 @@ class MqttLink:
         return self._queue.qsize()
 
     def start(self) -> None:
+        if self.tls:
+            _tls_preflight(self.host, self.port, self.ca_file)
         props = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
@@ -318,7 +331,8 @@ class MqttLink:
             raise TransportError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
 
     def _ingest_loop(self) -> None:
-        while not self._stop.is_set() or not self._queue.empty():
+        # On stop, leave what is queued: it is not acked, so the broker delivers it again next time.
+        while not self._stop.is_set():
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
@@ -345,6 +359,29 @@ class MqttLink:
                     self.client.ack(item.mid, item.qos)
             if self.on_batch is not None:
                 self.on_batch(counts)
+
+
+def _tls_preflight(host: str, port: int, ca_file: str | None, timeout_s: float = 5.0) -> None:
+    """One TLS handshake before paho's retry loop, which swallows the reason a connection fails:
+    a broker certificate that does not verify is logged as an error that says so."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            ctx.wrap_socket(raw, server_hostname=host),
+        ):
+            return
+    except ssl.SSLCertVerificationError as exc:
+        log.error(
+            "TLS to the broker %s:%d failed certificate verification: %s (check broker_ca_file: %s)",
+            host,
+            port,
+            exc.verify_message or exc,
+            ca_file or "system CAs",
+        )
+    except (OSError, ssl.SSLError) as exc:
+        # Not up yet or refusing: paho keeps retrying; say why once.
+        log.warning("broker %s:%d not reachable over TLS yet: %s", host, port, exc)
 
 
 def wait_connected(link: MqttLink, timeout_s: float) -> bool:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edge_agent.messages import DeviceState
-from fleet_server.db import Database, DeviceRow, TelemetryRow, utcnow
+from fleet_server.db import Database, DeviceRow, EventRow, TelemetryRow, utcnow
 
 
 def _get_or_create(s: Session, device_id: str, now: datetime) -> DeviceRow:
@@ -91,12 +91,29 @@ def telemetry_dict(row: TelemetryRow) -> dict[str, Any]:
         "window_s": row.window_s,
         "model": f"{row.model_name}@{row.model_version}" if row.model_name else None,
         "frames": row.frames,
+        "dropped": row.payload.get("dropped", 0),
         "errors": row.errors,
         "confidence_p50": row.confidence_p50,
         "confidence_mean": row.confidence_mean,
         "low_confidence": row.low_confidence,
         "latency_ms_p99": row.latency_ms_p99,
         "fps": row.payload.get("fps", 0.0),
+    }
+
+
+def event_dict(row: EventRow) -> dict[str, Any]:
+    p = row.payload
+    return {
+        "seq": row.seq,
+        "kind": row.kind,
+        "at": row.at,
+        "received_at": row.received_at,
+        "level": p.get("level", "info"),
+        "message": p.get("message", ""),
+        "model": p.get("model"),
+        "data": p.get("data", {}),
+        "cmd_id": row.cmd_id,
+        "rollout_id": row.rollout_id,
     }
 
 
@@ -135,6 +152,19 @@ class Registry:
             ).all()
             out["recent_telemetry"] = [telemetry_dict(t) for t in tel]
         return out
+
+    def events(
+        self, device_id: str, *, limit: int = 100, kind: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """A device's events, newest first (None for an unknown device)."""
+        with self.db.session() as s:
+            if s.get(DeviceRow, device_id) is None:
+                return None
+            q = select(EventRow).where(EventRow.device_id == device_id)
+            if kind:
+                q = q.where(EventRow.kind == kind)
+            rows = s.scalars(q.order_by(EventRow.seq.desc()).limit(limit)).all()
+            return [event_dict(r) for r in rows]
 
     def assign(
         self,

@@ -393,3 +393,21 @@ def test_python_client_over_the_app(env: tuple[TestClient, Services, FakePublish
     with pytest.raises(ApiError) as e:
         FleetClient("http://testserver", tok, transport=client._transport).create_token("admin")
     assert e.value.status == 403
+
+
+def test_device_events_newest_first_filter_and_404(env: tuple[TestClient, Services, FakePublisher]) -> None:
+    client, svc, _ = env
+    _feed(
+        svc,
+        _state("cam-9"),
+        _ev("cam-9", 0, "agent.started", None),
+        _ev("cam-9", 1, "rollback", "c1", reason="confidence_p50 0.31 < 0.60"),
+        _ev("cam-9", 1, "rollback", "c1", reason="duplicate delivery"),  # QoS 1 redelivery: same seq
+    )
+    events = client.get("/api/v1/devices/cam-9/events").json()
+    assert [e["seq"] for e in events] == [1, 0]
+    assert events[0]["kind"] == "rollback" and events[0]["data"]["reason"].startswith("confidence_p50")
+    only = client.get("/api/v1/devices/cam-9/events", params={"kind": "agent.started"}).json()
+    assert [e["kind"] for e in only] == ["agent.started"]
+    assert client.get("/api/v1/devices/nobody/events").status_code == 404
+    assert client.get("/api/v1/devices/cam-9/events", params={"limit": 0}).status_code == 422
