@@ -264,7 +264,12 @@ class TrustedRepository:
             )
             updater.refresh()
         except tuf_exc.RepositoryError as exc:
-            raise UpdateVerificationError(f"TUF metadata rejected: {exc}", reason=_reason(exc)) from exc
+            reason = _reason(exc)
+            hint = ""
+            if reason == "expired":
+                # Either a freeze attack or this device's clock runs ahead: say which clock we used.
+                hint = f" (device clock reads {now.isoformat()}: if the server's metadata is fresh, fix the clock)"
+            raise UpdateVerificationError(f"TUF metadata rejected: {exc}{hint}", reason=reason) from exc
         except tuf_exc.DownloadLengthMismatchError as exc:
             raise UpdateVerificationError(f"metadata too long: {exc}", reason="length") from exc
         except tuf_exc.DownloadError as exc:

@@ -263,3 +263,34 @@ def agent_toml(
         lines += ["[updates]", *(f"{k} = {val(v)}" for k, v in updates.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# -- a device clock that is wrong ------------------------------------------------------------------
+
+
+@contextmanager
+def device_clock(skew: Any) -> Iterator[None]:
+    """Run the device's TUF client (ngclient's expiry checks and the agent's clock floor) with its
+    wall clock off by ``skew`` (a timedelta), as a device with a dead RTC battery or a bad NTP
+    server would be. libfaketime is not available; this patches the two places that read the clock.
+    """
+    import datetime as dt
+    import types
+
+    from tuf.ngclient._internal import trusted_metadata_set
+
+    from edge_agent import trust
+
+    class Skewed(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Skewed:  # type: ignore[override]
+            real = dt.datetime.now(tz) + skew
+            return cls.fromtimestamp(real.timestamp(), tz)
+
+    saved = (trusted_metadata_set.datetime, trust.datetime)  # type: ignore[attr-defined]
+    trusted_metadata_set.datetime = types.SimpleNamespace(datetime=Skewed, timezone=dt.timezone)  # type: ignore[attr-defined]
+    trust.datetime = Skewed  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        trusted_metadata_set.datetime, trust.datetime = saved  # type: ignore[attr-defined,misc]
