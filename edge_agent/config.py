@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,6 +81,9 @@ class BrokerConfig(_Section):
     password_file: Path | None = Field(default=None, description="read the password from this file")
     client_id: str | None = Field(default=None, description="default: lineside-agent-<device_id>")
     keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 15
+    protocol: Literal["5", "3.1.1"] = Field(
+        default="5", description='MQTT version: "5", or "3.1.1" for brokers without MQTT 5 (amqtt)'
+    )
     tls: TlsConfig = Field(default_factory=TlsConfig)
     topic_root: str = DEFAULT_TOPIC_ROOT
     reconnect_min_s: Annotated[float, Field(gt=0)] = 0.5

@@ -11,10 +11,17 @@ below the baseline's, or when its low-confidence rate is above
 ``max_low_confidence_rate`` (never below the rate the model was released
 with). Windows with fewer than ``min_frames`` scored frames (a stopped line,
 a lost camera) say nothing either way.
+
+A rate over a handful of frames is noise: at 5 packages a second a 2-second
+window holds 10 frames, and one partial package is a 10 % low-confidence rate.
+So consecutive windows are pooled until they hold ``pool_frames`` frames, and
+the pool is what gets judged (its rate and mean exactly, its percentiles as
+the frame-weighted mean of the windows' — close enough for a threshold test).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -77,15 +84,40 @@ def check_window(
     return DriftCheck(bool(reasons), tuple(reasons), p50_drop, limit)
 
 
+def pool_windows(windows: list[WindowConfidence]) -> WindowConfidence:
+    """Several consecutive windows as one (rates and means exact, percentiles frame-weighted)."""
+    if len(windows) == 1:
+        return windows[0]
+    n = sum(w.frames for w in windows)
+
+    def weighted(get: Callable[[WindowConfidence], float]) -> float:
+        return sum(get(w) * w.frames for w in windows) / n
+
+    return WindowConfidence(
+        frames=n,
+        confidence_mean=weighted(lambda w: w.confidence_mean),
+        confidence_p05=weighted(lambda w: w.confidence_p05),
+        confidence_p50=weighted(lambda w: w.confidence_p50),
+        low_confidence_rate=weighted(lambda w: w.low_confidence_rate),
+    )
+
+
 class DriftDetector:
     """Tracks consecutive breaching/healthy windows; one change per episode edge."""
 
     def __init__(
-        self, baseline: ConfidenceBaseline, thresholds: DriftThresholds, *, min_frames: int = 10
+        self,
+        baseline: ConfidenceBaseline,
+        thresholds: DriftThresholds,
+        *,
+        min_frames: int = 10,
+        pool_frames: int = 60,
     ) -> None:
         self.baseline = baseline
         self.thresholds = thresholds
         self.min_frames = min_frames
+        self.pool_frames = pool_frames
+        self._pool: list[WindowConfidence] = []
         self.drifting = False
         self._streak = 0  # consecutive windows that disagree with the current state
         self._recent: list[dict[str, Any]] = []
@@ -94,6 +126,11 @@ class DriftDetector:
         """Judge one closed window; a DriftChange when an episode starts or ends."""
         if window.frames < self.min_frames:
             return None
+        self._pool.append(window)
+        if sum(w.frames for w in self._pool) < self.pool_frames:
+            return None
+        window = pool_windows(self._pool)
+        self._pool = []
         check = check_window(window, self.baseline, self.thresholds)
         self._recent.append(
             {

@@ -15,6 +15,7 @@ message twice; receivers deduplicate by ``seq``.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -117,6 +118,11 @@ class MqttPublisher:
         self._thread: threading.Thread | None = None
         self._on_command: CommandSink = lambda topic, payload: None
         self.decisions_dropped = 0
+        # Decisions come from the inference thread but are written by the worker only: paho's
+        # publish() outside its loop thread writes to the socket itself, and over TLS a write
+        # racing the worker's read corrupts the stream ("bad record mac"; tests/test_security_agent.py).
+        self._decisions: collections.deque[bytes] = collections.deque()
+        self.decisions_max_pending = 1000
         self.connects = 0
 
     # -- the Publisher interface (any thread)
@@ -137,11 +143,10 @@ class MqttPublisher:
         self._inbox.put(("state", payload))
 
     def publish_decision(self, payload: bytes) -> None:
-        client = self._client
-        if client is None or not self._connected:
+        if self._client is None or not self._connected or len(self._decisions) >= self.decisions_max_pending:
             self.decisions_dropped += 1
             return
-        client.publish(self._topic["decisions"], payload, qos=0)
+        self._decisions.append(payload)  # deque append/popleft are thread-safe
 
     def stop(self, flush_timeout: float) -> None:
         deadline = time.monotonic() + flush_timeout
@@ -190,6 +195,7 @@ class MqttPublisher:
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and self._client is client:
                     self._lost(f"network loop: {mqtt.error_string(rc)}")
                 self._drain_inbox(timeout=0.0)
+                self._send_decisions()
                 self._pump()
         finally:
             self._shutdown()
@@ -244,7 +250,13 @@ class MqttPublisher:
     def _attempt(self) -> None:
         self._generation += 1
         generation = self._generation
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        v5 = self.config.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
         self._callbacks(client, generation)
         client.will_set(self._topic["state"], self._will, qos=1, retain=True)
         password = self.config.resolved_password()
@@ -260,16 +272,19 @@ class MqttPublisher:
             client.tls_insecure_set(tls.insecure)
         client.max_inflight_messages_set(self.config.max_inflight)
         client.max_queued_messages_set(0)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
         try:
-            client.connect(
-                self.config.host,
-                self.config.port,
-                keepalive=self.config.keepalive_s,
-                clean_start=True,
-                properties=props,
-            )
+            if v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 0
+                client.connect(
+                    self.config.host,
+                    self.config.port,
+                    keepalive=self.config.keepalive_s,
+                    clean_start=True,
+                    properties=props,
+                )
+            else:
+                client.connect(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
         except (OSError, ValueError) as exc:
             delay = self._backoff.next_delay()
             self._next_attempt = time.monotonic() + delay
@@ -332,7 +347,18 @@ class MqttPublisher:
         else:
             log.info("MQTT connect failed (%s); retry in %.1fs", why, delay)
 
+    def _send_decisions(self) -> None:
+        """QoS 0, best effort, from the worker thread only; dropped (counted) while disconnected."""
+        while self._decisions:
+            payload = self._decisions.popleft()
+            client = self._client
+            if client is None or not self._connected:
+                self.decisions_dropped += 1
+                continue
+            client.publish(self._topic["decisions"], payload, qos=0)
+
     def _shutdown(self) -> None:
+        self._send_decisions()
         client, self._client = self._client, None
         self._connected = False
         if client is not None:

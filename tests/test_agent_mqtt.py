@@ -273,18 +273,22 @@ def test_drift_on_new_packages_in_second_half(
     assert len(drift) == 1
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_last_will_when_agent_dies(
     mosquitto: Mosquitto,
     edge_agent_process: Callable[..., AgentProcess],
     bundle: Path,
     recording: Path,
     tmp_path: Path,
+    protocol: str,
 ) -> None:
+    # MQTT 3.1.1 too: brokers without MQTT 5 (amqtt, the demo's embedded broker; older plant brokers).
     device = "will-1"
     cfg = write_config(
         tmp_path / "agent.toml", device=device, state=tmp_path / "state", bundle=bundle, source=recording,
         broker=mosquitto.url,
     )  # fmt: skip
+    cfg.write_text(cfg.read_text().replace("[broker]\n", f'[broker]\nprotocol = "{protocol}"\n'))
     with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/state") as c:
         agent = edge_agent_process(cfg)
         c.wait_for(lambda c: any(p["online"] for p in c.payloads("/state")), timeout=30)

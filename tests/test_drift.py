@@ -91,3 +91,20 @@ def test_changes_alternate_and_need_sustained_streaks(pattern: list[bool], susta
     assert all(a != b for a, b in itertools.pairwise(states))
     if states:
         assert states[0] == "drifting"
+
+
+def test_small_windows_are_pooled_before_they_are_judged() -> None:
+    # 10-frame windows: one partial package is a 10 % rate. Alone, two such windows in a row would
+    # fire; pooled into 60-frame judgements, the 1-in-10 blips average out to a healthy rate.
+    d = DriftDetector(BASE, TH, pool_frames=60)
+    blip = WindowConfidence(10, 0.9, 0.5, 0.96, 0.2)
+    calm = WindowConfidence(10, 0.95, 0.8, 0.97, 0.0)
+    for _ in range(10):
+        for w in (blip, calm, calm, calm, calm, calm):
+            assert d.update(w) is None
+    assert not d.drifting
+    # A real shift still fires: two pooled judgements of 60 drifted frames each.
+    changes = [d.update(drifted(frames=10)) for _ in range(12)]
+    fired = [c for c in changes if c is not None]
+    assert len(fired) == 1 and fired[0].state == "drifting"
+    assert fired[0].evidence["windows"][0]["frames"] == 60
