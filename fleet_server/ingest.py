@@ -1,7 +1,8 @@
 """MQTT ingest: device state, telemetry and events from the broker into the database.
 
 paho's callbacks run on paho's network thread; they cross into the server's world in exactly
-one place, ``MqttLink._on_message``, which puts the message on a bounded queue. One ingest
+one place, ``MqttLink._on_message``, which puts the message on a bounded queue (state and
+events on their own queue, served first: a telemetry backlog must not delay a rollout). One ingest
 thread takes batches off that queue, writes each batch in one transaction, and only THEN
 acknowledges the messages (paho ``manual_ack``): with a persistent session (fixed client id,
 ``clean_start=False``) a server killed before the write gets the messages again from the
@@ -40,6 +41,7 @@ from fleet_server.db import Database, EventRow, TelemetryRow, utcnow
 
 log = logging.getLogger(__name__)
 
+TOUCH_EVERY_S = 2.0
 ALERT_EVENT_KINDS = frozenset({"drift", "rollback", "camera.lost", "update.failed", "error"})
 
 
@@ -78,6 +80,7 @@ class Ingest:
         self.topics = topics
         self.alerts = alerts
         self.totals = IngestCounts()
+        self._touched: dict[str, datetime] = {}
         self._lock = threading.Lock()
 
     def write_batch(self, items: list[Inbound]) -> IngestCounts:
@@ -130,8 +133,22 @@ class Ingest:
             counts.telemetry_dup = len(tel) - counts.telemetry_new
             counts.events_new = self.db.insert_ignore(s, EventRow.__table__, events, ["device_id", "seq"])
             counts.events_dup = len(events) - counts.events_new
+            # last_seen: a device new to this process gets its row (created if needed); known ones
+            # are refreshed together, at most every TOUCH_EVERY_S (not one UPDATE per message).
+            known: list[str] = []
+            touched: dict[str, datetime] = {}
             for device_id, at in seen.items():
-                registry.touch(s, device_id, at)
+                last = self._touched.get(device_id)
+                if last is None:
+                    registry.touch(s, device_id, at)
+                elif (at - last).total_seconds() >= TOUCH_EVERY_S:
+                    known.append(device_id)
+                else:
+                    continue
+                touched[device_id] = at
+            if known:
+                registry.touch_many(s, known, max(seen[d] for d in known))
+        self._touched.update(touched)  # only once committed: a failed batch is retried in full
         if self.alerts is not None:
             for e in alert_events:
                 self._alert(e)
@@ -229,7 +246,9 @@ class MqttLink:
         self.shared_group = shared_group
         self.batch_max = batch_max
         self.v5 = protocol == "5"
-        self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=queue_max)
+        self._queue: queue.Queue[Inbound] = queue.Queue(maxsize=queue_max)  # telemetry
+        self._urgent: queue.Queue[Inbound] = queue.Queue(maxsize=queue_max)  # state and events
+        self._wake = threading.Event()
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.on_batch: Callable[[IngestCounts], None] | None = None
@@ -285,20 +304,23 @@ class MqttLink:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         item = Inbound(msg.topic, bytes(msg.payload), int(msg.mid), int(msg.qos))
+        # Events and state drive rollouts: they go ahead of a telemetry backlog.
+        q = self._queue if msg.topic.endswith("/telemetry") else self._urgent
         # Blocking here (rather than dropping) pushes back on the broker; nothing is acked until
         # written, so a full queue delays delivery but never loses a message.
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=1.0)
+                q.put(item, timeout=1.0)
+                self._wake.set()
                 return
             except queue.Full:
-                log.warning("ingest queue full (%d); waiting", self._queue.maxsize)
+                log.warning("ingest queue full (%d); waiting", q.maxsize)
 
     # -- the server's side ----------------------------------------------------------------------
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._urgent.qsize()
 
     def start(self) -> None:
         if self.tls:
@@ -333,16 +355,17 @@ class MqttLink:
     def _ingest_loop(self) -> None:
         # On stop, leave what is queued: it is not acked, so the broker delivers it again next time.
         while not self._stop.is_set():
-            try:
-                first = self._queue.get(timeout=0.2)
-            except queue.Empty:
+            batch: list[Inbound] = []
+            for q in (self._urgent, self._queue):  # urgent first
+                while len(batch) < self.batch_max:
+                    try:
+                        batch.append(q.get_nowait())
+                    except queue.Empty:
+                        break
+            if not batch:
+                self._wake.wait(0.2)
+                self._wake.clear()
                 continue
-            batch = [first]
-            while len(batch) < self.batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
             for attempt in range(1_000_000):
                 try:
                     counts = self.ingest.write_batch(batch)
