@@ -203,9 +203,10 @@ class Database:
         if not rows:
             return 0
         mod: Any = postgresql if self.dialect == "postgresql" else sqlite
-        stmt = mod.insert(table).values(list(rows)).on_conflict_do_nothing(index_elements=keys)
+        stmt = mod.insert(table).on_conflict_do_nothing(index_elements=keys).returning(table.c[keys[0]])
+        # executemany form: one cached statement, batched by SQLAlchemy's "insertmanyvalues";
         # RETURNING lists only the rows really inserted (rowcount is -1 on some drivers).
-        return len(s.execute(stmt.returning(table.c[keys[0]])).all())
+        return len(s.execute(stmt, list(rows)).all())
 
     def try_controller_lock(self) -> Any | None:
         """Hold the single-controller lock; returns a connection to keep open, or None if taken.
