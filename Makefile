@@ -12,7 +12,7 @@ $(PY):
 
 # Stamps re-run the install when pyproject.toml changes.
 $(VENV)/.demo-deps: pyproject.toml | $(PY)
-	$(PIP) install -e '.[fleet]'
+	$(PIP) install -e '.[demo]'
 	@touch $@
 
 $(VENV)/.test-deps: pyproject.toml | $(PY)

@@ -65,11 +65,11 @@ class DemoTiming:
 
     @classmethod
     def normal(cls) -> DemoTiming:
-        return cls(fps=5.0, window_s=3.0, shift_at_s=40.0, stream_s=300.0, soak_s=8.0, step_timeout_s=120.0)
+        return cls(fps=5.0, window_s=5.0, shift_at_s=40.0, stream_s=300.0, soak_s=8.0, step_timeout_s=120.0)
 
     @classmethod
     def fast(cls) -> DemoTiming:
-        return cls(fps=5.0, window_s=2.0, shift_at_s=20.0, stream_s=200.0, soak_s=2.0, step_timeout_s=90.0)
+        return cls(fps=5.0, window_s=3.0, shift_at_s=20.0, stream_s=200.0, soak_s=2.0, step_timeout_s=90.0)
 
 
 @dataclass
@@ -112,7 +112,7 @@ def _bin(name: str) -> str:
         return str(candidate)
     found = shutil.which(name)
     if not found:
-        raise DemoFailed(f"{name} is not installed (pip install -e '.[fleet]')")
+        raise DemoFailed(f"{name} is not installed (pip install -e '.[demo]')")
     return found
 
 
@@ -279,7 +279,9 @@ class Demo:
         if self.broker_url:
             argv += ["--broker", self.broker_url]
             mqtt_url = self.broker_url
+            protocol = "5"
         else:
+            protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
             argv += ["--embedded-broker-listen", f"127.0.0.1:{self.mqtt_port}"]
             mqtt_url = f"mqtt://127.0.0.1:{self.mqtt_port}"
         self.procs.start("fleet-server", argv)
@@ -308,7 +310,7 @@ class Demo:
                 f'device_class = "generic"\n'
                 f'state_dir = "{state}"\n\n'
                 f'[source]\nuri = "{robot.stream}"\nloop = true\nrealtime = true\n\n'
-                f'[broker]\nurl = "{mqtt_url}"\n\n'
+                f'[broker]\nurl = "{mqtt_url}"\nprotocol = "{protocol}"\n\n'
                 f"[telemetry]\nwindow_s = {self.timing.window_s}\n\n"
                 f'[updates]\nroot_json = "{robot.home / "root.json"}"\nrepository_url = "{self.server_url}"\n'
             )
