@@ -163,3 +163,29 @@ def test_one_controller_at_a_time(db_url: str) -> None:
         assert second is not None  # SQLite: one process owns the file
     a.dispose()
     b.dispose()
+
+
+def test_last_seen_advances_but_is_not_rewritten_per_message(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from fleet_server.db import DeviceRow
+
+    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    db.create()
+    ing = Ingest(db, TOPICS)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def at(seq: int, dt_s: float) -> Inbound:
+        return Inbound(_tel("a", seq).topic, _tel("a", seq).payload, 0, 1, t0 + timedelta(seconds=dt_s))
+
+    def last_seen() -> datetime | None:
+        with db.session() as s:
+            row = s.get(DeviceRow, "a")
+            return row.last_seen if row else None
+
+    ing.write_batch([at(1, 0)])
+    assert last_seen() == t0  # first sight: the row is created
+    ing.write_batch([at(2, 0.5)])
+    assert last_seen() == t0  # within TOUCH_EVERY_S: no write
+    ing.write_batch([at(3, 5.0)])
+    assert last_seen() == t0 + timedelta(seconds=5)
