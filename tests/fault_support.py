@@ -294,3 +294,158 @@ def device_clock(skew: Any) -> Iterator[None]:
         yield
     finally:
         trusted_metadata_set.datetime, trust.datetime = saved  # type: ignore[attr-defined,misc]
+
+
+# -- a line: Mosquitto, `fleet serve`, real agents ----------------------------------------------------
+
+
+class LineRig:
+    """A broker, ``fleet serve`` and N real ``edge-agent run`` processes replaying a camera.
+
+    Releases are synthetic ``shapes`` bundles with a short probation, signed with the offline key
+    and uploaded with the ``fleet`` CLI; rollouts and rollbacks go through the HTTP API. Used by
+    the fault tests and the soak.
+    """
+
+    def __init__(
+        self, tmp: Path, broker: Any, agent_factory: Any, *, devices: int = 3, fps: float = 30.0
+    ) -> None:
+        from tests.fleet_support import FleetServer, make_keys
+
+        self.tmp = tmp
+        self.broker = broker
+        self.keys = make_keys(tmp)
+        self.server = FleetServer(tmp, broker.url, self.keys)
+        self.device_ids = [f"line-{i + 1}" for i in range(devices)]
+        self.agent_factory = agent_factory
+        self.agents: dict[str, Any] = {}
+        self.fps = fps
+        self.camera = record(tmp / "camera", frames=60, fps=fps)
+        self.first_bundle = self.bundle("1.0.0")
+
+    def bundle(self, version: str) -> Path:
+        from edge_agent.manifest import ProbationGates
+        from models.synthetic import make_bundle
+
+        out = self.tmp / "bundles" / f"shapes-{version}"
+        if not out.exists():
+            gates = ProbationGates(window_s=1.5, min_frames=10, max_latency_p99_ms=1000.0)
+            make_bundle(out, name="shapes", version=version, probation=gates)
+        return out
+
+    def release(self, version: str) -> None:
+        self.server.cli(
+            "release", str(self.bundle(version)), "--keys", str(self.keys), "--server", self.server.url,
+            "--token", self.server.token,
+        )  # fmt: skip
+
+    def state_dir(self, device: str) -> Path:
+        return self.tmp / "agents" / device
+
+    def start(self) -> LineRig:
+        """Server up, 1.0.0 released and side-loaded (verified, from the server's own repository
+        directory, as `edge-agent install` does) into every device's store, then the agents."""
+        self.server.start()
+        self.release("1.0.0")
+        for d in self.device_ids:
+            self.side_load(d, "1.0.0")
+            self.start_agent(d)
+        return self
+
+    def side_load(self, device: str, version: str) -> None:
+        from edge_agent.config import load_config
+        from edge_agent.updater import daemon_updater
+
+        out = daemon_updater(load_config(self.config(device))).install_from_dir(
+            self.server.data_dir / "repo", name="shapes", version=version
+        )
+        assert out.ok, out
+
+    def start_agent(self, device: str) -> Any:
+        self.agents[device] = self.agent_factory(self.config(device))
+        return self.agents[device]
+
+    def config(self, device: str) -> Path:
+        return agent_toml(
+            self.tmp / f"{device}.toml",
+            device=device,
+            state=self.state_dir(device),
+            source=self.camera,
+            broker=self.broker.url,
+            bundle=self.first_bundle,
+            window_s=0.5,
+            updates={
+                "root_json": self.keys / "root.json",
+                "repository_url": self.server.url,
+                "fetch_backoff_s": 0.2,
+                "fetch_backoff_max_s": 1.0,
+            },
+        )
+
+    def stop(self) -> None:
+        for a in self.agents.values():
+            a.stop()
+        self.server.stop()
+
+    # -- the API
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        r = httpx.request(
+            method,
+            f"{self.server.url}/api/v1{path}",
+            headers={"Authorization": f"Bearer {self.server.token}"},
+            timeout=10,
+            **kw,
+        )
+        r.raise_for_status()
+        return r.json()
+
+    def devices(self) -> dict[str, dict[str, Any]]:
+        return {d["device_id"]: d for d in self.api("GET", "/devices")}
+
+    def rollout(self, version: str, *, soak: str = "1s") -> str:
+        body = {
+            "model": f"shapes@{version}",
+            "devices": self.device_ids,
+            "stages": "1,100%",
+            "soak": soak,
+            "min_gate_frames": 10,
+            "resend_after_s": 5.0,
+        }
+        rid: str = self.api("POST", "/rollouts", json=body)["id"]
+        return rid
+
+    def rollout_state(self, rid: str) -> dict[str, Any]:
+        out: dict[str, Any] = self.api("GET", f"/rollouts/{rid}")
+        return out
+
+    def active(self) -> dict[str, str | None]:
+        return {d: (v.get("active_model") or None) for d, v in self.devices().items()}
+
+    def rollback_all(self) -> None:
+        self.api("POST", "/rollback", json={"devices": self.device_ids, "reason": "soak rollback"})
+
+    def seqs(self) -> dict[str, dict[str, list[int]]]:
+        """Every telemetry and event seq the server stored, per device."""
+        from sqlalchemy import select
+
+        from fleet_server.db import Database, EventRow, TelemetryRow
+
+        db = Database(f"sqlite:///{self.server.data_dir / 'fleet.db'}")
+        out: dict[str, dict[str, list[int]]] = {}
+        try:
+            with db.session() as s:
+                for name, row in (("telemetry", TelemetryRow), ("events", EventRow)):
+                    for dev, seq in s.execute(select(row.device_id, row.seq)).all():
+                        out.setdefault(dev, {"telemetry": [], "events": []})[name].append(int(seq))
+        finally:
+            db.dispose()
+        return out
+
+    def status(self, device: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.state_dir(device) / "status.json").read_text())
+            return data
+        except (OSError, ValueError):
+            return {}
