@@ -106,6 +106,9 @@ class TrainParams(_Strict):
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 1e-4
     dims_loss_weight: Annotated[float, Field(ge=0)] = 1.0
     outlier_loss_weight: Annotated[float, Field(ge=0)] = 0.5
+    # With a near-perfect validation split the NLL-optimal temperature is tiny: it would push EVERY
+    # prediction to ~1.0, new package types included, and erase the drift signal. 1.0 = never sharpen.
+    min_temperature: Annotated[float, Field(ge=0.05, le=20.0)] = 1.0
     width: Annotated[int, Field(ge=4, le=256)] = Field(default=16, description="channels of the first conv")
     seed: int = 0
     threads: Annotated[int, Field(ge=1, le=256)] = 2
@@ -163,8 +166,10 @@ class TrainConfig(_Strict):
         return self
 
     def digest(self) -> str:
-        """SHA-256 of the canonical JSON: names the run and its cached data."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the canonical JSON of the non-default settings (stable when new fields are added)."""
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True).encode()
+        ).hexdigest()
 
 
 def load_config(path: Path | str) -> TrainConfig:

@@ -76,8 +76,11 @@ def _torch_setup(threads: int, seed: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(old_det)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising validation NLL of softmax(logits / T) (golden-section on log T)."""
+def fit_temperature(logits: np.ndarray, y: np.ndarray, min_temperature: float = 0.05) -> float:
+    """The temperature T >= min_temperature minimising validation NLL of softmax(logits / T).
+
+    Golden-section search on log T over [min_temperature, 20] (the NLL is unimodal in log T).
+    """
     z = logits.astype(np.float64)
 
     def nll(log_t: float) -> float:
@@ -86,7 +89,7 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
         logp = s - np.log(np.exp(s).sum(axis=1, keepdims=True))
         return float(-logp[np.arange(len(y)), y].mean())
 
-    lo, hi = math.log(0.05), math.log(20.0)
+    lo, hi = math.log(min_temperature), math.log(20.0)
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = nll(a), nll(b)
@@ -234,7 +237,7 @@ def train(
             raw_logits = torch.cat(
                 [net(torch.from_numpy(val_ds.x[i : i + 256]))[0] for i in range(0, len(val_ds), 256)]
             ).numpy()
-        temperature = fit_temperature(raw_logits, val_ds.y)
+        temperature = fit_temperature(raw_logits, val_ds.y, config.train.min_temperature)
         exported = ExportedShapeNet(net, temperature, dims_mean.tolist(), dims_std.tolist()).eval()
         digest = weights_digest(net)
         model = export_onnx(exported, spec.shape)

@@ -106,3 +106,11 @@ def test_fit_temperature_recovers_known_temperature() -> None:
     # The model is overconfident by 3x: the fitted temperature should undo it.
     t = fit_temperature(true_logits * 3.0, y)
     assert t == pytest.approx(3.0, rel=0.1)
+
+
+def test_fit_temperature_never_sharpens_below_the_floor() -> None:
+    # Perfectly separable logits: NLL keeps falling as T shrinks, so only the floor stops it.
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]] * 10)
+    y = np.array([0, 1, 2] * 10)
+    assert fit_temperature(logits, y, min_temperature=1.0) == pytest.approx(1.0, rel=1e-3)
+    assert fit_temperature(logits, y) < 0.1
