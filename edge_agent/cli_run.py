@@ -143,7 +143,11 @@ def build_agent(config: AgentConfig) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The state dir holds the spool (telemetry, events) and the trusted TUF metadata: the
+        # agent's user only (SECURITY.md; tests/test_security_secrets.py).
+        if config.state_dir.stat().st_mode & 0o077:
+            config.state_dir.chmod(0o700)
     except OSError as exc:
         raise ConfigError(
             f"state_dir: cannot create {config.state_dir}: {exc.strerror}", field="state_dir"

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if services.bootstrap_token:
         sys.stderr.write(
-            f"admin token (also in {settings.data_dir / ADMIN_TOKEN_FILE}): {services.bootstrap_token}\n"
+            # The path, never the token: stderr ends up in journald and log collectors (SECURITY.md).
+            f"admin token created: {settings.data_dir / ADMIN_TOKEN_FILE} (mode 0600)\n"
         )
     sys.stderr.flush()
     uvicorn.run(
