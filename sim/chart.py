@@ -24,7 +24,7 @@ def confidence_chart(
     title: str = "Model confidence on the line",
     low_confidence: float | None = None,
 ) -> Path:
-    """Write a PNG: one line per device (median confidence per telemetry window) and the markers."""
+    """Write a PNG: one line per device (mean confidence per telemetry window) and the markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,7 +51,7 @@ def confidence_chart(
             color=m.colour,
         )
     ax.set_xlabel("time since start of demo (s)")
-    ax.set_ylabel("confidence p50 per telemetry window")
+    ax.set_ylabel("mean confidence per telemetry window")
     ax.set_ylim(0.0, 1.05)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -65,7 +65,7 @@ class DemoTiming:
 
     @classmethod
     def normal(cls) -> DemoTiming:
-        return cls(fps=5.0, window_s=5.0, shift_at_s=40.0, stream_s=300.0, soak_s=8.0, step_timeout_s=120.0)
+        return cls(fps=5.0, window_s=5.0, shift_at_s=40.0, stream_s=240.0, soak_s=8.0, step_timeout_s=120.0)
 
     @classmethod
     def fast(cls) -> DemoTiming:
@@ -424,11 +424,11 @@ class Demo:
         def probe() -> dict[str, Any] | None:
             with self.api() as c:
                 r: dict[str, Any] = c.rollout(rollout_id)
-            for dev in r.get("devices", []):
-                status = dev.get("status", "")
-                if seen.get(dev["device_id"]) != status:
-                    seen[dev["device_id"]] = status
-                    self.say(f"  {dev['device_id']}: {status}")
+            for device_id, progress in sorted(r.get("devices", {}).items()):
+                status = progress.get("status", "")
+                if seen.get(device_id) != status:
+                    seen[device_id] = status
+                    self.say(f"  {device_id}: {status}")
             return r if r.get("state") in done else None
 
         return self.wait_for(f"rollout {rollout_id} to finish", probe, self.timing.step_timeout_s * 2)
