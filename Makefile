@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto
+.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ test: deps-test mosquitto lint typecheck
 
 test-fast: deps-test
 	$(PY) -m pytest -m "not integration and not slow"
+
+## soak: 3 agents at camera rate under periodic rollouts/rollbacks for LINESIDE_SOAK_S (default 900 s)
+soak: deps-test mosquitto
+	$(PY) -m pytest -m slow tests/test_soak.py -s --timeout=0
 
 bench: deps-test
 	$(PY) -m benchmarks

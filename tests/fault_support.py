@@ -19,6 +19,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tests.mqtt import wait_until
+
 
 class CuttingProxy:
     """A threaded TCP proxy ``127.0.0.1:port`` → ``upstream``; ``cuts`` responses are cut short."""
@@ -449,3 +451,59 @@ class LineRig:
             return data
         except (OSError, ValueError):
             return {}
+
+    def assert_nothing_lost(self) -> None:
+        """Every telemetry window and event each agent produced is stored once at the server.
+
+        The agents stop gracefully (their spools drain to the broker); ``seq.{channel}`` in an
+        agent's spool is the next seq it would use, so the server must hold exactly 0..next-1.
+        """
+        for d, agent in self.agents.items():
+            assert agent.stop() == 0, agent.log()[-3000:]
+            spool = self.state_dir(d) / "spool"
+            assert sorted(p.name for p in spool.glob("*.json")) == [], f"{d}: spool not drained"
+        produced = {
+            d: {
+                ch: int((self.state_dir(d) / "spool" / f"seq.{ch}").read_text())
+                for ch in ("telemetry", "events")
+            }
+            for d in self.device_ids
+        }
+
+        def stored_all() -> bool:
+            seqs = self.seqs()
+            return all(
+                sorted(seqs.get(d, {}).get(ch, [])) == list(range(n))
+                for d in produced
+                for ch, n in produced[d].items()
+            )
+
+        try:
+            wait_until(stored_all, 30, what="every produced seq stored at the server")
+        except TimeoutError:
+            seqs = self.seqs()
+            for d in produced:
+                for ch, n in produced[d].items():
+                    got = seqs.get(d, {}).get(ch, [])
+                    if sorted(got) != list(range(n)):
+                        missing = sorted(set(range(n)) - set(got))
+                        raise AssertionError(
+                            f"{d} {ch}: produced {n}, stored {len(got)}, missing {missing[:20]}"
+                        ) from None
+            raise
+
+
+def persistent_broker(factory: Any) -> Any:
+    """A Mosquitto that keeps sessions and queued QoS 1 messages across a restart.
+
+    Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot write its persistence
+    file under pytest's 0700 temp dirs ("Permission denied" in its log: the fleet server's session
+    is then lost over a restart). The test broker stays root instead.
+    """
+    broker = factory(persistence=True)
+    if os.geteuid() == 0:
+        broker.stop()
+        with broker.conf_path.open("a") as fh:
+            fh.write("user root\n")
+        broker.start()
+    return broker

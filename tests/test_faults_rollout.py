@@ -13,14 +13,13 @@ the QoS 1 messages it had acknowledged but not yet written to disk — a propert
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import AgentProcess
-from tests.fault_support import LineRig
+from tests.fault_support import LineRig, persistent_broker
 from tests.mqtt import Mosquitto, wait_until
 
 pytestmark = pytest.mark.integration
@@ -32,15 +31,7 @@ def rig(
     mosquitto_factory: Callable[..., Mosquitto],
     edge_agent_process: Callable[..., AgentProcess],
 ) -> Iterator[LineRig]:
-    broker = mosquitto_factory(persistence=True)
-    if os.geteuid() == 0:
-        # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write its
-        # persistence file under pytest's 0700 temp dirs ("Permission denied" in its log, and the
-        # fleet server's session is then lost over a restart). Stay root for the test broker.
-        broker.stop()
-        with broker.conf_path.open("a") as f:
-            f.write("user root\n")
-        broker.start()
+    broker = persistent_broker(mosquitto_factory)
     line = LineRig(tmp_path, broker, edge_agent_process)
     line.start()
     try:
@@ -65,46 +56,6 @@ def rig(
 
 def _frames(line: LineRig) -> dict[str, int]:
     return {d: int(line.status(d).get("frames", 0)) for d in line.device_ids}
-
-
-def _assert_nothing_lost(line: LineRig) -> None:
-    """Every telemetry window and event each agent produced is stored once at the server.
-
-    The agents stop gracefully (their spools drain to the broker); ``seq.{channel}`` in an
-    agent's spool is the next seq it would use, so the server must hold exactly 0..next-1.
-    """
-    for d, agent in line.agents.items():
-        assert agent.stop() == 0, agent.log()[-3000:]
-        spool = line.state_dir(d) / "spool"
-        assert sorted(p.name for p in spool.glob("*.json")) == [], f"{d}: spool not drained"
-    produced = {
-        d: {
-            ch: int((line.state_dir(d) / "spool" / f"seq.{ch}").read_text()) for ch in ("telemetry", "events")
-        }
-        for d in line.device_ids
-    }
-
-    def stored_all() -> bool:
-        seqs = line.seqs()
-        return all(
-            sorted(seqs.get(d, {}).get(ch, [])) == list(range(n))
-            for d in produced
-            for ch, n in produced[d].items()
-        )
-
-    try:
-        wait_until(stored_all, 30, what="every produced seq stored at the server")
-    except TimeoutError:
-        seqs = line.seqs()
-        for d in produced:
-            for ch, n in produced[d].items():
-                got = seqs.get(d, {}).get(ch, [])
-                if sorted(got) != list(range(n)):
-                    missing = sorted(set(range(n)) - set(got))
-                    raise AssertionError(
-                        f"{d} {ch}: produced {n}, stored {len(got)}, missing {missing[:20]}"
-                    ) from None
-        raise
 
 
 def test_broker_restarted_during_a_rollout(rig: LineRig) -> None:
@@ -132,7 +83,7 @@ def test_broker_restarted_during_a_rollout(rig: LineRig) -> None:
     st = line.rollout_state(rid)
     assert st["state"] == "succeeded", st
     wait_until(lambda: set(line.active().values()) == {"shapes@2.0.0"}, 30, what="all on 2.0.0")
-    _assert_nothing_lost(line)
+    line.assert_nothing_lost()
 
 
 def test_fleet_server_killed_mid_rollout(rig: LineRig) -> None:
@@ -156,4 +107,4 @@ def test_fleet_server_killed_mid_rollout(rig: LineRig) -> None:
             e["model"]["version"] for e in installs if e.get("model") and not e["data"].get("already_active")
         ]
         assert versions.count("2.0.0") == 1, (d, installs)
-    _assert_nothing_lost(line)
+    line.assert_nothing_lost()
