@@ -224,6 +224,9 @@ class UpdatesConfig(_Section):
     )
     fetch_backoff_s: Annotated[float, Field(gt=0)] = 1.0
     fetch_backoff_max_s: Annotated[float, Field(gt=0)] = 30.0
+    max_bundle_bytes: Annotated[int, Field(gt=0)] = Field(
+        default=512 * 1024 * 1024, description="refuse a release whose signed files add up to more"
+    )
     fault_point: str | None = Field(
         default=None,
         description="FAULT-INJECTION TESTS ONLY: SIGKILL the agent at this install step "

@@ -126,6 +126,9 @@ class UpdaterSettings:
     fetch_attempts: int = 4
     fetch_backoff_s: float = 1.0
     fetch_backoff_max_s: float = 30.0
+    # The largest release (sum of its signed file lengths) this device accepts, checked before
+    # any target is downloaded: a signed but absurd bundle must not fill the disk or the RAM.
+    max_bundle_bytes: int = 512 * 1024 * 1024
 
 
 @dataclass
@@ -465,7 +468,16 @@ class Updater:
         release = trust.release(name, version)
         if MANIFEST_FILE not in release.targets:
             raise UpdateVerificationError(f"{release.ref} has no signed {MANIFEST_FILE}", reason="metadata")
-        self.store.check_space(sum(t.length for t in release.targets.values()))
+        total = sum(t.length for t in release.targets.values())
+        if total > self.settings.max_bundle_bytes:
+            raise _Rejected(
+                "update.rejected",
+                "too_large",
+                f"{release.ref} is {total} bytes, over this device's max_bundle_bytes "
+                f"({self.settings.max_bundle_bytes})",
+                {"bytes": total, "max_bundle_bytes": self.settings.max_bundle_bytes},
+            )
+        self.store.check_space(total)
         staged = self.store.new_staging()
         try:
             for i, (file, target) in enumerate(sorted(release.targets.items())):
@@ -913,6 +925,7 @@ def settings_from_config(config: Any) -> UpdaterSettings:
             fetch_attempts=up.fetch_attempts,
             fetch_backoff_s=up.fetch_backoff_s,
             fetch_backoff_max_s=up.fetch_backoff_max_s,
+            max_bundle_bytes=up.max_bundle_bytes,
         )
     return UpdaterSettings(**base)
 
