@@ -67,6 +67,7 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
         r = broker.enroll(name, tmp / "creds")
         assert r.password is not None
         passwords[name] = r.password
+    broker.enroll("robot-c", tmp / "creds", ca=pki.ca)  # a client certificate, no password
     r = broker.enroll(en.FLEET_USER, tmp / "creds", kind="fleet")
     assert r.password is not None
     passwords[en.FLEET_USER] = r.password
@@ -98,6 +99,7 @@ def agent_toml(
     source: Path,
     ca_file: Path | None = None,
     updates: dict[str, str] | None = None,
+    cert: bool = False,
 ) -> Path:
     """What an enrolled device's config looks like: mqtts, user + password_file, CA pinned."""
     lines = [
@@ -108,14 +110,25 @@ def agent_toml(
         f'uri = "{source}"',
         "loop = true",
         "[broker]",
-        f'url = "mqtts://127.0.0.1:{plant.broker.port}"',
-        f'username = "{device}"',
-        f'password_file = "{plant.creds_dir / (device + ".password")}"',
+        f'url = "mqtts://127.0.0.1:{plant.broker.cert_port if cert else plant.broker.port}"',
+        *(
+            []
+            if cert
+            else [f'username = "{device}"', f'password_file = "{plant.creds_dir / (device + ".password")}"']
+        ),
         "reconnect_min_s = 0.2",
         "reconnect_max_s = 1.0",
         "[broker.tls]",
         "enabled = true",
         f'ca_file = "{ca_file or plant.pki.ca_file}"',
+        *(
+            [
+                f'cert_file = "{plant.creds_dir / (device + ".crt")}"',
+                f'key_file = "{plant.creds_dir / (device + ".key")}"',
+            ]
+            if cert
+            else []
+        ),
         "[telemetry]",
         "window_s = 0.5",
     ]
@@ -384,3 +397,27 @@ def test_release_over_tls_leaks_no_secret_and_keeps_files_private(
     modes = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in private}
     assert set(modes.values()) == {"0o600"}, modes
     assert stat.S_IMODE((plant.pki.ca.directory).stat().st_mode) == 0o700
+
+
+def test_agent_with_a_client_certificate_reports_on_the_mutual_tls_listener(
+    plant: Plant,
+    edge_agent_process: Callable[..., AgentProcess],
+    recording: Path,
+    tmp_path: Path,
+) -> None:
+    """`fleet devices enroll robot-c --cert`: the agent logs in with its certificate (CN = user)."""
+    cfg = agent_toml(
+        tmp_path / "agent.toml", plant, "robot-c", state=tmp_path / "state", bundle=make_bundle(tmp_path, "1.0.0"),
+        source=recording, cert=True,
+    )  # fmt: skip
+    with plant.fleet_client() as server:
+        server.subscribe(topic("robot-c", "telemetry"))
+        server.subscribe(topic("robot-c", "state"))
+        agent = edge_agent_process(cfg)
+        wait_until(
+            lambda: [t for t in _telemetry(server, "robot-c") if t["frames"] > 0], 60, what="telemetry"
+        )
+        state = json.loads(server.wait_for_topic(topic("robot-c", "state")).payload)
+        assert state["online"] is True and state["device_id"] == "robot-c"
+        assert agent.stop() == 0
+    assert "MQTT connection lost" not in agent.log()

@@ -249,4 +249,4 @@ def test_client_certificate_is_the_identity_on_the_mutual_tls_listener(fleet: Fl
     (tmp_path / "r.key").write_bytes(leaf.key_pem)
     os.chmod(tmp_path / "r.key", 0o600)
     with pytest.raises((ssl.SSLError, OSError, ConnectRefused)):
-        Client(port, fleet.pki.ca_file, cert=(tmp_path / "r.crt", tmp_path / "r.key")).connect(timeout=5)
+        Client(port, fleet.pki.ca_file, cert=(tmp_path / "r.crt", tmp_path / "r.key")).connect(timeout=3)
