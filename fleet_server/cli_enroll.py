@@ -24,7 +24,8 @@ in --ca, default DATA_DIR/mqtt-ca); use it with a listener that has `require_cer
 and `use_identity_as_username true` (see deploy/mosquitto/lineside.conf).
 
 --fleet-server enrolls the fleet server's own broker user (read every device channel, write only
-cmd topics) and writes NAME.env for `fleet serve` (LINESIDE_FLEET_BROKER_USERNAME/PASSWORD).
+cmd topics) and writes NAME.env for `fleet serve` (LINESIDE_FLEET_BROKER_USERNAME and
+_PASSWORD_FILE, pointing at NAME.password).
 """
 
 

@@ -430,8 +430,12 @@ def enroll(
             _broker_snippet(username, broker_url, device_dir, cert=ca is not None),
         )
     elif result.password is not None:
-        # For systemd's EnvironmentFile= (or an env var manager): fleet serve reads these.
-        env = f"LINESIDE_FLEET_BROKER_USERNAME={username}\nLINESIDE_FLEET_BROKER_PASSWORD={result.password}\n"
+        # For systemd's EnvironmentFile=: fleet serve reads the password from the 0600 file, so the
+        # secret itself is not in the process environment.
+        env = (
+            f"LINESIDE_FLEET_BROKER_USERNAME={username}\n"
+            f"LINESIDE_FLEET_BROKER_PASSWORD_FILE={files['password'].resolve()}\n"
+        )
         files["env"] = write_private(out_dir / f"{username}.env", env)
     if result.password_line is not None:
         if password_file is not None:

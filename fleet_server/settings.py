@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
@@ -73,6 +73,10 @@ class FleetSettings(BaseModel):
     embedded_broker_listen: str = "127.0.0.1:1883"
     broker_username: str | None = None
     broker_password: str | None = None
+    broker_password_file: Path | None = Field(
+        default=None,
+        description="read broker_password from this file (0600; `fleet devices enroll --fleet-server`)",
+    )
     broker_ca_file: Path | None = None
     mqtt_client_id: str = "lineside-fleet"
     # "auto": MQTT 5 for an external broker, 3.1.1 for the embedded amqtt (which speaks only 3.1.1).
@@ -109,6 +113,18 @@ class FleetSettings(BaseModel):
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
             raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         return v
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> FleetSettings:
+        # Read once here, at the CLI boundary, so the secret never has to sit in the environment.
+        if self.broker_password is None and self.broker_password_file is not None:
+            try:
+                self.broker_password = self.broker_password_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"broker_password_file: cannot read {self.broker_password_file}: {exc.strerror}"
+                ) from exc
+        return self
 
     @field_validator("listen", "embedded_broker_listen")
     @classmethod

@@ -49,7 +49,8 @@ class Plant:
     def fleet_env(self, ca_file: Path | None = None) -> dict[str, str]:
         return {
             "LINESIDE_FLEET_BROKER_USERNAME": en.FLEET_USER,
-            "LINESIDE_FLEET_BROKER_PASSWORD": self.passwords[en.FLEET_USER],
+            # As `enroll --fleet-server`'s env file says: the password from its 0600 file.
+            "LINESIDE_FLEET_BROKER_PASSWORD_FILE": str(self.creds_dir / f"{en.FLEET_USER}.password"),
             "LINESIDE_FLEET_BROKER_CA_FILE": str(ca_file or self.pki.ca_file),
         }
 

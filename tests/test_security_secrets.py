@@ -94,3 +94,16 @@ def test_systemd_unit_hardening_score() -> None:
     score = float(m.group(1))
     print(f"systemd-analyze security --offline=yes: exposure {score} (0 best, 10 worst)")
     assert score <= MAX_EXPOSURE, r.stdout
+
+
+def test_fleet_server_reads_its_broker_password_from_a_file(tmp_path: Path) -> None:
+    from edge_agent.errors import ConfigError
+    from fleet_server.settings import load_settings
+
+    r = en.enroll(en.FLEET_USER, tmp_path, kind="fleet")
+    env = dict(line.split("=", 1) for line in (tmp_path / f"{en.FLEET_USER}.env").read_text().splitlines())
+    assert r.password is not None and r.password not in str(env)  # the env file names the file only
+    s = load_settings(env={f"LINESIDE_FLEET_{k.removeprefix('LINESIDE_FLEET_')}": v for k, v in env.items()})
+    assert s.broker_username == en.FLEET_USER and s.broker_password == r.password
+    with pytest.raises(ConfigError, match="broker_password_file"):
+        load_settings(env={"LINESIDE_FLEET_BROKER_PASSWORD_FILE": str(tmp_path / "missing")})
