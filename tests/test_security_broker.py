@@ -250,3 +250,47 @@ def test_client_certificate_is_the_identity_on_the_mutual_tls_listener(fleet: Fl
     os.chmod(tmp_path / "r.key", 0o600)
     with pytest.raises((ssl.SSLError, OSError, ConnectRefused)):
         Client(port, fleet.pki.ca_file, cert=(tmp_path / "r.crt", tmp_path / "r.key")).connect(timeout=3)
+
+
+@pytest.mark.integration
+def test_oversized_publish_is_refused_by_the_broker(fleet: Fleet) -> None:
+    """`max_packet_size` in the shipped config: a 300 kB publish is never routed; its sender is cut off."""
+    with fleet.client(en.FLEET_USER) as server:
+        server.subscribe(f"{ROOT}/devices/+/telemetry")
+        a = fleet.client("robot-a")
+        try:
+            a.send(topic("robot-a", "telemetry"), b"x" * 300_000)
+            assert a.disconnected.wait(10), "the broker kept a client that sent an oversized packet"
+        finally:
+            a.close()
+        with fleet.client("robot-a") as again:
+            again.publish(topic("robot-a", "telemetry"), b'{"control": true}')
+        got = server.wait_for_topic(topic("robot-a", "telemetry"))
+        assert got.payload == b'{"control": true}'
+        assert all(len(m.payload) < 1000 for m in server.messages())
+
+
+def test_enroll_cli_cert_creates_the_ca_once_and_issues_a_client_certificate(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    def run(device: str) -> dict[str, object]:
+        cp = subprocess.run(
+            [sys.executable, "-m", "fleet_server.cli", "devices", "enroll", device, "--cert",
+             "--data-dir", str(tmp_path / "fleet-data"), "--out", str(tmp_path / device), "--json"],
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+        )  # fmt: skip
+        assert cp.returncode == 0, cp.stderr
+        out: dict[str, object] = json.loads(cp.stdout)
+        return out
+
+    first, second = run("robot-1"), run("robot-2")
+    assert first["auth"] == "certificate" and first["password_line"] is None
+    ca_dir = tmp_path / "fleet-data" / "mqtt-ca"
+    ca = x509.load_pem_x509_certificate((ca_dir / "ca.crt").read_bytes())
+    for dev in ("robot-1", "robot-2"):
+        cert = x509.load_pem_x509_certificate((tmp_path / dev / f"{dev}.crt").read_bytes())
+        assert cert.issuer == ca.subject  # both from the one CA created on first use
+        assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == dev
+        cert.verify_directly_issued_by(ca)
+        assert stat.S_IMODE((tmp_path / dev / f"{dev}.key").stat().st_mode) == 0o600
+    assert second["files"] and "PRIVATE" not in (tmp_path / "robot-2" / "ca.crt").read_text()

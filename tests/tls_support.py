@@ -137,6 +137,8 @@ class Client:
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
         self.client.on_subscribe = self._on_subscribe
+        self.disconnected = threading.Event()
+        self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         self.connect_reason = rc
@@ -157,6 +159,16 @@ class Client:
     ) -> None:
         self.suback = list(rcs)
         self._subacked.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
+        self.disconnect_reason = rc
+        self.disconnected.set()
+
+    def send(self, topic: str, payload: bytes) -> None:
+        """QoS 1 publish without waiting for the PUBACK."""
+        self.client.publish(topic, payload, qos=1)
 
     def connect(self, timeout: float = 10.0) -> Client:
         """Connect and wait for CONNACK; raise ConnectRefused (or ssl/OS errors) when refused."""
