@@ -84,6 +84,10 @@ class Mosquitto:
             "max_inflight_messages 0",
             "set_tcp_nodelay true",
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto drops to the `mosquitto` user, which cannot write its
+            # persistence file under pytest's 0700 temp directories: stay who we are.
+            lines.append("user root")
         if persistence:
             lines += [
                 "persistence true",
