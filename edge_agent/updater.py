@@ -554,6 +554,8 @@ class Updater:
                         data={"already_active": True},
                         **ctx,
                     )
+                    if not state.probation:
+                        self._committed_without_probation(state.active, "it was already active", ctx)
                     return Outcome("already_active", f"{name}@{version} is already active", state.active)
                 staged, release, retries = self._stage_with_retries(repo, name, version)
                 self._fault("after_download")
@@ -615,6 +617,7 @@ class Updater:
                     )
                 else:
                     self.store.gc(new_state)
+                    self._committed_without_probation(ref, "there is no previous model to roll back to", ctx)
                 return Outcome(
                     "installed", f"{ref.ref} installed", ref, data={"probation": new_state.probation}
                 )
@@ -630,6 +633,20 @@ class Updater:
             if new_runner is not None:
                 with contextlib.suppress(Exception):
                     new_runner.close()
+
+    def _committed_without_probation(self, ref: Any, why: str, ctx: dict[str, Any]) -> None:
+        """Tell a rollout that waits for a probation verdict that this device is settled on ``ref``.
+
+        A first install (nothing to roll back to) and a deploy of the version already serving are
+        committed at once; without this the fleet would wait for a verdict that never comes.
+        """
+        self.emit(
+            "probation.passed",
+            message=f"{ref.ref} committed without probation: {why}",
+            model=_ref_msg(ref),
+            data={"probation": "skipped", "why": why},
+            **ctx,
+        )
 
     def _reject(
         self,

@@ -146,3 +146,21 @@ def test_state_json_is_plain_json(world: World) -> None:
     doc = json.loads((world.state_dir / "state.json").read_text())
     assert doc["active"]["version"] == "1.0.0" and doc["format"] == 1
     assert BundleRef.from_dict(doc["active"]).sha256 == doc["active"]["sha256"]
+
+
+def test_a_commit_without_probation_still_answers_the_rollout(world: World) -> None:
+    # A rollout waits for each device's probation verdict. A first install (nothing to roll back
+    # to) and a deploy of the version already serving are committed at once: the device must still
+    # say so, or the rollout would wait for a verdict that never comes.
+    host = FakeHost()
+    u = world.updater(host)
+    host.runner = u.boot()
+    assert u.install_from_dir(world.repo_dir, name="tiny", version="1.0.0", cmd_id="c1").ok
+    first = host.last("probation.passed")
+    assert first["cmd_id"] == "c1" and first["data"]["probation"] == "skipped"
+    assert (
+        u.install_from_dir(world.repo_dir, name="tiny", version="1.0.0", cmd_id="c2").status
+        == "already_active"
+    )
+    assert host.last("probation.passed")["cmd_id"] == "c2"
+    assert "probation.started" not in host.kinds()
