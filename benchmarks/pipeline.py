@@ -17,6 +17,7 @@ Each peer runs ``rounds`` times interleaved; the median round is reported.
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -221,14 +222,20 @@ COLUMNS = [
 
 
 def measure_provider(
-    ctx: Context, provider: str, section: Section, *, cv2_peers: bool
+    ctx: Context,
+    provider: str,
+    section: Section,
+    *,
+    cv2_peers: bool,
+    ratios: dict[int, tuple[float, float]] | None = None,
 ) -> dict[int, dict[str, Measure]]:
     """Run every peer for 1 and 2 threads on ``provider``; add rows to ``section``."""
     frames = ctx.scale(40, 1500)
-    rounds = ctx.scale(1, 3)
+    rounds = ctx.scale(1, 5)
     recording = ctx.recording(frames)
     bundle = ctx.bundles().v1
     results: dict[int, dict[str, Measure]] = {}
+    ratios = ratios if ratios is not None else {}
     for threads in (1, 2):
         per_peer: dict[str, list[Measure]] = {}
         skipped: dict[str, str] = {}
@@ -247,6 +254,13 @@ def measure_provider(
                     per_peer.setdefault("openvino", []).append(ov)
         med = {k: _median_round(v) for k, v in per_peer.items()}
         results[threads] = med
+        # The acceptance ratios pair each agent round with the minimal loop run right after it, so a
+        # neighbour's load that comes and goes between rounds moves both sides of a ratio alike.
+        pairs = list(zip(per_peer["agent"], per_peer["minimal"], strict=True))
+        ratios[threads] = (
+            statistics.median(a.fps / m.fps for a, m in pairs),
+            statistics.median(a.cpu_ms_per_frame / m.cpu_ms_per_frame for a, m in pairs),
+        )
         base = med["minimal"]
         for m in med.values():
             section.rows.append(
@@ -271,11 +285,12 @@ def measure_provider(
 def run(ctx: Context) -> Section:
     """Benchmark 1 on the CPU provider."""
     section = Section("pipeline", "Pipeline throughput and latency (CPU provider)", COLUMNS)
-    results = measure_provider(ctx, CPU, section, cv2_peers=True)
+    ratios: dict[int, tuple[float, float]] = {}
+    measure_provider(ctx, CPU, section, cv2_peers=True, ratios=ratios)
     b = ctx.bundles()
     section.notes += [
         f"Bundle: {b.v1.name} ({b.kind}); recording: {ctx.scale(40, 1500)} frames 640x480 MJPG from the simulator; "
-        f"median of {ctx.scale(1, 3)} interleaved rounds per peer.",
+        f"median of {ctx.scale(1, 5)} interleaved rounds per peer.",
         "Agent = the real Agent class in process (capture thread + frame queue + inference thread + "
         "telemetry thread + spool) with a real RecordingSource(realtime=False) and a publisher that sends "
         "nothing. Its latency is its own per-frame latency_ms (preprocess → decision); CPU is the "
@@ -286,24 +301,22 @@ def run(ctx: Context) -> Section:
         "Minimal and cv2.dnn loops include JPEG decoding in throughput and CPU, not in latency "
         "(latency = preprocess + inference + argmax), the same split as the agent's latency_ms.",
     ]
-    for threads, med in results.items():
-        agent, minimal = med["agent"], med["minimal"]
-        ratio = agent.fps / minimal.fps
-        cpu_ratio = agent.cpu_ms_per_frame / minimal.cpu_ms_per_frame
+    for threads, (ratio, cpu_ratio) in ratios.items():
+        plural = "s" if threads > 1 else ""
         section.checks.append(
-            Check(
-                f"agent/minimal throughput >= 0.9 ({threads} thread{'s' if threads > 1 else ''})",
-                ratio >= 0.9,
-                f"{ratio:.2f}",
-            )
+            Check(f"agent/minimal throughput >= 0.9 ({threads} thread{plural})", ratio >= 0.9, f"{ratio:.2f}")
         )
         section.checks.append(
             Check(
-                f"agent CPU/frame <= 1.2x minimal ({threads} thread{'s' if threads > 1 else ''})",
+                f"agent CPU/frame <= 1.2x minimal ({threads} thread{plural})",
                 cpu_ratio <= 1.2,
                 f"{cpu_ratio:.2f}x",
             )
         )
+    section.notes.append(
+        "Acceptance ratios: median over rounds of (agent round / the minimal-loop round run right after it); "
+        "the table shows each peer's median round, so its 'vs minimal' column can differ a little."
+    )
     return section
 
 
