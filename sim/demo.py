@@ -65,7 +65,7 @@ class DemoTiming:
 
     @classmethod
     def normal(cls) -> DemoTiming:
-        return cls(fps=5.0, window_s=5.0, shift_at_s=40.0, stream_s=240.0, soak_s=8.0, step_timeout_s=120.0)
+        return cls(fps=5.0, window_s=4.0, shift_at_s=30.0, stream_s=240.0, soak_s=5.0, step_timeout_s=120.0)
 
     @classmethod
     def fast(cls) -> DemoTiming:
@@ -118,7 +118,7 @@ def _bin(name: str) -> str:
 
 def _scenario(sees_new: bool, timing: DemoTiming) -> Scenario:
     base = dict.fromkeys(BASELINE_TYPES, 1.0)
-    shifted = {**base, **dict.fromkeys(NEW_TYPES, 2.0)}  # ~40 % of packages are new ones
+    shifted = {**base, **dict.fromkeys(NEW_TYPES, 3.0)}  # half the packages are new ones
     if not sees_new:
         return Scenario(name="baseline", phases=[Phase(duration_s=timing.stream_s, mix=base)])
     return Scenario(
@@ -521,6 +521,7 @@ class Demo:
 
         table = Table("robot", "models it ran (when)", "frames", "dropped", "alerts", "rollbacks (reason)")
         series: dict[str, list[tuple[float, float]]] = {}
+        low_rate: dict[str, list[tuple[float, float]]] = {}
         summary: dict[str, Any] = {}
         with self.api() as c:
             alerts = c.alerts()
@@ -561,7 +562,7 @@ class Demo:
             if dropped:
                 raise DemoFailed(f"{robot.device_id} dropped {dropped} frames")
         self.console.print(table)
-        chart = confidence_chart(series, self.markers, self.out / "confidence.png", low_confidence=0.7)
+        chart = confidence_chart(series, self.markers, self.out / "confidence.png", low_rate_series=low_rate)
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.ok(f"chart: {chart}")
         self.ok(f"summary: {self.out / 'summary.json'}; logs: {self.out / 'logs'}")
