@@ -78,4 +78,6 @@ def test_readme_command_exists_with_its_flags(argv: list[str]) -> None:
     helptext = _help(argv[0], path)
     assert helptext is not None
     for flag in (w.split("=")[0] for w in argv if w.startswith("--")):
-        assert re.search(rf"{re.escape(flag)}(?![\w-])", helptext), f"`{' '.join([argv[0], *path])}` has no {flag}"
+        assert re.search(rf"{re.escape(flag)}(?![\w-])", helptext), (
+            f"`{' '.join([argv[0], *path])}` has no {flag}"
+        )
