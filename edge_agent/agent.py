@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -129,7 +130,7 @@ class Agent:
         self._model_info: ModelInfo | None = None
         self._listeners: list[Callable[[Telemetry], None]] = []
         self._event_lock = threading.Lock()
-        self.commands = CommandDispatcher(self._emit_kw)
+        self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
         # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
         # (realtime = false, not a live source) waits for room instead of dropping.
         self.frames = DropOldestQueue(
@@ -279,6 +280,10 @@ class Agent:
     def start(self) -> None:
         """Start every thread; returns at once (the model is already loaded and warm)."""
         self._running = True
+        if self.config.inference.gil_switch_interval_ms is not None:
+            # Process-wide, and this process is the agent: a shorter slice means the inference
+            # thread waits at most ~1 ms for the GIL while telemetry or an update holds it.
+            sys.setswitchinterval(self.config.inference.gil_switch_interval_ms / 1000)
         self.publisher.start(self.commands.submit)
         self.publish_state()
         self.commands.start()

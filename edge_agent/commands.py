@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -38,8 +39,9 @@ Emit = Callable[..., object]
 class CommandDispatcher:
     """Accepts raw ``cmd`` payloads from any thread; parses and runs them on its own worker thread."""
 
-    def __init__(self, emit: Emit, *, max_pending: int = 100) -> None:
+    def __init__(self, emit: Emit, *, max_pending: int = 100, nice: int = 0) -> None:
         self._emit = emit
+        self._nice = nice
         self._handlers: dict[str, CommandHandler] = {}
         self._queue: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=max_pending)
         self._thread: threading.Thread | None = None
@@ -74,6 +76,14 @@ class CommandDispatcher:
             )
 
     def _run(self) -> None:
+        if self._nice:
+            # Updates (download, verify, self-test, building the next session) run here: on a small
+            # CPU they must yield to the inference thread, or a swap stalls the line for a
+            # scheduler slice. Linux threads have their own nice value; elsewhere this is a no-op.
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self._nice)
+            except (OSError, AttributeError) as exc:
+                log.info("could not lower the command worker's priority: %s", exc)
         while True:
             item = self._queue.get()
             if item is None:

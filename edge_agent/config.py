@@ -171,6 +171,14 @@ class InferenceConfig(_Section):
         default=False, description="ORT's busy-wait between calls: burns CPU at camera rate"
     )
     warmup_runs: Annotated[int, Field(ge=0, le=100)] = 3
+    gil_switch_interval_ms: Annotated[float, Field(gt=0, le=100)] | None = Field(
+        default=1.0,
+        description="Python's GIL switch interval while the agent runs (interpreter default 5 ms): "
+        "bounds how long update or telemetry work can keep the inference thread waiting; None keeps it",
+    )
+    update_nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=10, description="nice value of the thread that installs updates (0: same as inference)"
+    )
 
     @field_validator("providers")
     @classmethod

@@ -53,7 +53,8 @@ def test_swap_adopts_the_new_model(ctx: Context) -> None:
     assert len(s.rows) == 3 and s.rows[0][0] == "flat out (unpaced)"
     assert all(int(r[1]) > 0 for r in s.rows)
     assert s.rows[0][2] == 0  # unpaced: the frame queue waits, it never drops
-    assert len(s.checks) == 2  # the paced rates
+    assert len([c for c in s.checks if "dropped" in c.name]) == 2  # the paced rates
+    assert len([c for c in s.checks if "decision gap" in c.name]) == 3  # every rate
 
 
 def test_quantisation_compares_int8_with_fp32(ctx: Context) -> None:
