@@ -14,9 +14,11 @@ a lost camera) say nothing either way.
 
 A rate over a handful of frames is noise: at 5 packages a second a 2-second
 window holds 10 frames, and one partial package is a 10 % low-confidence rate.
-So consecutive windows are pooled until they hold ``pool_frames`` frames, and
-the pool is what gets judged (its rate and mean exactly, its percentiles as
-the frame-weighted mean of the windows' — close enough for a threshold test).
+So each window is judged together with the windows just before it: the
+shortest run of recent windows that holds ``pool_frames`` frames (its rate and
+mean exactly, its percentiles as the frame-weighted mean of the windows' — close
+enough for a threshold test). The pool slides window by window, so a shift is
+seen as soon as most of the pool comes after it, not a whole pool later.
 """
 
 from __future__ import annotations
@@ -127,10 +129,11 @@ class DriftDetector:
         if window.frames < self.min_frames:
             return None
         self._pool.append(window)
+        while len(self._pool) > 1 and sum(w.frames for w in self._pool[1:]) >= self.pool_frames:
+            del self._pool[0]
         if sum(w.frames for w in self._pool) < self.pool_frames:
             return None
         window = pool_windows(self._pool)
-        self._pool = []
         check = check_window(window, self.baseline, self.thresholds)
         self._recent.append(
             {

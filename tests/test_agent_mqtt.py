@@ -226,7 +226,7 @@ def test_drift_on_new_packages_in_second_half(
     edge_agent_process: Callable[..., AgentProcess],
     tmp_path: Path,
 ) -> None:
-    """new-packages: baseline mix for the first half, then unknown types ramp in.
+    """new-packages: baseline mix for the first half, then half the packages are types it never saw.
 
     Time is compressed 6x (the 120 s scenario plays in 20 s), and so are the
     windows (5 s → 0.83 s) and the deadline (30 s after the change → 5 s).

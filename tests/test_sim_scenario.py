@@ -20,7 +20,8 @@ def test_builtin_scenarios_load() -> None:
     assert set(new.package_types) == set(BASELINE) | {"hexagon-100", "circle-100"}
     assert new.weights_at(10.0).keys() == set(BASELINE)
     late = new.weights_at(new.duration_s - 1)
-    assert late["hexagon-100"] + late["circle-100"] == pytest.approx(0.35, abs=0.02)
+    assert late["hexagon-100"] + late["circle-100"] == pytest.approx(0.5, abs=0.02)
+    assert new.weights_at(60.5)["hexagon-100"] == pytest.approx(0.25, abs=0.01)  # a switch, not a ramp
 
 
 def test_phase_mix_proportions() -> None:
