@@ -496,14 +496,7 @@ class LineRig:
 def persistent_broker(factory: Any) -> Any:
     """A Mosquitto that keeps sessions and queued QoS 1 messages across a restart.
 
-    Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot write its persistence
-    file under pytest's 0700 temp dirs ("Permission denied" in its log: the fleet server's session
-    is then lost over a restart). The test broker stays root instead.
+    (Started as root, the test broker stays root — tests/mqtt.py — so it can write its persistence
+    file under pytest's 0700 temp dirs.)
     """
-    broker = factory(persistence=True)
-    if os.geteuid() == 0:
-        broker.stop()
-        with broker.conf_path.open("a") as fh:
-            fh.write("user root\n")
-        broker.start()
-    return broker
+    return factory(persistence=True)
