@@ -530,16 +530,25 @@ class Demo:
             tel = sorted(d.get("recent_telemetry", []), key=lambda t: t["seq"])
             events = sorted(self._events(robot.device_id), key=lambda e: e["seq"])
             models_ran = [
-                (e.get("model") or {}).get("version", "?") + f" ({self._rel(e['at']):.0f}s)"
+                ("back to " if e["kind"] == "rollback" else "")
+                + (e.get("model") or {}).get("version", "?")
+                + f" at {self._rel(e['at']):.0f}s"
                 for e in events
-                if e["kind"] in ("agent.started", "probation.passed", "rollback")
+                if e["kind"] in ("agent.started", "update.installed", "rollback")
+                and not (e.get("data") or {}).get("already_active")
             ]
             rollbacks = [e.get("message", "") for e in events if e["kind"] == "rollback"]
             frames = sum(int(t.get("frames", 0)) for t in tel)
             dropped = sum(int(t.get("dropped", 0)) for t in tel)
             dev_alerts = [a for a in alerts if a.get("device_id") == robot.device_id]
+            # The mean shows drift better than the median (half the packages unknown barely moves
+            # the median); the low-confidence share below it is what the drift alert watches.
+            scored = [t for t in tel if t.get("frames")]
             series[robot.device_id] = [
-                (self._rel(t["window_start"]), float(t["confidence_p50"])) for t in tel
+                (self._rel(t["window_start"]), float(t["confidence_mean"])) for t in scored
+            ]
+            low_rate[robot.device_id] = [
+                (self._rel(t["window_start"]), t["low_confidence"] / t["frames"]) for t in scored
             ]
             agent_view = self.cli(
                 _bin("edge-agent"), "models", "--config", str(robot.config), "--json", json_out=True
