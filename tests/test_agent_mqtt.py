@@ -27,9 +27,9 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "models" / "releases" / "shapes-1.0.0"
 ROOT = "lineside/v1"
-# The issue asks for a 20 s broker outage; the default here is shorter to keep CI fast
-# (the spool and reconnect logic do not depend on the length). LINESIDE_OUTAGE_S=20 runs the full one.
-OUTAGE_S = float(os.environ.get("LINESIDE_OUTAGE_S", "6"))
+# A 20 s broker outage (with an agent restart in it), as the acceptance asks; LINESIDE_OUTAGE_S
+# shortens it for quick local runs (the spool and reconnect logic do not depend on the length).
+OUTAGE_S = float(os.environ.get("LINESIDE_OUTAGE_S", "20"))
 
 
 def real_model() -> Path | None:
