@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import Section
+from edge_agent.atomic import atomic_write_bytes
 
 
 def _mark(ok: bool | None) -> str:
@@ -91,20 +90,5 @@ def markdown(sections: list[Section], machine: dict[str, str], command: str, *, 
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Temp file beside ``path``, fsync, rename, fsync the directory."""
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write ``text`` to ``path`` the way the agent writes its state: temp file, fsync, rename."""
+    atomic_write_bytes(path.resolve(), text.encode("utf-8"))

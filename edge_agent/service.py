@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_agent.spool import atomic_write
+from edge_agent.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def stop_on_signals(
 
 def write_status(state_dir: Path, status: dict[str, Any]) -> None:
     """Atomically replace ``state_dir/status.json``."""
-    atomic_write(Path(state_dir) / STATUS_FILE, json.dumps(status, indent=2, default=str).encode())
+    atomic_write_bytes(Path(state_dir) / STATUS_FILE, json.dumps(status, indent=2, default=str).encode())
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,45 +19,16 @@ are kept even then.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.atomic import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 RELIABLE_CHANNELS = ("telemetry", "events")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same dir, fsync, os.replace, fsync dir."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename or unlink in ``directory`` durable."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,12 +115,12 @@ class Spool:
             payload = make(seq)
             order = self._next_order
             path = self.directory / f"{order:016d}.{channel}.{seq}.json"
-            atomic_write(path, payload)
+            atomic_write_bytes(path, payload, mode=0o640)
             self._entries[order] = SpoolEntry(order, channel, seq, path)
             self._next_order = order + 1
             self._next_seq[channel] = seq + 1
             # After the message: a crash in between is healed at start-up from the spooled file.
-            atomic_write(self._counter_path(channel), str(seq + 1).encode())
+            atomic_write_bytes(self._counter_path(channel), str(seq + 1).encode(), mode=0o640)
             self._enforce_limit()
             self._changed.notify_all()
         return seq, payload

@@ -48,8 +48,8 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
 from edge_agent.acceptance import split_target_path
+from edge_agent.atomic import atomic_write_bytes, fsync_dir
 from edge_agent.errors import FetchError, VerificationError
-from edge_agent.store import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 

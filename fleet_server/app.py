@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from edge_agent.atomic import atomic_write_bytes
 from edge_agent.messages import Topics
-from edge_agent.store import atomic_write_bytes
 from fleet_server import auth
 from fleet_server.alerts import Alerts, Webhook
 from fleet_server.broker import EmbeddedBroker

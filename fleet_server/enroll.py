@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edge_agent.atomic import atomic_write_bytes
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
 
@@ -180,35 +181,15 @@ def acl_users(text: str) -> set[str]:
 # -- files ------------------------------------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)  # before any byte is written: a secret is never world-readable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def write_private(path: Path, data: str | bytes) -> Path:
     """Write a secret (password, private key): mode 0600, temp file + fsync + rename."""
-    _write(path, data.encode() if isinstance(data, str) else data, 0o600)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, mode=0o600)
     return path
 
 
 def write_public(path: Path, data: str | bytes) -> Path:
     """Write a non-secret file (certificate, ACL, config snippet): mode 0644, atomically."""
-    _write(path, data.encode() if isinstance(data, str) else data, 0o644)
+    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, mode=0o644)
     return path
 
 

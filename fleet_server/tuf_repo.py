@@ -46,9 +46,9 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from edge_agent.acceptance import split_target_path
+from edge_agent.atomic import atomic_write_bytes, fsync_dir
 from edge_agent.errors import ConfigError, StoreError, VerificationError
 from edge_agent.manifest import MANIFEST_FILE, load_manifest
-from edge_agent.store import atomic_write_bytes, fsync_dir
 from fleet_server import keys as keymod
 
 log = logging.getLogger(__name__)

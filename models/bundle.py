@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.atomic import fsync_dir
 from edge_agent.errors import ManifestError, ModelLoadError, SelftestError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE, Manifest, load_manifest
 
@@ -62,14 +63,6 @@ def selftest_arrays(model: bytes | str | Path, inputs: np.ndarray) -> dict[str, 
     return {"inputs": inputs, **{f"out_{k}": v for k, v in run_batch(model, inputs).items()}}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -107,7 +100,7 @@ def write_bundle(
         _write(tmp / MANIFEST_FILE, manifest.to_json().encode() + b"\n")
         for name, data in (extra_files or {}).items():
             _write(tmp / name, data)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             # Move the old one aside first: os.replace cannot replace a non-empty directory.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
@@ -116,7 +109,7 @@ def write_bundle(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

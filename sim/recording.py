@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from edge_agent.atomic import fsync_dir
 from edge_agent.errors import SourceError
 from edge_agent.recording_source import (
     FORMAT_NAME,
@@ -108,14 +109,6 @@ def _chunk(fourcc: bytes, data: bytes) -> bytes:
     return fourcc + struct.pack("<I", len(data)) + data + pad
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_recording(
     out: str | Path,
     *,
@@ -184,11 +177,11 @@ def write_recording(
             mf.write(meta.model_dump_json(indent=2) + "\n")
             mf.flush()
             os.fsync(mf.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.store import ModelStore, atomic_write_bytes
+from edge_agent.atomic import atomic_write_bytes
+from edge_agent.store import ModelStore
 from edge_agent.store_rules import BundleRef
 from edge_agent.trust import TrustedRepository
 from tests.updates_support import FakeHost, World
