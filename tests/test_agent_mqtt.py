@@ -153,13 +153,17 @@ def test_agent_replays_recording_and_reports(
             hist[k] = hist.get(k, 0) + v
     assert sum(hist.values()) == len(labels)
     decisions = c.payloads(f"{device}/decisions")
-    assert [d["frame_id"] for d in decisions] == list(range(len(labels)))
+    # Decisions are the robot's real-time output (QoS 0, never spooled: a late decision is useless),
+    # so the frames served before the broker link came up have none. From then on: every frame, in order.
+    ids = [d["frame_id"] for d in decisions]
+    assert ids and ids[0] < 30, ids[:5]
+    assert ids == list(range(ids[0], len(labels)))
     events = c.payloads(f"{device}/events")
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert events[0]["kind"] == "agent.started" and events[-1]["kind"] == "agent.stopping"
     if real_model() is None:
         pytest.skip("models/releases/shapes-1.0.0 not available: plumbing checked, label agreement not")
-    agree = sum(d["label"] == lab for d, lab in zip(decisions, labels, strict=True)) / len(labels)
+    agree = sum(d["label"] == labels[d["frame_id"]] for d in decisions) / len(decisions)
     assert agree >= 0.99, agree
     expected = {k: labels.count(k) for k in set(labels)}
     assert sum(min(hist.get(k, 0), n) for k, n in expected.items()) >= 0.99 * len(labels)
