@@ -24,7 +24,7 @@ deps-test: $(VENV)/.test-deps
 
 ## mosquitto: make sure a mosquitto binary exists (tests start their own on a free port)
 mosquitto:
-	@bash scripts/ensure-mosquitto.sh
+	@bash scripts/ensure-package.sh mosquitto mosquitto "the MQTT tests' own broker"
 
 demo: deps-demo
 	$(VENV)/bin/edge-sim demo
@@ -40,7 +40,7 @@ typecheck: deps-test
 	$(VENV)/bin/mypy
 
 test: deps-test mosquitto lint typecheck
-	@bash scripts/ensure-browser.sh || echo "warning: no chromium: the dashboard's browser tests will be skipped" >&2
+	@bash scripts/ensure-package.sh chromium chromium "the dashboard's browser tests" || echo "warning: no chromium: the dashboard's browser tests will be skipped" >&2
 	$(PY) -m pytest -m "not slow"
 
 test-fast: deps-test
