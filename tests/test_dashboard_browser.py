@@ -61,7 +61,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or scripts/ensure-package.sh chromium)")
+        pytest.skip(
+            f"no Chromium at {CHROMIUM} (apt-get install chromium, or scripts/ensure-package.sh chromium)"
+        )
     binary = find_mosquitto()
     if binary is None:
         pytest.skip("mosquitto binary not found (install it: `make mosquitto`, or apt-get install mosquitto)")
