@@ -320,6 +320,12 @@ def run(ctx: Context) -> Section:
     return section
 
 
+def _unavailable_row(provider: str, why: str) -> list[Any]:
+    row: list[Any] = ["-"] * len(COLUMNS)
+    row[0], row[3] = provider, f"not available ({why})"
+    return row
+
+
 def run_accelerators(ctx: Context) -> Section:
     """Benchmark 7: the pipeline benchmark on TensorRT/CUDA when onnxruntime-gpu and a GPU are present."""
     section = Section("accelerators", "Accelerators (CUDA / TensorRT execution providers)", COLUMNS)
@@ -327,38 +333,12 @@ def run_accelerators(ctx: Context) -> Section:
     ran = False
     for provider in GPU_PROVIDERS:
         if provider not in available:
-            section.rows.append(
-                [
-                    f"{provider}",
-                    "-",
-                    "-",
-                    "not available (not in this onnxruntime build)",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                ]
-            )
+            section.rows.append(_unavailable_row(provider, "not in this onnxruntime build"))
             continue
         try:
             _session(ctx.bundles().v1, 1, provider)
         except Exception as exc:  # a GPU build without a GPU fails here: report, do not crash
-            section.rows.append(
-                [
-                    provider,
-                    "-",
-                    "-",
-                    f"not available ({str(exc).splitlines()[0][:80]})",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                    "-",
-                ]
-            )
+            section.rows.append(_unavailable_row(provider, str(exc).splitlines()[0][:80]))
             continue
         sub = Section("", "", COLUMNS)
         measure_provider(ctx, provider, sub, cv2_peers=False)

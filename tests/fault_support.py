@@ -8,8 +8,6 @@ cable or a dropped Wi-Fi link looks like to the client mid-download.
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import socket
@@ -126,35 +124,6 @@ class CuttingProxy:
             pass
         finally:
             close_both()
-
-
-class _TufHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a TUF repository directory under /tuf/ as the fleet server does (HTTP/1.1 keep-alive)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def translate_path(self, path: str) -> str:
-        if not path.startswith("/tuf/"):
-            return "/nonexistent"
-        return super().translate_path(path[len("/tuf") :])
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def tuf_http_server(repo_dir: Path) -> Iterator[tuple[str, int]]:
-    """Serve ``repo_dir`` (``metadata/``, ``targets/``) over HTTP on 127.0.0.1; yields (host, port)."""
-    handler = functools.partial(_TufHandler, directory=str(repo_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield "127.0.0.1", int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def rss_bytes(pid: int) -> int:

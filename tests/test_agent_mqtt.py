@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AgentProcess
+from tests.fault_support import record
 from tests.mqtt import Collector, Mosquitto, wait_until
 
 pytestmark = pytest.mark.integration
@@ -44,30 +45,6 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.synthetic import make_bundle
 
     return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny", behaviour="confident")
-
-
-def record(out: Path, *, frames: int, seed: int, fps: float, scenario: str = "baseline") -> Path:
-    subprocess.run(
-        [
-            str(Path(sys.executable).parent / "edge-sim"),
-            "record",
-            "--out",
-            str(out),
-            "--frames",
-            str(frames),
-            "--seed",
-            str(seed),
-            "--fps",
-            str(fps),
-            "--scenario",
-            scenario,
-            "--force",
-        ],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

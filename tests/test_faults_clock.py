@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge_agent.store import ModelStore
-from tests.fault_support import device_clock, tuf_http_server
-from tests.updates_support import FakeHost, World
+from tests.fault_support import device_clock
+from tests.updates_support import FakeHost, World, tuf_http_server
 
 
 @pytest.fixture

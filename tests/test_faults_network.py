@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import ModelStore
-from tests.fault_support import CuttingProxy, tuf_http_server
-from tests.updates_support import FakeHost, World
+from tests.fault_support import CuttingProxy
+from tests.updates_support import FakeHost, World, tuf_http_server
 
 pytestmark = pytest.mark.integration
 

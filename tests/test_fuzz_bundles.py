@@ -12,8 +12,8 @@ from pathlib import Path
 from edge_agent.config import parse_config
 from edge_agent.store import ModelStore
 from edge_agent.updater import settings_from_config
-from tests.fault_support import CuttingProxy, tuf_http_server
-from tests.updates_support import FakeHost, World
+from tests.fault_support import CuttingProxy
+from tests.updates_support import FakeHost, World, tuf_http_server
 
 
 def test_release_over_max_bundle_bytes_is_refused_before_download(tmp_path: Path) -> None:

@@ -7,13 +7,10 @@ Real processes: Mosquitto with deploy/mosquitto/lineside.conf, `fleet serve --br
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ from tests.conftest import AgentProcess
 from tests.fleet_support import FleetServer, make_bundle, make_keys
 from tests.mqtt import find_mosquitto, wait_until
 from tests.tls_support import Client, Pki, SecureBroker, make_pki, topic
-from tests.updates_support import World
+from tests.updates_support import World, tuf_http_server
 
 pytestmark = pytest.mark.integration
 
@@ -204,28 +201,13 @@ def _health(server: FleetServer) -> dict[str, Any] | None:
 # -- a forged deploy installs nothing -------------------------------------------------------------
 
 
-class _TufHandler(http.server.SimpleHTTPRequestHandler):
-    def translate_path(self, path: str) -> str:
-        if not path.startswith("/tuf/"):
-            return "/nonexistent"
-        return super().translate_path(path[len("/tuf") :])
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def attacker_repo(tmp_path: Path) -> Iterator[tuple[World, str]]:
     """An attacker's TUF repository: a valid-looking release shapes@6.6.6, signed by the attacker's keys."""
     w = World(tmp_path / "attacker")
     w.release("6.6.6", name="shapes")
-    handler = functools.partial(_TufHandler, directory=str(w.repo_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield w, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with tuf_http_server(w.repo_dir) as (host, port):
+        yield w, f"http://{host}:{port}"
 
 
 def test_forged_deploy_from_the_fleet_user_installs_nothing(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,32 +16,15 @@ from edge_agent.store import ModelStore
 from edge_agent.updater import Updater, attach_to_agent, store_dir
 from tests.agent_fakes import ListSource, SpoolDrainingPublisher, agent_config, images
 from tests.mqtt import wait_until
-from tests.updates_support import World
-
-
-class _TufHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves REPO under /tuf/ as the fleet server does."""
-
-    def translate_path(self, path: str) -> str:
-        if not path.startswith("/tuf/"):
-            return "/nonexistent"
-        return super().translate_path(path[len("/tuf") :])
-
-    def log_message(self, *args: Any) -> None:
-        pass
+from tests.updates_support import World, tuf_http_server
 
 
 @pytest.fixture
 def tuf_server(tmp_path: Path) -> Iterator[tuple[World, str]]:
     w = World(tmp_path)
     w.release("1.0.0")
-    handler = functools.partial(_TufHandler, directory=str(w.repo_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield w, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with tuf_http_server(w.repo_dir) as (host, port):
+        yield w, f"http://{host}:{port}"
 
 
 def _agent(
