@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -150,6 +151,28 @@ class AlertRow(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Idempotency: one alert per source event (device, seq) or per rollout halt.
     dedup_key: Mapped[str | None] = mapped_column(String(160), nullable=True, unique=True)
+
+
+class DeadLetterRow(Base):
+    """A message the database refused (not a transient failure): kept apart so the rest is ingested.
+
+    One row per distinct (topic, payload): a poison message redelivered (QoS 1, a restart before
+    the ack) is stored once. The payload is kept as bytes, exactly as it arrived.
+    """
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("topic", "payload_sha256", name="uq_dead_letters_topic_payload"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    # Text, not String(64): a value too long for the other tables may be why it is here.
+    device_id: Mapped[str | None] = mapped_column(Text, nullable=True, index=True)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))  # a code: integrity, data, unbindable
+    detail: Mapped[str] = mapped_column(Text, default="")  # the database's words, for a person
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    dead_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
 class TokenRow(Base):

@@ -9,6 +9,13 @@ acknowledges the messages (paho ``manual_ack``): with a persistent session (fixe
 broker, and the (device, seq) unique constraints make the second delivery a no-op. So nothing
 is lost and nothing is counted twice across a restart.
 
+A message the database refuses (a constraint, a value it cannot hold) must not block the
+messages behind it: the batch is retried message by message and the refused one is stored in
+the dead-letter table (``dead_letters``: device, topic, payload, reason, time), counted in
+``/metrics`` as ``lineside_ingest_messages_total{kind="dead_lettered"}``, and acknowledged.
+A transient failure (the database is down or locked) is told apart by the exception's type and
+retried with the whole batch, never dead-lettered.
+
 Several replicas can share ingest through an MQTT 5 shared subscription
 (``shared_subscription_group = "fleet"`` → ``$share/fleet/lineside/v1/devices/+/telemetry``):
 the broker gives each message to one of them. Each replica needs its own ``mqtt_client_id``.
@@ -16,6 +23,7 @@ the broker gives each message to one of them. Each replica needs its own ``mqtt_
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import socket
@@ -32,12 +40,20 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    StatementError,
+)
 
 from edge_agent.errors import MessageError, TransportError
 from edge_agent.messages import DeviceState, Event, Telemetry, Topics, parse_message
 from fleet_server import registry
 from fleet_server.alerts import Alerts
-from fleet_server.db import Database, EventRow, TelemetryRow, utcnow
+from fleet_server.db import Database, DeadLetterRow, EventRow, TelemetryRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +82,51 @@ class IngestCounts:
     events_new: int = 0
     events_dup: int = 0
     rejected: int = 0
+    dead_lettered: int = 0
 
     def add(self, other: IngestCounts) -> None:
         for k in vars(self):
             setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """A message that passed its schema, ready to write."""
+
+    item: Inbound
+    device_id: str
+    msg: DeviceState | Telemetry | Event
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database failure that is not the message's fault: retry the same batch later.
+
+    Decided by the exception's type, never its text: the connection was lost or invalidated
+    (``OperationalError``, ``InterfaceError``, ``connection_invalidated``) — including SQLite's
+    "database is locked" and "disk full", which are ``OperationalError`` too.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def poison_reason(exc: BaseException) -> str | None:
+    """The dead-letter reason when the database refused the message itself, else None.
+
+    ``IntegrityError`` (a constraint), ``DataError`` (a value the column cannot hold) and a
+    ``StatementError`` raised before reaching the driver (a value that cannot be bound, e.g. a
+    date that overflows on conversion to UTC). Anything else is not proven to be the message's
+    fault and is retried like a transient error (it may be a bug, fixed by a restart).
+    """
+    if is_transient(exc):
+        return None
+    if isinstance(exc, IntegrityError):
+        return "integrity"
+    if isinstance(exc, DataError):
+        return "data"
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        return "unbindable"
+    return None
 
 
 class Ingest:
@@ -84,12 +141,43 @@ class Ingest:
         self._lock = threading.Lock()
 
     def write_batch(self, items: list[Inbound]) -> IngestCounts:
+        """Write a batch in one transaction; isolate and dead-letter what the database refuses.
+
+        A transient database error (connection lost, locked, disk full: :func:`is_transient`)
+        propagates, and the caller retries the whole batch later (nothing was acked). A refusal
+        caused by a message itself (:func:`poison_reason`) makes the batch retried message by
+        message: each refused one is stored in the dead-letter table and counted, the rest is
+        ingested. Every write is idempotent, so the retries never store anything twice.
+        """
         counts = IngestCounts()
-        states: list[tuple[DeviceState, datetime]] = []
-        tel: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
-        alert_events: list[Event] = []
-        seen: dict[str, datetime] = {}
+        parsed = self._parse(items, counts)
+        try:
+            alert_events = self._write(parsed, counts)
+        except Exception as exc:
+            reason = poison_reason(exc)
+            if reason is None:
+                raise
+            log.warning("a batch of %d was refused (%s): writing it message by message", len(parsed), reason)
+            counts = IngestCounts(rejected=counts.rejected)
+            alert_events = []
+            for one in parsed:
+                try:
+                    alert_events += self._write([one], counts)
+                except Exception as one_exc:
+                    one_reason = poison_reason(one_exc)
+                    if one_reason is None:
+                        raise
+                    self._dead_letter(one, one_reason, one_exc)
+                    counts.dead_lettered += 1
+        if self.alerts is not None:
+            for e in alert_events:
+                self._alert(e)
+        with self._lock:
+            self.totals.add(counts)
+        return counts
+
+    def _parse(self, items: list[Inbound], counts: IngestCounts) -> list[_Parsed]:
+        out: list[_Parsed] = []
         for item in items:
             parsed = self.topics.parse(item.topic)
             if parsed is None:
@@ -97,42 +185,56 @@ class Ingest:
                 continue
             device_id, channel = parsed
             try:
+                msg: DeviceState | Telemetry | Event
                 if channel == "state":
-                    st = parse_message(DeviceState, item.payload, item.topic)
-                    if st.device_id != device_id:
-                        raise MessageError("device_id differs from the topic", topic=item.topic)
-                    states.append((st, item.received_at))
+                    msg = parse_message(DeviceState, item.payload, item.topic)
                 elif channel == "telemetry":
-                    t = parse_message(Telemetry, item.payload, item.topic)
-                    if t.device_id != device_id:
-                        raise MessageError("device_id differs from the topic", topic=item.topic)
-                    tel.append(_telemetry_row(t, item.received_at))
-                    seen[device_id] = max(item.received_at, seen.get(device_id, item.received_at))
+                    msg = parse_message(Telemetry, item.payload, item.topic)
                 elif channel == "events":
-                    e = parse_message(Event, item.payload, item.topic)
-                    if e.device_id != device_id:
-                        raise MessageError("device_id differs from the topic", topic=item.topic)
-                    events.append(_event_row(e, item.received_at))
-                    seen[device_id] = max(item.received_at, seen.get(device_id, item.received_at))
-                    if e.kind in ALERT_EVENT_KINDS:
-                        alert_events.append(e)
+                    msg = parse_message(Event, item.payload, item.topic)
                 else:
                     continue  # cmd/decisions are not ours to ingest
+                if msg.device_id != device_id:
+                    raise MessageError("device_id differs from the topic", topic=item.topic)
             except MessageError as exc:
                 counts.rejected += 1
                 log.warning("rejected %s: %s", item.topic, exc)
+                continue
+            out.append(_Parsed(item, device_id, msg))
+        return out
+
+    def _write(self, parsed: list[_Parsed], counts: IngestCounts) -> list[Event]:
+        """One transaction; adds to ``counts`` only once it committed. Returns the events to alert on."""
+        states: list[tuple[DeviceState, datetime]] = []
+        tel: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        alert_events: list[Event] = []
+        seen: dict[str, datetime] = {}
+        for p in parsed:
+            at = p.item.received_at
+            if isinstance(p.msg, DeviceState):
+                states.append((p.msg, at))
+                continue
+            if isinstance(p.msg, Telemetry):
+                tel.append(_telemetry_row(p.msg, at))
+            else:
+                events.append(_event_row(p.msg, at))
+                if p.msg.kind in ALERT_EVENT_KINDS:
+                    alert_events.append(p.msg)
+            seen[p.device_id] = max(at, seen.get(p.device_id, at))
+        done = IngestCounts()
         with self.db.session() as s:
             for st, at in sorted(states, key=lambda x: x[0].since):
                 registry.apply_state(s, st, at)
-                counts.states += 1
+                done.states += 1
             # De-duplicate inside the batch too (one multi-row INSERT may not hold the same key twice);
             # the first delivery wins, as it does across batches.
             tel = _first_per_key(tel)
             events = _first_per_key(events)
-            counts.telemetry_new = self.db.insert_ignore(s, TelemetryRow.__table__, tel, ["device_id", "seq"])
-            counts.telemetry_dup = len(tel) - counts.telemetry_new
-            counts.events_new = self.db.insert_ignore(s, EventRow.__table__, events, ["device_id", "seq"])
-            counts.events_dup = len(events) - counts.events_new
+            done.telemetry_new = self.db.insert_ignore(s, TelemetryRow.__table__, tel, ["device_id", "seq"])
+            done.telemetry_dup = len(tel) - done.telemetry_new
+            done.events_new = self.db.insert_ignore(s, EventRow.__table__, events, ["device_id", "seq"])
+            done.events_dup = len(events) - done.events_new
             # last_seen: a device new to this process gets its row (created if needed); known ones
             # are refreshed together, at most every TOUCH_EVERY_S (not one UPDATE per message).
             known: list[str] = []
@@ -149,12 +251,26 @@ class Ingest:
             if known:
                 registry.touch_many(s, known, max(seen[d] for d in known))
         self._touched.update(touched)  # only once committed: a failed batch is retried in full
-        if self.alerts is not None:
-            for e in alert_events:
-                self._alert(e)
-        with self._lock:
-            self.totals.add(counts)
-        return counts
+        counts.add(done)
+        return alert_events
+
+    def _dead_letter(self, p: _Parsed, reason: str, exc: BaseException) -> None:
+        """Store a refused message apart (once per topic and payload); a failure here propagates."""
+        orig = getattr(exc, "orig", None) or exc
+        detail = f"{type(orig).__name__}: {orig}"[:1000].replace("\x00", "\\0")
+        row = {
+            "device_id": p.device_id,
+            "topic": p.item.topic.replace("\x00", "\\0"),
+            "payload": p.item.payload,
+            "payload_sha256": hashlib.sha256(p.item.payload).hexdigest(),
+            "reason": reason,
+            "detail": detail,
+            "received_at": p.item.received_at,
+            "dead_at": utcnow(),
+        }
+        with self.db.session() as s:
+            self.db.insert_ignore(s, DeadLetterRow.__table__, [row], ["topic", "payload_sha256"])
+        log.error("dead-lettered %s (%s): %s", p.item.topic, reason, detail)
 
     def _alert(self, e: Event) -> None:
         assert self.alerts is not None
@@ -371,7 +487,8 @@ class MqttLink:
                     counts = self.ingest.write_batch(batch)
                     break
                 except Exception:
-                    # The database is down or locked: keep the batch (unacked) and retry.
+                    # The database is down or locked (poison messages were dead-lettered inside
+                    # write_batch): keep the batch (unacked) and retry.
                     log.exception(
                         "writing %d messages failed (attempt %d); retrying", len(batch), attempt + 1
                     )
