@@ -87,6 +87,12 @@ class DevicePatch(_Body):
     tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
 
 
+class DeviceCreate(_Body):
+    device_id: Annotated[str, Field(min_length=1, max_length=64)]
+    group: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = None
+
+
 class RollbackRequest(_Body):
     devices: list[str] | None = None
     group: str | None = None
@@ -386,13 +392,26 @@ def devices_events(
     return events
 
 
+@v1.post("/devices", tags=["devices"], status_code=201)
+def devices_add(body: DeviceCreate, request: Request, _: Admin) -> dict[str, Any]:
+    """Register a device before its first connection (so it can be put in a group): 409 if known."""
+    if not valid_device_id(body.device_id):
+        raise _error(422, f"{body.device_id!r} is not a valid device id", field="device_id")
+    d = _svc(request).registry.register(body.device_id, group=body.group, tags=body.tags)
+    if d is None:
+        raise _error(409, f"device {body.device_id} is already registered", reason="exists")
+    return d
+
+
 @v1.patch("/devices/{device_id}", tags=["devices"])
 def devices_patch(device_id: str, body: DevicePatch, request: Request, _: Admin) -> dict[str, Any]:
-    if not valid_device_id(device_id):
-        raise _error(422, f"{device_id!r} is not a valid device id")
-    return _svc(request).registry.assign(
+    """Set a known device's group and/or tags; 404 for an unknown one (``POST /devices`` registers)."""
+    d = _svc(request).registry.assign(
         device_id, group=body.group, tags=body.tags, clear_group=body.clear_group
     )
+    if d is None:
+        raise _error(404, f"no device {device_id} (register it first: fleet devices add {device_id})")
+    return d
 
 
 @v1.post("/rollback", tags=["devices"])

@@ -70,7 +70,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = _common(dsub.add_parser("show", help="one device with its recent telemetry"))
     p.add_argument("device")
     p.set_defaults(func=devices_show)
-    p = _common(dsub.add_parser("tag", help="assign a group and/or tags"))
+    p = _common(
+        dsub.add_parser(
+            "add",
+            help="register a device before its first connection",
+            description=(
+                "Register a robot before it first connects, so it can be put in a group (and a group "
+                "rollout includes it). A device also registers itself when it first reports."
+            ),
+        )
+    )
+    p.add_argument("device", metavar="ROBOT")
+    p.add_argument("--group", help="group name (rollouts target groups)")
+    p.add_argument("--tags", help="comma-separated tags")
+    p.set_defaults(func=devices_add)
+    p = _common(dsub.add_parser("tag", help="assign a group and/or tags to a known device"))
     p.add_argument("device")
     p.add_argument("--group", help="group name (rollouts target groups)")
     p.add_argument("--clear-group", action="store_true")
@@ -241,6 +255,16 @@ def devices_show(args: argparse.Namespace) -> int:
             rows,
         )
     )
+    return 0
+
+
+def devices_add(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        d = c.add_device(args.device, group=args.group, tags=_csv(args.tags))
+    if args.json:
+        print_json(d)
+    else:
+        _console().print(f"{d['device_id']}: registered, group={d['group']} tags={','.join(d['tags'])}")
     return 0
 
 

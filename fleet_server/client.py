@@ -111,6 +111,18 @@ class FleetClient:
         out: list[dict[str, Any]] = self.request("GET", f"/api/v1/devices/{device_id}/events", params=params)
         return out
 
+    def add_device(
+        self, device_id: str, *, group: str | None = None, tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Register a device before its first connection (``ApiError`` status 409 if it is known)."""
+        body: dict[str, Any] = {"device_id": device_id}
+        if group is not None:
+            body["group"] = group
+        if tags is not None:
+            body["tags"] = tags
+        out: dict[str, Any] = self.request("POST", "/api/v1/devices", json=body)
+        return out
+
     def tag(
         self,
         device_id: str,

@@ -184,17 +184,46 @@ class Registry:
         group: str | None = None,
         tags: list[str] | None = None,
         clear_group: bool = False,
-    ) -> dict[str, Any]:
-        """Set a device's group and/or tags (a device not yet seen is registered for later)."""
+    ) -> dict[str, Any] | None:
+        """Set a known device's group and/or tags; None for a device the fleet does not know.
+
+        Editing never registers a device (a typo must not create a phantom robot that a
+        group rollout then waits for): registering is :meth:`register`.
+        """
         now = utcnow()
         with self.db.session() as s:
-            row = _get_or_create(s, device_id, now)
+            row = s.get(DeviceRow, device_id)
+            if row is None:
+                return None
             if clear_group:
                 row.group = None
             elif group is not None:
                 row.group = group
             if tags is not None:
                 row.tags = sorted(set(tags))
+            s.flush()
+            return device_dict(row, now, self.offline_after_s)
+
+    def register(
+        self, device_id: str, *, group: str | None = None, tags: list[str] | None = None
+    ) -> dict[str, Any] | None:
+        """Register a device before its first connection (so it can be put in a group).
+
+        Returns the new device, or None when it is already registered (nothing changed).
+        """
+        now = utcnow()
+        with self.db.session() as s:
+            if s.get(DeviceRow, device_id) is not None:
+                return None
+            row = DeviceRow(
+                device_id=device_id,
+                online=False,
+                first_seen=None,
+                group=group,
+                tags=sorted(set(tags or [])),
+                state={},
+            )
+            s.add(row)
             s.flush()
             return device_dict(row, now, self.offline_after_s)
 

@@ -160,7 +160,7 @@ def test_validation_errors_are_clear(env: tuple[TestClient, Services, FakePublis
     assert r.status_code == 404 and "nope" in r.json()["message"]
     r = client.post("/api/v1/alerts/12345/ack")
     assert r.status_code == 404
-    r = client.patch("/api/v1/devices/bad id", json={"group": "g"})
+    r = client.post("/api/v1/devices", json={"device_id": "bad id", "group": "g"})
     assert r.status_code == 422
     r = client.post("/api/v1/models", content=b"not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "JSON" in r.json()["message"]
@@ -411,3 +411,45 @@ def test_device_events_newest_first_filter_and_404(env: tuple[TestClient, Servic
     assert [e["kind"] for e in only] == ["agent.started"]
     assert client.get("/api/v1/devices/nobody/events").status_code == 404
     assert client.get("/api/v1/devices/cam-9/events", params={"limit": 0}).status_code == 422
+
+
+def test_patch_of_an_unknown_device_is_404_and_registering_is_explicit(
+    env: tuple[TestClient, Services, FakePublisher],
+) -> None:
+    client, svc, _ = env
+    # A typo in an edit must not create a phantom robot (a group rollout would wait for it).
+    r = client.patch("/api/v1/devices/robot-O7", json={"group": "line-3"})
+    assert r.status_code == 404
+    assert client.get("/api/v1/devices").json() == []
+
+    # Registering before the first connection is its own act, for admins only.
+    viewer = client.post("/api/v1/tokens", json={"role": "viewer"}).json()["token"]
+    r = client.post(
+        "/api/v1/devices",
+        json={"device_id": "robot-07", "group": "line-3"},
+        headers={"Authorization": f"Bearer {viewer}"},
+    )
+    assert r.status_code == 403
+    r = client.post("/api/v1/devices", json={"device_id": "robot-07", "group": "line-3", "tags": ["new"]})
+    assert r.status_code == 201
+    assert (r.json()["device_id"], r.json()["group"], r.json()["tags"], r.json()["online"]) == (
+        "robot-07",
+        "line-3",
+        ["new"],
+        False,
+    )
+    again = client.post("/api/v1/devices", json={"device_id": "robot-07", "group": "other"})
+    assert again.status_code == 409 and again.json()["reason"] == "exists"
+    assert [d["device_id"] for d in client.get("/api/v1/devices", params={"group": "line-3"}).json()] == [
+        "robot-07"
+    ]
+    # Now known: edits work, and its first report keeps the group it was given.
+    assert client.patch("/api/v1/devices/robot-07", json={"tags": ["canary"]}).status_code == 200
+    _feed(svc, _state("robot-07"))
+    d = client.get("/api/v1/devices/robot-07").json()
+    assert (d["group"], d["tags"], d["online"], d["active_model"]) == (
+        "line-3",
+        ["canary"],
+        True,
+        "shapes@1.0.0",
+    )
