@@ -131,19 +131,45 @@ def _scenario(sees_new: bool, timing: DemoTiming) -> Scenario:
 
 
 def _record(args: tuple[Path, int, bool, DemoTiming]) -> str:
+    """Record one robot's stream, or reuse the one an earlier run left if it is the same recording.
+
+    A recording is written whole or not at all (temp dir + rename), so a complete ``meta.json``
+    means a complete recording; it is reused only when it was made with the same frames, rate,
+    seed and scenario (an earlier ``--fast`` run's streams switch packages at another time).
+    """
     out, seed, sees_new, timing = args
-    marker = out / "meta.json"
-    if marker.exists():
+    frames = int(timing.stream_s * timing.fps)
+    scenario = _scenario(sees_new, timing)
+    if _same_recording(out, frames=frames, fps=timing.fps, seed=seed, scenario=scenario):
         return f"{out.name}: reused"
-    write_recording(
-        out,
-        frames=int(timing.stream_s * timing.fps),
-        seed=seed,
-        scenario=_scenario(sees_new, timing),
-        fps=timing.fps,
-        overwrite=True,
-    )
+    write_recording(out, frames=frames, seed=seed, scenario=scenario, fps=timing.fps, overwrite=True)
     return f"{out.name}: recorded"
+
+
+def _same_recording(out: Path, *, frames: int, fps: float, seed: int, scenario: Scenario) -> bool:
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False  # none, or not ours: record it again
+    return bool(
+        isinstance(meta, dict)
+        and meta.get("frame_count") == frames
+        and meta.get("fps") == fps
+        and meta.get("seed") == seed
+        and meta.get("scenario") == scenario.model_dump(mode="json")
+    )
+
+
+def prepare_faulty_bundle(out_dir: Path) -> Path:
+    """Step 4's faulty ``shapes-2.0.1`` under ``out_dir/bundles``, made afresh on every run.
+
+    An earlier run (finished or interrupted) may have left one: it is demo output, so it is
+    replaced, never an error (a second ``make demo`` in the same checkout must work).
+    """
+    from models.faulty import make_unconfident
+
+    faulty = out_dir / "bundles" / "shapes-2.0.1"
+    return make_unconfident(RELEASES / "shapes-2.0.0", faulty, version="2.0.1", force=True)
 
 
 class Demo:
@@ -477,10 +503,7 @@ class Demo:
 
     def _step4_rollout_faulty(self) -> None:
         self.step(4, "A faulty shapes-2.0.1 (valid signatures, unconfident model) is rolled out")
-        from models.faulty import make_unconfident
-
-        faulty = self.out / "bundles" / "shapes-2.0.1"
-        make_unconfident(RELEASES / "shapes-2.0.0", faulty, version="2.0.1")
+        faulty = prepare_faulty_bundle(self.out)
         self._release(faulty)
         self.ok("released shapes@2.0.1 — it verifies, but it is unconfident on every package")
         self.mark("rollout shapes-2.0.1", "tab:purple")
