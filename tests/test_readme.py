@@ -29,6 +29,8 @@ def _readme_commands() -> list[list[str]]:
             words = shlex.split(line, comments=True) if line else []
             while words and words[0] in ("sudo", ".venv/bin/"):
                 words = words[1:]
+                if words[:1] == ["-u"]:  # sudo -u USER: the command runs as the agent's user
+                    words = words[2:]
             if words and words[0].removeprefix(".venv/bin/") in TOOLS:
                 words[0] = words[0].removeprefix(".venv/bin/")
                 commands.append(words)
@@ -45,6 +47,8 @@ def test_readme_has_the_release_flow() -> None:
         "fleet release build/shapes-2.0.0",
         "fleet rollout start",
         "edge-agent install",
+        "fleet export",  # a new robot's first model: exported, then installed on the robot
+        "fleet devices add",
     ):
         assert any(s.startswith(needed) for s in said), needed
 
