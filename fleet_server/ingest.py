@@ -59,6 +59,9 @@ log = logging.getLogger(__name__)
 
 TOUCH_EVERY_S = 2.0
 ALERT_EVENT_KINDS = frozenset({"drift", "rollback", "camera.lost", "update.failed", "error"})
+# A rollback asked for (``fleet rollback``: "requested"; ``edge-agent rollback`` on the robot:
+# "operator") alerts like an automatic one: a model was taken out of service either way.
+OPERATOR_ROLLBACK_REASONS = frozenset({"requested", "operator"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,7 +280,9 @@ class Ingest:
         reason = str(e.data.get("reason", "")) or e.message
         text = {
             "drift": f"{e.device_id}: confidence drift — {e.message or reason}",
-            "rollback": f"{e.device_id} rolled back its model: {reason or 'no reason given'}",
+            "rollback": f"{e.device_id} was rolled back by an operator: {e.message or reason}"
+            if reason in OPERATOR_ROLLBACK_REASONS
+            else f"{e.device_id} rolled back its model: {reason or 'no reason given'}",
             "camera.lost": f"{e.device_id}: camera lost — {e.message}",
             "update.failed": f"{e.device_id}: update failed — {reason}",
             "error": f"{e.device_id}: {e.message}",

@@ -24,8 +24,10 @@ from edge_agent.messages import Event, ModelRef, Telemetry, Topics, dump
 from fleet_server import metrics
 from fleet_server.db import Database, DeadLetterRow, TelemetryRow
 from fleet_server.ingest import Inbound, Ingest, is_transient, poison_reason
-from tests.fleet_support import FleetServer, make_keys
+from tests.fleet_support import FleetServer, make_keys, postgres_url, reset_postgres
 from tests.mqtt import Mosquitto, wait_until
+
+__all__ = ["postgres_url"]  # the fixture, imported for pytest
 
 TOPICS = Topics()
 # Valid JSON, valid for the schema, refused by the database layer: 9999-12-31 23:00 at UTC-5
@@ -100,6 +102,30 @@ def test_poison_between_good_messages_is_dead_lettered_and_the_rest_ingested(tmp
         uptime_s=1.0,
     )
     assert 'lineside_ingest_messages_total{kind="dead_lettered"} 2' in text_.splitlines()
+    db.dispose()
+
+
+def test_postgresql_refusals_are_dead_lettered_with_their_reason(postgres_url: str) -> None:
+    """On PostgreSQL a value too long for its column is a DataError (SQLite stores it): both kinds of
+    refusal are dead-lettered with their own reason, the messages around them ingested."""
+    reset_postgres(postgres_url)
+    db = Database(postgres_url)
+    db.create()
+    ing = Ingest(db, TOPICS)
+    too_long = dump(Event(device_id="r1", seq=7, kind="pong", cmd_id="c" * 65))  # cmd_id is VARCHAR(64)
+    c = ing.write_batch(
+        [
+            _in("r1", _tel("r1", 1)),
+            _in("r1", too_long, "events"),
+            _in("r1", _poison("r1", 2)),
+            _in("r1", _tel("r1", 3)),
+        ]
+    )
+    assert (c.telemetry_new, c.events_new, c.dead_lettered) == (2, 0, 2)
+    assert _seqs(db, "r1") == [1, 3]
+    assert sorted((r.reason, r.payload) for r in _dead(db)) == sorted(
+        [("data", too_long), ("unbindable", _poison("r1", 2))]
+    )
     db.dispose()
 
 
