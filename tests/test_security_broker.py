@@ -8,19 +8,27 @@ anything the broker had let through would already be there. No sleep is the sync
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import ssl
 import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from edge_agent.atomic import atomic_write_bytes
+from edge_agent.config import load_config
+from edge_agent.messages import Telemetry, dump
 from fleet_server import enroll as en
-from tests.mqtt import find_mosquitto
+from fleet_server.settings import FleetSettings
+from tests.fleet_support import FleetServer, make_keys
+from tests.mqtt import find_mosquitto, wait_until
 from tests.tls_support import ROOT, Client, ConnectRefused, Pki, SecureBroker, make_pki, topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -294,3 +302,166 @@ def test_enroll_cli_cert_creates_the_ca_once_and_issues_a_client_certificate(tmp
         cert.verify_directly_issued_by(ca)
         assert stat.S_IMODE((tmp_path / dev / f"{dev}.key").stat().st_mode) == 0o600
     assert second["files"] and "PRIVATE" not in (tmp_path / "robot-2" / "ca.crt").read_text()
+
+
+# -- issue 13, hole 2: client ids are bound to user names ------------------------------------------
+
+
+def test_client_ids_default_to_the_broker_user_name(tmp_path: Path) -> None:
+    """The shipped broker replaces every client id by the user name: fleet serve and the agent
+    use that very id, so a replica's persistent session is keyed by its own user."""
+    assert FleetSettings(broker_username="lineside-fleet-2").mqtt_client_id == "lineside-fleet-2"
+    assert FleetSettings().mqtt_client_id == en.FLEET_USER
+    assert FleetSettings(broker_username="u", mqtt_client_id="explicit").mqtt_client_id == "explicit"
+    base = 'device_id = "robot-1"\n[source]\nuri = "/tmp/rec"\n'
+    (tmp_path / "a.toml").write_text(base + '[broker]\nusername = "robot-1"\npassword = "x"\n')
+    assert load_config(tmp_path / "a.toml").client_id == "robot-1"
+    (tmp_path / "c.toml").write_text(
+        base + '[broker.tls]\nenabled = true\ncert_file = "/c"\nkey_file = "/k"\n'
+    )
+    assert load_config(tmp_path / "c.toml").client_id == "robot-1"
+
+
+def _alive(c: Client, own_topic: str) -> bool:
+    """A QoS 1 round trip on ``c``'s connection, then: was it ever disconnected? The broker closes
+    a taken-over connection before it answers the new CONNECT, so after the attacker's CONNACK a
+    victim that was kicked has seen its disconnect by the time its PUBACK comes back."""
+    c.publish(own_topic, b'{"ping": true}')
+    return not c.disconnected.is_set()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("via", ["password", "certificate"])
+@pytest.mark.parametrize("victim", [en.FLEET_USER, "robot-b"])
+def test_a_robot_cannot_take_over_another_clients_id(fleet: Fleet, victim: str, via: str) -> None:
+    """robot-a's password (or robot-c's certificate, on the mutual-TLS listener) with the fleet
+    server's (or robot-b's) client id: the broker makes the id the attacker's own user name, and
+    the victim stays connected with its persistent session."""
+    own = topic("robot-b", "cmd") if victim == en.FLEET_USER else topic("robot-b", "telemetry")
+    v = Client(
+        fleet.broker.port,
+        fleet.pki.ca_file,
+        username=victim,
+        password=fleet.creds[victim],
+        client_id=victim,
+        session_expiry_s=300,
+    ).connect()
+    try:
+        assert _alive(v, own)  # positive control: the victim's round trip works
+        if via == "password":
+            attacker = Client(
+                fleet.broker.port,
+                fleet.pki.ca_file,
+                username="robot-a",
+                password=fleet.creds["robot-a"],
+                client_id=victim,
+            )
+        else:
+            cert = (fleet.cert_dir / "robot-c.crt", fleet.cert_dir / "robot-c.key")
+            attacker = Client(fleet.broker.cert_port, fleet.pki.ca_file, cert=cert, client_id=victim)
+        with contextlib.suppress(ConnectRefused):  # refused is as good as harmless
+            attacker.connect().close()
+        assert _alive(v, own), f"connecting as robot-a with client id {victim!r} kicked {victim} off"
+    finally:
+        v.close()
+
+
+def _telemetry(device: str, seq: int) -> bytes:
+    return dump(Telemetry(device_id=device, seq=seq, window_start=datetime.now(UTC), window_s=1.0, frames=5))
+
+
+def _stored_seqs(server: FleetServer, device: str) -> set[int]:
+    db = server.data_dir / "fleet.db"
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("SELECT seq FROM telemetry WHERE device_id = ?", (device,)).fetchall()
+        except sqlite3.OperationalError:  # table not created yet
+            return set()
+    return {int(r[0]) for r in rows}
+
+
+def _enroll_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cp = subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "devices", "enroll", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    return cp
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    return dict(ln.split("=", 1) for ln in path.read_text().splitlines() if "=" in ln)
+
+
+@pytest.mark.integration
+def test_two_fleet_servers_each_their_own_user_lose_no_telemetry_to_a_takeover(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Two `fleet serve` replicas, each its own broker user (the second enrolled with
+    `fleet devices enroll NAME --fleet-server`), client id left to its default. While the first
+    is down, robot-b publishes and robot-a connects with clean start under each server's client
+    id (which, were ids not bound, would discard the first server's queued session and kick the
+    second). Every seq robot-b published is stored by both servers."""
+    second = "lineside-fleet-2"
+    _enroll_cli(second, "--fleet-server", "--out", str(tmp_path / "creds2"),
+                "--password-file", str(fleet.broker.password_file),
+                "--acl-file", str(fleet.broker.acl_file))  # fmt: skip
+    fleet.broker.reload()
+    fleet.creds[second] = (tmp_path / "creds2" / f"{second}.password").read_text().strip()
+
+    def can_connect() -> bool:
+        try:
+            fleet.client(second).close()
+            return True
+        except ConnectRefused:
+            return False
+
+    wait_until(can_connect, 10, what="the reloaded broker accepts the second server's user")
+    pw_file = tmp_path / "fleet.password"
+    atomic_write_bytes(pw_file, fleet.creds[en.FLEET_USER].encode(), mode=0o600)
+    keys = make_keys(tmp_path)
+    servers = []
+    for name, env in (
+        (en.FLEET_USER, {"LINESIDE_FLEET_BROKER_USERNAME": en.FLEET_USER,
+                         "LINESIDE_FLEET_BROKER_PASSWORD_FILE": str(pw_file)}),
+        (second, _env_file(tmp_path / "creds2" / f"{second}.env")),
+    ):  # fmt: skip
+        (tmp_path / name).mkdir()
+        s = FleetServer(
+            tmp_path / name, fleet.broker.url, keys,
+            extra_env={**env, "LINESIDE_FLEET_BROKER_CA_FILE": str(fleet.pki.ca_file)},
+        )  # fmt: skip
+        del s.env["LINESIDE_FLEET_MQTT_CLIENT_ID"]  # the default: its broker user name
+        servers.append(s)
+    first = servers[0]
+    try:
+        for s in servers:
+            s.start()
+        with fleet.client("robot-b") as b:
+            for seq in range(10):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+            for s in servers:
+                wait_until(lambda s=s: _stored_seqs(s, "robot-b") >= set(range(10)), 20, what="online seqs")
+            first.stop()
+            for seq in range(10, 40):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+            for victim in (en.FLEET_USER, second):
+                with contextlib.suppress(ConnectRefused):  # refused is as good as harmless
+                    Client(
+                        fleet.broker.port, fleet.pki.ca_file, username="robot-a",
+                        password=fleet.creds["robot-a"], client_id=victim,
+                    ).connect().close()  # fmt: skip
+            for seq in range(40, 50):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+        first.start()
+        for s in servers:
+            wait_until(
+                lambda s=s: _stored_seqs(s, "robot-b") == set(range(50)),
+                20,
+                what=f"every seq stored ({sorted(set(range(50)) - _stored_seqs(s, 'robot-b'))[:5]} missing)",
+            )
+    finally:
+        for s in servers:
+            s.stop()

@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_server.enroll import CertificateAuthority, Enrollment, enroll, write_private, write_public
 from tests.mqtt import Mosquitto, Received, free_port
@@ -111,8 +113,12 @@ class Client:
         password: str | None = None,
         cert: tuple[Path, Path] | None = None,
         host: str = "127.0.0.1",
+        client_id: str | None = None,
+        session_expiry_s: int = 0,
     ) -> None:
         self.host, self.port = host, port
+        # session_expiry_s > 0: a persistent MQTT 5 session (clean start off), as the fleet server's.
+        self.session_expiry_s = session_expiry_s
         self._lock = threading.Lock()
         self._messages: list[Received] = []
         self._connack = threading.Event()
@@ -122,7 +128,9 @@ class Client:
         self.suback: list[Any] = []
         self._subacked = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"sec-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"sec-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
         )
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -172,7 +180,13 @@ class Client:
 
     def connect(self, timeout: float = 10.0) -> Client:
         """Connect and wait for CONNACK; raise ConnectRefused (or ssl/OS errors) when refused."""
-        self.client.connect(self.host, self.port, keepalive=10)
+        props = None
+        if self.session_expiry_s:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+        self.client.connect(
+            self.host, self.port, keepalive=10, clean_start=not self.session_expiry_s, properties=props
+        )
         self.client.loop_start()
         if not self._connack.wait(timeout):
             self.close()
