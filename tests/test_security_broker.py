@@ -11,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shutil
+import signal
 import sqlite3
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +99,10 @@ def test_enroll_cli_writes_private_files_and_never_prints_the_password(tmp_path:
     result = json.loads(cp.stdout)
     assert result["username"] == "robot-9" and result["auth"] == "password"
     assert stat.S_IMODE((out / "robot-9.password").stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "passwd").stat().st_mode) == 0o600
+    # A new broker file: its directory's owner and group; 0600 as this directory admits no group.
+    st, dst = (tmp_path / "passwd").stat(), tmp_path.stat()
+    assert stat.S_IMODE(dst.st_mode) & 0o070 == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (dst.st_uid, dst.st_gid)
     line = (tmp_path / "passwd").read_text().strip()
     assert line.startswith("robot-9:$7$") and en.verify_password(password, line.split(":", 1)[1])
     acl = (tmp_path / "acl").read_text()
@@ -465,3 +472,95 @@ def test_two_fleet_servers_each_their_own_user_lose_no_telemetry_to_a_takeover(
     finally:
         for s in servers:
             s.stop()
+
+
+# -- issue 13, hole 6: enroll keeps the owner and mode of the broker's files ------------------------
+
+
+def test_broker_file_ownership_keeps_existing_and_picks_the_directory_group() -> None:
+    group_dir = en.FileOwnership(0, 108, 0o750)  # root:mosquitto 0750
+    own_dir = en.FileOwnership(105, 108, 0o700)  # mosquitto:mosquitto 0700 (the documented one)
+    kept = en.FileOwnership(105, 108, 0o604)
+    assert en.broker_file_ownership(kept, group_dir, euid=0) == kept
+    assert en.broker_file_ownership(None, own_dir, euid=0) == en.FileOwnership(105, 108, 0o600)
+    assert en.broker_file_ownership(None, group_dir, euid=0) == en.FileOwnership(0, 108, 0o640)
+    assert en.broker_file_ownership(None, group_dir, euid=1000) == en.FileOwnership(1000, 108, 0o640)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_write_broker_file_keeps_owner_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("old:x\n")
+    os.chown(path, 4242, 4343)
+    os.chmod(path, 0o604)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    en.write_broker_file(link, "new:y\n")
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o604)
+    assert path.read_text() == "new:y\n" and link.is_symlink()
+
+
+def _mosquitto_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("starting Mosquitto so that it drops to its own user needs root")
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.fail("no `mosquitto` user: the Debian package creates it (apt-get install mosquitto)")
+
+
+@pytest.mark.integration
+def test_enroll_and_reload_keep_a_broker_running_as_its_own_user_serving(tmp_path: Path) -> None:
+    """Mosquitto started as root drops to `mosquitto` (as Debian's service does) and reads files
+    that user owns (0600, as the docs say). Enroll runs as root (the operator) and SIGHUP reloads:
+    the existing clients stay connected and the new device can connect."""
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto not installed"
+    user = _mosquitto_user()
+    pki = make_pki(tmp_path / "pki")
+    # pytest's temp dirs are 0700 root: the broker's files live where its user can reach them.
+    work = Path(tempfile.mkdtemp(prefix="lineside-broker-", dir="/tmp"))
+    try:
+        broker = SecureBroker(binary, work, pki, run_as="mosquitto")
+        creds: dict[str, str] = {}
+        for name, kind in (("robot-a", "device"), (en.FLEET_USER, "fleet")):
+            r = broker.enroll(name, tmp_path / "creds", kind=kind)
+            assert r.password is not None
+            creds[name] = r.password
+        for p in [work, *work.iterdir()]:
+            os.chown(p, user.pw_uid, user.pw_gid)
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)
+        broker.start()
+        try:
+            server = Client(broker.port, pki.ca_file, username=en.FLEET_USER, password=creds[en.FLEET_USER])
+            robot = Client(broker.port, pki.ca_file, username="robot-a", password=creds["robot-a"])
+            with server.connect(), robot.connect():
+                assert _alive(server, topic("robot-a", "cmd")) and _alive(robot, topic("robot-a", "events"))
+                _enroll_cli("robot-new", "--out", str(tmp_path / "new"),
+                            "--password-file", str(broker.password_file),
+                            "--acl-file", str(broker.acl_file))  # fmt: skip
+                for f in (broker.password_file, broker.acl_file):
+                    st = f.stat()
+                    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.pw_uid, 0o600), f
+                assert broker.proc is not None
+                broker.proc.send_signal(signal.SIGHUP)
+                new_pw = (tmp_path / "new" / "robot-new.password").read_text().strip()
+
+                def new_device_connects() -> bool:
+                    try:
+                        Client(
+                            broker.port, pki.ca_file, username="robot-new", password=new_pw
+                        ).connect().close()
+                        return True
+                    except ConnectRefused:
+                        return False
+
+                wait_until(new_device_connects, 10, what="the new device connects after the reload")
+                assert _alive(server, topic("robot-a", "cmd")), "the reload disconnected the fleet server"
+                assert _alive(robot, topic("robot-a", "events")), "the reload disconnected robot-a"
+                assert broker.running, broker.log_tail()
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -48,15 +48,20 @@ def make_pki(directory: Path, *, name: str = "Lineside test CA") -> Pki:
     return Pki(ca, directory / "ca" / "ca.crt", cert, key)
 
 
-def render_config(text: str, *, workdir: Path, port: int, cert_port: int) -> str:
-    """The shipped config with its paths under ``workdir``, listeners on 127.0.0.1, log to a file."""
+def render_config(text: str, *, workdir: Path, port: int, cert_port: int, run_as: str | None = None) -> str:
+    """The shipped config with its paths under ``workdir``, listeners on 127.0.0.1, log to a file.
+
+    ``run_as``: started as root, Mosquitto drops to this user (``user`` option), as Debian's
+    service does with ``mosquitto``; None keeps the test's own user."""
     text = text.replace("/etc/mosquitto/lineside/", f"{workdir}/")
     text = text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir}/")
     text = re.sub(r"^listener 8883\b.*$", f"listener {port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8884\b.*$", f"listener {cert_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^log_dest syslog$", "log_dest stdout", text, flags=re.M)
     text = re.sub(r"^autosave_interval .*$", "autosave_interval 1", text, flags=re.M)
-    if os.geteuid() == 0:
+    if run_as is not None:
+        text += f"\nuser {run_as}\n"
+    elif os.geteuid() == 0:
         # Started as root, mosquitto drops to the `mosquitto` user, which cannot read the 0600
         # files a test (as root) writes; in production they are chown'd to mosquitto.
         text += "\nuser root\n"
@@ -66,8 +71,9 @@ def render_config(text: str, *, workdir: Path, port: int, cert_port: int) -> str
 class SecureBroker(Mosquitto):
     """Mosquitto with deploy/mosquitto/lineside.conf: TLS listener (passwords) + mutual-TLS listener."""
 
-    def __init__(self, binary: str, workdir: Path, pki: Pki) -> None:
+    def __init__(self, binary: str, workdir: Path, pki: Pki, *, run_as: str | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)  # the broker's directory, as docs/security-broker.md lays it out
         super().__init__(binary, workdir, persistence=True)
         self.pki = pki
         self.cert_port = free_port()
@@ -78,7 +84,13 @@ class SecureBroker(Mosquitto):
         write_public(workdir / "server.crt", pki.server_cert.read_bytes())
         write_private(workdir / "server.key", pki.server_key.read_bytes())
         self.conf_path.write_text(
-            render_config(SHIPPED_CONF.read_text(), workdir=workdir, port=self.port, cert_port=self.cert_port)
+            render_config(
+                SHIPPED_CONF.read_text(),
+                workdir=workdir,
+                port=self.port,
+                cert_port=self.cert_port,
+                run_as=run_as,
+            )
         )
 
     @property
