@@ -179,6 +179,17 @@ def acl_users(text: str) -> set[str]:
     return {u for u, _ in _acl_blocks(text)[1] if u is not None}
 
 
+def acl_user_kind(text: str, username: str) -> str | None:
+    """``"fleet"`` if ``username``'s ACL block writes every device's cmd topic (a fleet server),
+    ``"device"`` if it has another block, None if it has none."""
+    for user, lines in _acl_blocks(text)[1]:
+        if user == username:
+            rules = [ln.split() for ln in lines if ln.strip().startswith("topic ")]
+            fleet = any(r[1:2] == ["write"] and r[-1].endswith("/devices/+/cmd") for r in rules)
+            return "fleet" if fleet else "device"
+    return None
+
+
 # -- files ------------------------------------------------------------------------------------------
 
 
@@ -449,6 +460,16 @@ def enroll(
     if kind == "device" and username == fleet_user:
         raise ConfigError(f"{username!r} is the fleet server's own broker user; pick another device id")
     acl = device_acl(username, topic_root) if kind == "device" else fleet_acl(username, topic_root)
+    if acl_file is not None and acl_file.exists():
+        # Re-enrolling rotates a password; it must not turn a fleet server's user into a device's
+        # (which would cut that replica off every device channel) or a device into a fleet server.
+        existing = acl_user_kind(acl_file.read_text(), username)
+        if existing is not None and existing != kind:
+            what = "a fleet server" if existing == "fleet" else "a device"
+            raise ConfigError(
+                f"{username!r} is already enrolled as {what} in {acl_file}; "
+                + ("add --fleet-server" if existing == "fleet" else "pick another name")
+            )
     result = Enrollment(
         username=username, kind=kind, auth="password", password=None, password_line=None, acl=acl
     )
@@ -505,6 +526,7 @@ __all__ = [
     "Enrollment",
     "FileOwnership",
     "IssuedCert",
+    "acl_user_kind",
     "acl_users",
     "broker_file_ownership",
     "device_acl",

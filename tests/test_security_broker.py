@@ -85,6 +85,30 @@ def test_enroll_refuses_bad_and_reserved_names(tmp_path: Path) -> None:
         en.enroll(en.FLEET_USER, tmp_path)
 
 
+def test_enroll_never_turns_a_fleet_server_user_into_a_device_or_back(tmp_path: Path) -> None:
+    """Each fleet-server replica is its own broker user now; re-enrolling one without
+    --fleet-server would replace its ACL with a device's and cut it off every device channel."""
+    from edge_agent.errors import ConfigError
+
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    en.enroll("lineside-fleet-2", tmp_path / "a", kind="fleet", password_file=pw, acl_file=acl)
+    en.enroll("robot-1", tmp_path / "b", password_file=pw, acl_file=acl)
+    text = acl.read_text()
+    assert en.acl_user_kind(text, "lineside-fleet-2") == "fleet"
+    assert en.acl_user_kind(text, en.FLEET_USER) == "fleet"
+    assert en.acl_user_kind(text, "robot-1") == "device"
+    assert en.acl_user_kind(text, "nobody") is None
+    before = (pw.read_bytes(), acl.read_bytes())
+    with pytest.raises(ConfigError):
+        en.enroll("lineside-fleet-2", tmp_path / "c", password_file=pw, acl_file=acl)
+    with pytest.raises(ConfigError):
+        en.enroll("robot-1", tmp_path / "d", kind="fleet", password_file=pw, acl_file=acl)
+    assert (pw.read_bytes(), acl.read_bytes()) == before
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    # Same kind again: a rotation, allowed.
+    en.enroll("lineside-fleet-2", tmp_path / "e", kind="fleet", password_file=pw, acl_file=acl)
+
+
 def test_enroll_cli_writes_private_files_and_never_prints_the_password(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cp = subprocess.run(
