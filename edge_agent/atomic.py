@@ -22,12 +22,23 @@ def fsync_dir(directory: Path | str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably; the parent directory is created."""
+def atomic_write_bytes(
+    path: Path | str, data: bytes, *, mode: int = 0o644, owner: tuple[int, int] | None = None
+) -> None:
+    """Replace ``path`` with ``data`` atomically and durably; the parent directory is created.
+
+    ``owner`` is ``(uid, gid)`` for the new file, set (like ``mode``) on the temp file before a
+    byte is written; changing the user needs root, and a failure (``PermissionError``) leaves
+    ``path`` untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if owner is not None:
+            st = os.fstat(fd)
+            if (st.st_uid, st.st_gid) != owner:
+                os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -79,7 +79,11 @@ class BrokerConfig(_Section):
     username: str | None = None
     password: str | None = None
     password_file: Path | None = Field(default=None, description="read the password from this file")
-    client_id: str | None = Field(default=None, description="default: lineside-agent-<device_id>")
+    client_id: str | None = Field(
+        default=None,
+        description="default: the user name (device_id with a client certificate),"
+        " else lineside-agent-<device_id>",
+    )
     keepalive_s: Annotated[int, Field(ge=2, le=3600)] = 15
     protocol: Literal["5", "3.1.1"] = Field(
         default="5", description='MQTT version: "5", or "3.1.1" for brokers without MQTT 5 (amqtt)'
@@ -275,7 +279,16 @@ class AgentConfig(_Section):
 
     @property
     def client_id(self) -> str:
-        return self.broker.client_id or f"lineside-agent-{self.device_id}"
+        """The MQTT client id. With credentials it is the broker user name (a client certificate's
+        CN is the device id): the shipped Mosquitto config binds client ids to user names
+        (``use_username_as_clientid``), so that is the id the broker uses anyway."""
+        if self.broker.client_id:
+            return self.broker.client_id
+        if self.broker.username:
+            return self.broker.username
+        if self.broker.tls.cert_file is not None:
+            return self.device_id
+        return f"lineside-agent-{self.device_id}"
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:

@@ -25,7 +25,13 @@ and `use_identity_as_username true` (see deploy/mosquitto/lineside.conf).
 
 --fleet-server enrolls the fleet server's own broker user (read every device channel, write only
 cmd topics) and writes NAME.env for `fleet serve` (LINESIDE_FLEET_BROKER_USERNAME and
-_PASSWORD_FILE, pointing at NAME.password).
+_PASSWORD_FILE, pointing at NAME.password). The shipped broker config binds client ids to user
+names, so each fleet-server replica needs its own user: `fleet devices enroll lineside-fleet-2
+--fleet-server ...`; `fleet serve`'s client id is then its user name.
+
+--password-file/--acl-file keep their owner, group and mode (Mosquitto runs as its own user and
+re-reads them on reload); a new one gets its directory's owner and group, mode 0600 (0640 when
+the directory admits its group). See docs/security-broker.md.
 """
 
 
@@ -45,7 +51,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("device", nargs="?", help="device id (the broker user name)")
+    p.add_argument(
+        "device",
+        nargs="?",
+        help=f"device id (the broker user name); with --fleet-server the server's user (default {FLEET_USER})",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="where to write the credentials (default: ./enroll-DEVICE)"
     )

@@ -19,7 +19,8 @@ Mosquitto). Client certificates come from a CA the fleet server holds (created o
 the broker then takes the certificate's common name as the user name (``use_identity_as_username``).
 
 The text transformations (hash lines, ACL blocks, merging them into existing files) are pure
-functions; only :func:`write_private` / :func:`write_public` and the CA touch the disk.
+functions; only :func:`write_private` / :func:`write_public` / :func:`write_broker_file` and the CA
+touch the disk. The broker's own files keep their owner and mode (:func:`broker_file_ownership`).
 """
 
 from __future__ import annotations
@@ -178,6 +179,17 @@ def acl_users(text: str) -> set[str]:
     return {u for u, _ in _acl_blocks(text)[1] if u is not None}
 
 
+def acl_user_kind(text: str, username: str) -> str | None:
+    """``"fleet"`` if ``username``'s ACL block writes every device's cmd topic (a fleet server),
+    ``"device"`` if it has another block, None if it has none."""
+    for user, lines in _acl_blocks(text)[1]:
+        if user == username:
+            rules = [ln.split() for ln in lines if ln.strip().startswith("topic ")]
+            fleet = any(r[1:2] == ["write"] and r[-1].endswith("/devices/+/cmd") for r in rules)
+            return "fleet" if fleet else "device"
+    return None
+
+
 # -- files ------------------------------------------------------------------------------------------
 
 
@@ -190,6 +202,63 @@ def write_private(path: Path, data: str | bytes) -> Path:
 def write_public(path: Path, data: str | bytes) -> Path:
     """Write a non-secret file (certificate, ACL, config snippet): mode 0644, atomically."""
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data, mode=0o644)
+    return path
+
+
+@dataclass(frozen=True)
+class FileOwnership:
+    """Who owns a file and its permission bits (``stat``'s ``st_uid``, ``st_gid``, mode & 0o7777)."""
+
+    uid: int
+    gid: int
+    mode: int
+
+
+def broker_file_ownership(
+    existing: FileOwnership | None, directory: FileOwnership, *, euid: int
+) -> FileOwnership:
+    """Owner and mode for a broker file enroll (re)writes (issue 13, hole 6).
+
+    An existing file keeps its owner, group and mode exactly: Mosquitto runs as its own user and
+    re-reads ``password_file``/``acl_file`` on SIGHUP, so a file rewritten as root 0600 takes every
+    client offline at the next reload. A new file takes its directory's owner (when we run as root,
+    else ourselves) and group: in the documented ``mosquitto:mosquitto 0700`` directory it is
+    ``mosquitto:mosquitto 0600``, what Mosquitto 2.0.18+ asks for; in a directory its group may
+    enter (e.g. ``root:mosquitto 0750``) it is 0640, so the broker's group can read it. Never
+    readable by others.
+    """
+    if existing is not None:
+        return existing
+    mode = 0o640 if directory.mode & 0o010 else 0o600
+    return FileOwnership(directory.uid if euid == 0 else euid, directory.gid, mode)
+
+
+def _ownership(path: Path) -> FileOwnership:
+    st = path.stat()
+    return FileOwnership(st.st_uid, st.st_gid, st.st_mode & 0o7777)
+
+
+def write_broker_file(path: Path, data: str) -> Path:
+    """Rewrite a Mosquitto password or ACL file atomically, keeping its owner, group and mode.
+
+    A symlink is followed (the target is replaced, the link kept). If the owner cannot be kept
+    (not root), nothing is written and ``PermissionError`` says so.
+    """
+    path = path.resolve()
+    existing = _ownership(path) if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    want = broker_file_ownership(existing, _ownership(path.parent), euid=os.geteuid())
+    try:
+        atomic_write_bytes(path, data.encode(), mode=want.mode, owner=(want.uid, want.gid))
+    except PermissionError as exc:
+        if existing is not None:
+            raise PermissionError(
+                exc.errno,
+                f"cannot keep the owner ({want.uid}:{want.gid}) of {path}: run enroll as root or as"
+                " that user",
+            ) from exc
+        # A new file whose directory group we are not in: ours, still not world-readable.
+        atomic_write_bytes(path, data.encode(), mode=want.mode)
     return path
 
 
@@ -391,6 +460,16 @@ def enroll(
     if kind == "device" and username == fleet_user:
         raise ConfigError(f"{username!r} is the fleet server's own broker user; pick another device id")
     acl = device_acl(username, topic_root) if kind == "device" else fleet_acl(username, topic_root)
+    if acl_file is not None and acl_file.exists():
+        # Re-enrolling rotates a password; it must not turn a fleet server's user into a device's
+        # (which would cut that replica off every device channel) or a device into a fleet server.
+        existing = acl_user_kind(acl_file.read_text(), username)
+        if existing is not None and existing != kind:
+            what = "a fleet server" if existing == "fleet" else "a device"
+            raise ConfigError(
+                f"{username!r} is already enrolled as {what} in {acl_file}; "
+                + ("add --fleet-server" if existing == "fleet" else "pick another name")
+            )
     result = Enrollment(
         username=username, kind=kind, auth="password", password=None, password_line=None, acl=acl
     )
@@ -421,7 +500,7 @@ def enroll(
     if result.password_line is not None:
         if password_file is not None:
             old = password_file.read_text() if password_file.exists() else ""
-            files["mosquitto_password_file"] = write_private(
+            files["mosquitto_password_file"] = write_broker_file(
                 password_file, merge_password_file(old, result.password_line)
             )
         else:
@@ -433,7 +512,7 @@ def enroll(
         merged = merge_acl(old, acl)
         if fleet_user not in acl_users(merged):
             merged = merge_acl(merged, fleet_acl(fleet_user, topic_root))
-        files["mosquitto_acl_file"] = write_public(acl_file, merged)
+        files["mosquitto_acl_file"] = write_broker_file(acl_file, merged)
     else:
         files["mosquitto_acl"] = write_public(out_dir / f"{username}.mosquitto-acl", acl)
     return result
@@ -445,8 +524,11 @@ __all__ = [
     "FLEET_USER",
     "CertificateAuthority",
     "Enrollment",
+    "FileOwnership",
     "IssuedCert",
+    "acl_user_kind",
     "acl_users",
+    "broker_file_ownership",
     "device_acl",
     "enroll",
     "fleet_acl",
@@ -456,6 +538,7 @@ __all__ = [
     "merge_password_file",
     "password_line",
     "verify_password",
+    "write_broker_file",
     "write_private",
     "write_public",
 ]

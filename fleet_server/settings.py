@@ -14,8 +14,8 @@ environment. Example ``fleet.toml``::
     soak_s = 60
     max_failure_rate = 0.1
 
-Several replicas (PostgreSQL, an external MQTT 5 broker): give each its own ``mqtt_client_id``
-and the same ``shared_subscription_group`` (e.g. ``"fleet"``); telemetry and events are then
+Several replicas (PostgreSQL, an external MQTT 5 broker): give each its own broker user
+(``fleet devices enroll NAME --fleet-server``; its client id defaults to that user name) and the same ``shared_subscription_group`` (e.g. ``"fleet"``); telemetry and events are then
 subscribed as ``$share/fleet/{root}/devices/+/...`` so the broker hands each message to one
 replica, while every replica still sees all retained ``state``. One of them runs the rollout
 controller (PostgreSQL advisory lock). The embedded amqtt broker is for one machine only.
@@ -78,6 +78,9 @@ class FleetSettings(BaseModel):
         description="read broker_password from this file (0600; `fleet devices enroll --fleet-server`)",
     )
     broker_ca_file: Path | None = None
+    # Default: broker_username when set, else "lineside-fleet". The shipped Mosquitto config binds
+    # client ids to user names (use_username_as_clientid), so each replica is its own broker user
+    # and its client id is that user name; a different id would be silently replaced by the broker.
     mqtt_client_id: str = "lineside-fleet"
     # "auto": MQTT 5 for an external broker, 3.1.1 for the embedded amqtt (which speaks only 3.1.1).
     mqtt_protocol: Literal["auto", "5", "3.1.1"] = "auto"
@@ -113,6 +116,12 @@ class FleetSettings(BaseModel):
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
             raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         return v
+
+    @model_validator(mode="after")
+    def _client_id_is_the_user(self) -> FleetSettings:
+        if "mqtt_client_id" not in self.model_fields_set and self.broker_username:
+            self.mqtt_client_id = self.broker_username
+        return self
 
     @model_validator(mode="after")
     def _password_from_file(self) -> FleetSettings:

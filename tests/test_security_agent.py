@@ -29,6 +29,8 @@ from tests.updates_support import World, tuf_http_server
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parent.parent
+# The tests' observer: a second fleet-server user (same ACL as `fleet serve`'s, its own session).
+WATCH_USER = "lineside-watch"
 
 
 @dataclass
@@ -39,8 +41,10 @@ class Plant:
     passwords: dict[str, str]
 
     def fleet_client(self) -> Client:
+        # Its own fleet-kind user: the shipped broker binds client ids to user names, so a watcher
+        # logged in as lineside-fleet would take over the running `fleet serve`'s session.
         return Client(
-            self.broker.port, self.pki.ca_file, username=en.FLEET_USER, password=self.passwords[en.FLEET_USER]
+            self.broker.port, self.pki.ca_file, username=WATCH_USER, password=self.passwords[WATCH_USER]
         ).connect()
 
     def fleet_env(self, ca_file: Path | None = None) -> dict[str, str]:
@@ -66,9 +70,10 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
         assert r.password is not None
         passwords[name] = r.password
     broker.enroll("robot-c", tmp / "creds", ca=pki.ca)  # a client certificate, no password
-    r = broker.enroll(en.FLEET_USER, tmp / "creds", kind="fleet")
-    assert r.password is not None
-    passwords[en.FLEET_USER] = r.password
+    for fleet_user in (en.FLEET_USER, WATCH_USER):
+        r = broker.enroll(fleet_user, tmp / "creds", kind="fleet")
+        assert r.password is not None
+        passwords[fleet_user] = r.password
     broker.start()
     try:
         yield Plant(broker, pki, tmp / "creds", passwords)

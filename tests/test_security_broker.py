@@ -8,19 +8,31 @@ anything the broker had let through would already be there. No sleep is the sync
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
+import shutil
+import signal
+import sqlite3
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from edge_agent.atomic import atomic_write_bytes
+from edge_agent.config import load_config
+from edge_agent.messages import Telemetry, dump
 from fleet_server import enroll as en
-from tests.mqtt import find_mosquitto
+from fleet_server.settings import FleetSettings
+from tests.fleet_support import FleetServer, make_keys
+from tests.mqtt import find_mosquitto, wait_until
 from tests.tls_support import ROOT, Client, ConnectRefused, Pki, SecureBroker, make_pki, topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +85,30 @@ def test_enroll_refuses_bad_and_reserved_names(tmp_path: Path) -> None:
         en.enroll(en.FLEET_USER, tmp_path)
 
 
+def test_enroll_never_turns_a_fleet_server_user_into_a_device_or_back(tmp_path: Path) -> None:
+    """Each fleet-server replica is its own broker user now; re-enrolling one without
+    --fleet-server would replace its ACL with a device's and cut it off every device channel."""
+    from edge_agent.errors import ConfigError
+
+    pw, acl = tmp_path / "passwd", tmp_path / "acl"
+    en.enroll("lineside-fleet-2", tmp_path / "a", kind="fleet", password_file=pw, acl_file=acl)
+    en.enroll("robot-1", tmp_path / "b", password_file=pw, acl_file=acl)
+    text = acl.read_text()
+    assert en.acl_user_kind(text, "lineside-fleet-2") == "fleet"
+    assert en.acl_user_kind(text, en.FLEET_USER) == "fleet"
+    assert en.acl_user_kind(text, "robot-1") == "device"
+    assert en.acl_user_kind(text, "nobody") is None
+    before = (pw.read_bytes(), acl.read_bytes())
+    with pytest.raises(ConfigError):
+        en.enroll("lineside-fleet-2", tmp_path / "c", password_file=pw, acl_file=acl)
+    with pytest.raises(ConfigError):
+        en.enroll("robot-1", tmp_path / "d", kind="fleet", password_file=pw, acl_file=acl)
+    assert (pw.read_bytes(), acl.read_bytes()) == before
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    # Same kind again: a rotation, allowed.
+    en.enroll("lineside-fleet-2", tmp_path / "e", kind="fleet", password_file=pw, acl_file=acl)
+
+
 def test_enroll_cli_writes_private_files_and_never_prints_the_password(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cp = subprocess.run(
@@ -87,7 +123,10 @@ def test_enroll_cli_writes_private_files_and_never_prints_the_password(tmp_path:
     result = json.loads(cp.stdout)
     assert result["username"] == "robot-9" and result["auth"] == "password"
     assert stat.S_IMODE((out / "robot-9.password").stat().st_mode) == 0o600
-    assert stat.S_IMODE((tmp_path / "passwd").stat().st_mode) == 0o600
+    # A new broker file: its directory's owner and group; 0600 as this directory admits no group.
+    st, dst = (tmp_path / "passwd").stat(), tmp_path.stat()
+    assert stat.S_IMODE(dst.st_mode) & 0o070 == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (dst.st_uid, dst.st_gid)
     line = (tmp_path / "passwd").read_text().strip()
     assert line.startswith("robot-9:$7$") and en.verify_password(password, line.split(":", 1)[1])
     acl = (tmp_path / "acl").read_text()
@@ -294,3 +333,258 @@ def test_enroll_cli_cert_creates_the_ca_once_and_issues_a_client_certificate(tmp
         cert.verify_directly_issued_by(ca)
         assert stat.S_IMODE((tmp_path / dev / f"{dev}.key").stat().st_mode) == 0o600
     assert second["files"] and "PRIVATE" not in (tmp_path / "robot-2" / "ca.crt").read_text()
+
+
+# -- issue 13, hole 2: client ids are bound to user names ------------------------------------------
+
+
+def test_client_ids_default_to_the_broker_user_name(tmp_path: Path) -> None:
+    """The shipped broker replaces every client id by the user name: fleet serve and the agent
+    use that very id, so a replica's persistent session is keyed by its own user."""
+    assert FleetSettings(broker_username="lineside-fleet-2").mqtt_client_id == "lineside-fleet-2"
+    assert FleetSettings().mqtt_client_id == en.FLEET_USER
+    assert FleetSettings(broker_username="u", mqtt_client_id="explicit").mqtt_client_id == "explicit"
+    base = 'device_id = "robot-1"\n[source]\nuri = "/tmp/rec"\n'
+    (tmp_path / "a.toml").write_text(base + '[broker]\nusername = "robot-1"\npassword = "x"\n')
+    assert load_config(tmp_path / "a.toml").client_id == "robot-1"
+    (tmp_path / "c.toml").write_text(
+        base + '[broker.tls]\nenabled = true\ncert_file = "/c"\nkey_file = "/k"\n'
+    )
+    assert load_config(tmp_path / "c.toml").client_id == "robot-1"
+
+
+def _alive(c: Client, own_topic: str) -> bool:
+    """A QoS 1 round trip on ``c``'s connection, then: was it ever disconnected? The broker closes
+    a taken-over connection before it answers the new CONNECT, so after the attacker's CONNACK a
+    victim that was kicked has seen its disconnect by the time its PUBACK comes back."""
+    c.publish(own_topic, b'{"ping": true}')
+    return not c.disconnected.is_set()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("via", ["password", "certificate"])
+@pytest.mark.parametrize("victim", [en.FLEET_USER, "robot-b"])
+def test_a_robot_cannot_take_over_another_clients_id(fleet: Fleet, victim: str, via: str) -> None:
+    """robot-a's password (or robot-c's certificate, on the mutual-TLS listener) with the fleet
+    server's (or robot-b's) client id: the broker makes the id the attacker's own user name, and
+    the victim stays connected with its persistent session."""
+    own = topic("robot-b", "cmd") if victim == en.FLEET_USER else topic("robot-b", "telemetry")
+    v = Client(
+        fleet.broker.port,
+        fleet.pki.ca_file,
+        username=victim,
+        password=fleet.creds[victim],
+        client_id=victim,
+        session_expiry_s=300,
+    ).connect()
+    try:
+        assert _alive(v, own)  # positive control: the victim's round trip works
+        if via == "password":
+            attacker = Client(
+                fleet.broker.port,
+                fleet.pki.ca_file,
+                username="robot-a",
+                password=fleet.creds["robot-a"],
+                client_id=victim,
+            )
+        else:
+            cert = (fleet.cert_dir / "robot-c.crt", fleet.cert_dir / "robot-c.key")
+            attacker = Client(fleet.broker.cert_port, fleet.pki.ca_file, cert=cert, client_id=victim)
+        with contextlib.suppress(ConnectRefused):  # refused is as good as harmless
+            attacker.connect().close()
+        assert _alive(v, own), f"connecting as robot-a with client id {victim!r} kicked {victim} off"
+    finally:
+        v.close()
+
+
+def _telemetry(device: str, seq: int) -> bytes:
+    return dump(Telemetry(device_id=device, seq=seq, window_start=datetime.now(UTC), window_s=1.0, frames=5))
+
+
+def _stored_seqs(server: FleetServer, device: str) -> set[int]:
+    db = server.data_dir / "fleet.db"
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("SELECT seq FROM telemetry WHERE device_id = ?", (device,)).fetchall()
+        except sqlite3.OperationalError:  # table not created yet
+            return set()
+    return {int(r[0]) for r in rows}
+
+
+def _enroll_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cp = subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "devices", "enroll", *args],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=False,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    return cp
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    return dict(ln.split("=", 1) for ln in path.read_text().splitlines() if "=" in ln)
+
+
+@pytest.mark.integration
+def test_two_fleet_servers_each_their_own_user_lose_no_telemetry_to_a_takeover(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Two `fleet serve` replicas, each its own broker user (the second enrolled with
+    `fleet devices enroll NAME --fleet-server`), client id left to its default. While the first
+    is down, robot-b publishes and robot-a connects with clean start under each server's client
+    id (which, were ids not bound, would discard the first server's queued session and kick the
+    second). Every seq robot-b published is stored by both servers."""
+    second = "lineside-fleet-2"
+    _enroll_cli(second, "--fleet-server", "--out", str(tmp_path / "creds2"),
+                "--password-file", str(fleet.broker.password_file),
+                "--acl-file", str(fleet.broker.acl_file))  # fmt: skip
+    fleet.broker.reload()
+    fleet.creds[second] = (tmp_path / "creds2" / f"{second}.password").read_text().strip()
+
+    def can_connect() -> bool:
+        try:
+            fleet.client(second).close()
+            return True
+        except ConnectRefused:
+            return False
+
+    wait_until(can_connect, 10, what="the reloaded broker accepts the second server's user")
+    pw_file = tmp_path / "fleet.password"
+    atomic_write_bytes(pw_file, fleet.creds[en.FLEET_USER].encode(), mode=0o600)
+    keys = make_keys(tmp_path)
+    servers = []
+    for name, env in (
+        (en.FLEET_USER, {"LINESIDE_FLEET_BROKER_USERNAME": en.FLEET_USER,
+                         "LINESIDE_FLEET_BROKER_PASSWORD_FILE": str(pw_file)}),
+        (second, _env_file(tmp_path / "creds2" / f"{second}.env")),
+    ):  # fmt: skip
+        (tmp_path / name).mkdir()
+        s = FleetServer(
+            tmp_path / name, fleet.broker.url, keys,
+            extra_env={**env, "LINESIDE_FLEET_BROKER_CA_FILE": str(fleet.pki.ca_file)},
+        )  # fmt: skip
+        del s.env["LINESIDE_FLEET_MQTT_CLIENT_ID"]  # the default: its broker user name
+        servers.append(s)
+    first = servers[0]
+    try:
+        for s in servers:
+            s.start()
+        with fleet.client("robot-b") as b:
+            for seq in range(10):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+            for s in servers:
+                wait_until(lambda s=s: _stored_seqs(s, "robot-b") >= set(range(10)), 20, what="online seqs")
+            first.stop()
+            for seq in range(10, 40):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+            for victim in (en.FLEET_USER, second):
+                with contextlib.suppress(ConnectRefused):  # refused is as good as harmless
+                    Client(
+                        fleet.broker.port, fleet.pki.ca_file, username="robot-a",
+                        password=fleet.creds["robot-a"], client_id=victim,
+                    ).connect().close()  # fmt: skip
+            for seq in range(40, 50):
+                b.publish(topic("robot-b", "telemetry"), _telemetry("robot-b", seq))
+        first.start()
+        for s in servers:
+            wait_until(
+                lambda s=s: _stored_seqs(s, "robot-b") == set(range(50)),
+                20,
+                what=f"every seq stored ({sorted(set(range(50)) - _stored_seqs(s, 'robot-b'))[:5]} missing)",
+            )
+    finally:
+        for s in servers:
+            s.stop()
+
+
+# -- issue 13, hole 6: enroll keeps the owner and mode of the broker's files ------------------------
+
+
+def test_broker_file_ownership_keeps_existing_and_picks_the_directory_group() -> None:
+    group_dir = en.FileOwnership(0, 108, 0o750)  # root:mosquitto 0750
+    own_dir = en.FileOwnership(105, 108, 0o700)  # mosquitto:mosquitto 0700 (the documented one)
+    kept = en.FileOwnership(105, 108, 0o604)
+    assert en.broker_file_ownership(kept, group_dir, euid=0) == kept
+    assert en.broker_file_ownership(None, own_dir, euid=0) == en.FileOwnership(105, 108, 0o600)
+    assert en.broker_file_ownership(None, group_dir, euid=0) == en.FileOwnership(0, 108, 0o640)
+    assert en.broker_file_ownership(None, group_dir, euid=1000) == en.FileOwnership(1000, 108, 0o640)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_write_broker_file_keeps_owner_and_mode(tmp_path: Path) -> None:
+    path = tmp_path / "passwd"
+    path.write_text("old:x\n")
+    os.chown(path, 4242, 4343)
+    os.chmod(path, 0o604)
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    en.write_broker_file(link, "new:y\n")
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o604)
+    assert path.read_text() == "new:y\n" and link.is_symlink()
+
+
+def _mosquitto_user() -> pwd.struct_passwd:
+    if os.geteuid() != 0:
+        pytest.skip("starting Mosquitto so that it drops to its own user needs root")
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.fail("no `mosquitto` user: the Debian package creates it (apt-get install mosquitto)")
+
+
+@pytest.mark.integration
+def test_enroll_and_reload_keep_a_broker_running_as_its_own_user_serving(tmp_path: Path) -> None:
+    """Mosquitto started as root drops to `mosquitto` (as Debian's service does) and reads files
+    that user owns (0600, as the docs say). Enroll runs as root (the operator) and SIGHUP reloads:
+    the existing clients stay connected and the new device can connect."""
+    binary = find_mosquitto()
+    assert binary is not None, "mosquitto not installed"
+    user = _mosquitto_user()
+    pki = make_pki(tmp_path / "pki")
+    # pytest's temp dirs are 0700 root: the broker's files live where its user can reach them.
+    work = Path(tempfile.mkdtemp(prefix="lineside-broker-", dir="/tmp"))
+    try:
+        broker = SecureBroker(binary, work, pki, run_as="mosquitto")
+        creds: dict[str, str] = {}
+        for name, kind in (("robot-a", "device"), (en.FLEET_USER, "fleet")):
+            r = broker.enroll(name, tmp_path / "creds", kind=kind)
+            assert r.password is not None
+            creds[name] = r.password
+        for p in [work, *work.iterdir()]:
+            os.chown(p, user.pw_uid, user.pw_gid)
+            os.chmod(p, 0o700 if p.is_dir() else 0o600)
+        broker.start()
+        try:
+            server = Client(broker.port, pki.ca_file, username=en.FLEET_USER, password=creds[en.FLEET_USER])
+            robot = Client(broker.port, pki.ca_file, username="robot-a", password=creds["robot-a"])
+            with server.connect(), robot.connect():
+                assert _alive(server, topic("robot-a", "cmd")) and _alive(robot, topic("robot-a", "events"))
+                _enroll_cli("robot-new", "--out", str(tmp_path / "new"),
+                            "--password-file", str(broker.password_file),
+                            "--acl-file", str(broker.acl_file))  # fmt: skip
+                for f in (broker.password_file, broker.acl_file):
+                    st = f.stat()
+                    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (user.pw_uid, 0o600), f
+                assert broker.proc is not None
+                broker.proc.send_signal(signal.SIGHUP)
+                new_pw = (tmp_path / "new" / "robot-new.password").read_text().strip()
+
+                def new_device_connects() -> bool:
+                    try:
+                        Client(
+                            broker.port, pki.ca_file, username="robot-new", password=new_pw
+                        ).connect().close()
+                        return True
+                    except ConnectRefused:
+                        return False
+
+                wait_until(new_device_connects, 10, what="the new device connects after the reload")
+                assert _alive(server, topic("robot-a", "cmd")), "the reload disconnected the fleet server"
+                assert _alive(robot, topic("robot-a", "events")), "the reload disconnected robot-a"
+                assert broker.running, broker.log_tail()
+        finally:
+            broker.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -18,6 +18,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_server.enroll import CertificateAuthority, Enrollment, enroll, write_private, write_public
 from tests.mqtt import Mosquitto, Received, free_port
@@ -46,15 +48,20 @@ def make_pki(directory: Path, *, name: str = "Lineside test CA") -> Pki:
     return Pki(ca, directory / "ca" / "ca.crt", cert, key)
 
 
-def render_config(text: str, *, workdir: Path, port: int, cert_port: int) -> str:
-    """The shipped config with its paths under ``workdir``, listeners on 127.0.0.1, log to a file."""
+def render_config(text: str, *, workdir: Path, port: int, cert_port: int, run_as: str | None = None) -> str:
+    """The shipped config with its paths under ``workdir``, listeners on 127.0.0.1, log to a file.
+
+    ``run_as``: started as root, Mosquitto drops to this user (``user`` option), as Debian's
+    service does with ``mosquitto``; None keeps the test's own user."""
     text = text.replace("/etc/mosquitto/lineside/", f"{workdir}/")
     text = text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {workdir}/")
     text = re.sub(r"^listener 8883\b.*$", f"listener {port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^listener 8884\b.*$", f"listener {cert_port} 127.0.0.1", text, flags=re.M)
     text = re.sub(r"^log_dest syslog$", "log_dest stdout", text, flags=re.M)
     text = re.sub(r"^autosave_interval .*$", "autosave_interval 1", text, flags=re.M)
-    if os.geteuid() == 0:
+    if run_as is not None:
+        text += f"\nuser {run_as}\n"
+    elif os.geteuid() == 0:
         # Started as root, mosquitto drops to the `mosquitto` user, which cannot read the 0600
         # files a test (as root) writes; in production they are chown'd to mosquitto.
         text += "\nuser root\n"
@@ -64,8 +71,9 @@ def render_config(text: str, *, workdir: Path, port: int, cert_port: int) -> str
 class SecureBroker(Mosquitto):
     """Mosquitto with deploy/mosquitto/lineside.conf: TLS listener (passwords) + mutual-TLS listener."""
 
-    def __init__(self, binary: str, workdir: Path, pki: Pki) -> None:
+    def __init__(self, binary: str, workdir: Path, pki: Pki, *, run_as: str | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)  # the broker's directory, as docs/security-broker.md lays it out
         super().__init__(binary, workdir, persistence=True)
         self.pki = pki
         self.cert_port = free_port()
@@ -76,7 +84,13 @@ class SecureBroker(Mosquitto):
         write_public(workdir / "server.crt", pki.server_cert.read_bytes())
         write_private(workdir / "server.key", pki.server_key.read_bytes())
         self.conf_path.write_text(
-            render_config(SHIPPED_CONF.read_text(), workdir=workdir, port=self.port, cert_port=self.cert_port)
+            render_config(
+                SHIPPED_CONF.read_text(),
+                workdir=workdir,
+                port=self.port,
+                cert_port=self.cert_port,
+                run_as=run_as,
+            )
         )
 
     @property
@@ -111,8 +125,12 @@ class Client:
         password: str | None = None,
         cert: tuple[Path, Path] | None = None,
         host: str = "127.0.0.1",
+        client_id: str | None = None,
+        session_expiry_s: int = 0,
     ) -> None:
         self.host, self.port = host, port
+        # session_expiry_s > 0: a persistent MQTT 5 session (clean start off), as the fleet server's.
+        self.session_expiry_s = session_expiry_s
         self._lock = threading.Lock()
         self._messages: list[Received] = []
         self._connack = threading.Event()
@@ -122,7 +140,9 @@ class Client:
         self.suback: list[Any] = []
         self._subacked = threading.Event()
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"sec-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"sec-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
         )
         if username is not None:
             self.client.username_pw_set(username, password)
@@ -172,7 +192,13 @@ class Client:
 
     def connect(self, timeout: float = 10.0) -> Client:
         """Connect and wait for CONNACK; raise ConnectRefused (or ssl/OS errors) when refused."""
-        self.client.connect(self.host, self.port, keepalive=10)
+        props = None
+        if self.session_expiry_s:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+        self.client.connect(
+            self.host, self.port, keepalive=10, clean_start=not self.session_expiry_s, properties=props
+        )
         self.client.loop_start()
         if not self._connack.wait(timeout):
             self.close()
