@@ -21,6 +21,7 @@ import pytest
 
 from fleet_server import enroll as en
 from tests.mqtt import find_mosquitto
+from tests.pg_support import require_program
 from tests.tls_support import ROOT, Client, ConnectRefused, Pki, SecureBroker, make_pki, topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,9 +37,7 @@ def test_hash_matches_mosquitto_passwd_format() -> None:
     assert not en.verify_password("s3cret", "$6$garbage")
     binary = en.shutil.which("mosquitto_passwd")
     if binary is None:
-        pytest.skip(
-            "mosquitto_passwd not installed: own format checked against mosquitto in the broker tests"
-        )
+        require_program("mosquitto_passwd", "apt-get install mosquitto")
     theirs = en.password_line("u", "s3cret", use_binary=True)
     assert theirs.startswith("u:$7$") and en.verify_password("s3cret", theirs.split(":", 1)[1])
 
@@ -120,7 +119,7 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+        require_program("the mosquitto binary", "apt-get install mosquitto")
     tmp = tmp_path_factory.mktemp("secure-broker")
     pki = make_pki(tmp / "pki")
     broker = SecureBroker(binary, tmp / "broker", pki)
