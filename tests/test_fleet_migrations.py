@@ -121,6 +121,21 @@ def test_a_new_database_is_created_at_the_newest_revision(db_url: str) -> None:
     db.dispose()
 
 
+def test_replicas_starting_together_create_the_schema_once(postgres_url: str) -> None:
+    """Several `fleet serve` replicas on one empty PostgreSQL database: the advisory lock lets one
+    create the tables; the others find them current (no duplicate-table error, one stamp)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dbs = [Database(postgres_url) for _ in range(4)]
+    with ThreadPoolExecutor(len(dbs)) as pool:
+        list(pool.map(lambda d: d.create(), dbs))
+    with dbs[0].engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    assert _status(postgres_url).state == "current"
+    for d in dbs:
+        d.dispose()
+
+
 def test_a_database_from_a_newer_release_is_refused(db_url: str) -> None:
     db = Database(db_url)
     db.create()
