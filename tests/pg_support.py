@@ -47,14 +47,16 @@ def require_program(what: str, hint: str) -> NoReturn:
     pytest.skip(message)
 
 
+def _version(bindir: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in Path(bindir).parent.name.split(".") if x.isdigit())
+
+
 def find_postgres_bin() -> Path | None:
     """The newest ``/usr/lib/postgresql/N/bin`` holding initdb and pg_ctl (or ``$LINESIDE_PG_BIN``)."""
     explicit = os.environ.get("LINESIDE_PG_BIN")
-    candidates = [explicit] if explicit else []
     found = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += sorted(
-        found, key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0
-    )[::-1]
+    newest_first = sorted(found, key=_version, reverse=True)  # 16 before 15 before 9.6
+    candidates = [explicit] if explicit else newest_first
     for c in candidates:
         d = Path(c)
         if (d / "initdb").is_file() and (d / "pg_ctl").is_file():

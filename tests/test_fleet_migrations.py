@@ -182,8 +182,7 @@ def test_fleet_serve_refuses_an_older_schema_in_one_line(tmp_path: Path) -> None
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(FIXTURES / "fleet-0.1.0.sqlite", data / "fleet.db")
-    env = {**os.environ, "LINESIDE_FLEET_DATABASE_URL": ""}
-    env.pop("LINESIDE_FLEET_DATABASE_URL")
+    env = {k: v for k, v in os.environ.items() if k != "LINESIDE_FLEET_DATABASE_URL"}  # SQLite in data
     serve = subprocess.run(
         [*_script("fleet", "fleet_server.cli"), "serve", "--data-dir", str(data), "--listen", "127.0.0.1:1"],
         capture_output=True,
