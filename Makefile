@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto soak
+.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto postgresql soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ deps-test: $(VENV)/.test-deps
 mosquitto:
 	@bash scripts/ensure-package.sh mosquitto mosquitto "the MQTT tests' own broker"
 
+## postgresql: make sure PostgreSQL's initdb and pg_ctl exist (the tests start a throwaway cluster
+## of their own on a free port, as the postgres user when run as root, and delete it after)
+postgresql:
+	@bash scripts/ensure-package.sh '/usr/lib/postgresql/*/bin/initdb' postgresql "the PostgreSQL tests' own cluster"
+
 demo: deps-demo
 	$(VENV)/bin/edge-sim demo
 
@@ -39,7 +44,7 @@ lint: deps-test
 typecheck: deps-test
 	$(VENV)/bin/mypy
 
-test: deps-test mosquitto lint typecheck
+test: deps-test mosquitto postgresql lint typecheck
 	@bash scripts/ensure-package.sh chromium chromium "the dashboard's browser tests" || echo "warning: no chromium: the dashboard's browser tests will be skipped" >&2
 	$(PY) -m pytest -m "not slow"
 

@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "fleet_server.cli_serve",
     "fleet_server.cli_ops",
     "fleet_server.cli_enroll",
+    "fleet_server.cli_db",
 ]
 
 

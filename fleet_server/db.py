@@ -1,6 +1,9 @@
 """The fleet's database: SQLAlchemy 2.x ORM, SQLite by default, PostgreSQL by URL — the same code.
 
-Tables are created on start (``Database.create``). Telemetry and events are unique by
+The schema is versioned by Alembic migrations (``fleet_server/migrations``, rules in
+``fleet_server.migrate``): ``Database.create`` makes a new database at the newest schema and refuses
+an older one (run ``fleet db upgrade``). A change to a table model here needs a migration; the
+tests fail without one (tests/test_fleet_migrations.py). Telemetry and events are unique by
 (device, seq): ingest is insert-or-ignore, so a message delivered twice (QoS 1 redelivery,
 a server restart before the ack) is stored once. A rollout's state machine is persisted as
 one JSON document (``RolloutRow.doc``) written in the same transaction as its state column.
@@ -214,7 +217,14 @@ class Database:
         return self.engine.dialect.name
 
     def create(self) -> None:
-        Base.metadata.create_all(self.engine)
+        """Make a new (empty) database at the newest schema, stamped; check an existing one is current.
+
+        Raises ``fleet_server.migrate.SchemaError`` on an older schema (run ``fleet db upgrade``) or
+        a newer one.
+        """
+        from fleet_server import migrate  # migrate's Alembic environment imports this module
+
+        migrate.prepare(self.engine, Base.metadata)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

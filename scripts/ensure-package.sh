@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Make sure a program the tests need exists, installing its Debian package when it is missing.
 #   scripts/ensure-package.sh PROGRAM [APT_PACKAGE] [WHAT_FOR]
-# The tests start their own Mosquitto on a free port and drive the system Chromium: they only need
-# the binaries. Exits non-zero with one clear line when the program cannot be had.
+# PROGRAM is a name on PATH, or a path glob for programs off PATH (PostgreSQL's
+# '/usr/lib/postgresql/*/bin/initdb'). The tests start their own Mosquitto and PostgreSQL on free
+# ports and drive the system Chromium: they only need the binaries. Exits non-zero with one clear line when the program cannot be had.
 set -euo pipefail
 prog=$1; pkg=${2:-$1}; why=${3:-the tests}
-found() { command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || [ -x "/usr/bin/$prog" ]; }
+found() {
+  case $prog in
+    */*) compgen -G "$prog" >/dev/null ;;
+    *) command -v "$prog" >/dev/null 2>&1 || [ -x "/usr/sbin/$prog" ] || [ -x "/usr/bin/$prog" ] ;;
+  esac
+}
 found && exit 0
 echo "$prog not found; installing the $pkg package with apt-get (for $why)" >&2
 SUDO=""

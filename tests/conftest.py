@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Mosquitto on a free port, and ``edge-agent`` as a subprocess."""
+"""Shared fixtures: a real Mosquitto on a free port, the test run's own PostgreSQL, the fleet's database
+on both SQLite and PostgreSQL, and ``edge-agent`` as a subprocess."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.mqtt import Mosquitto, find_mosquitto
+from tests.pg_support import PostgresDatabases, postgres_server, require_program
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -21,7 +23,7 @@ def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
     """Start any number of brokers: ``mosquitto_factory(persistence=False)``; all killed on teardown."""
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto binary not found (install it: `make mosquitto`, or apt-get install mosquitto)")
+        require_program("the mosquitto binary", "install it: `make mosquitto`, or apt-get install mosquitto")
     started: list[Mosquitto] = []
 
     def make(*, persistence: bool = False) -> Mosquitto:
@@ -39,6 +41,32 @@ def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
 def mosquitto(mosquitto_factory: Callable[..., Mosquitto]) -> Mosquitto:
     """A fresh broker: ``.host``, ``.port``, ``.url``, ``.stop()``, ``.start()`` (same port)."""
     return mosquitto_factory()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    """The test run's own PostgreSQL cluster (started on first use, stopped at the end of the run)."""
+    with postgres_server() as admin_url:
+        dbs = PostgresDatabases(admin_url)
+        yield dbs
+        dbs.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test alone; dropped after it."""
+    url = postgres_databases.create()
+    yield url
+    postgres_databases.drop(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The fleet's database URL, once per backend: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 def edge_agent_command() -> list[str]:

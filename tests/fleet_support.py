@@ -1,5 +1,5 @@
-"""Helpers for the fleet tests: signed releases, PostgreSQL databases, `fleet serve` and `edge-sim fleet`
-as subprocesses.
+"""Helpers for the fleet tests: signed releases, `fleet serve` and `edge-sim fleet` as subprocesses.
+(PostgreSQL: the ``postgres_url`` and ``db_url`` fixtures in tests/conftest.py.)
 
 Re-pointing the integration tests at real agents: ``FleetServer`` and ``release()`` do not care
 who the devices are; replace ``SimFleetProcess`` with ``edge_agent_process`` agents configured
@@ -15,17 +15,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.mqtt import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def _script(name: str, module: str) -> list[str]:
@@ -60,47 +57,6 @@ def make_bundle(tmp: Path, version: str, name: str = "shapes") -> Path:
     out = tmp / f"bundle-{name}-{version}"
     mk(out, name=name, version=version)
     return out
-
-
-# -- PostgreSQL ---------------------------------------------------------------------------------
-
-
-def postgres_admin_url() -> str:
-    return os.environ.get("LINESIDE_TEST_POSTGRES_URL", DEFAULT_PG_URL)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, uniquely named database for this test session (dropped after); skip if none."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    admin = postgres_admin_url()
-    try:
-        engine = create_engine(admin, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with engine.connect() as c:
-            c.execute(text("SELECT 1"))
-    except Exception as exc:
-        pytest.skip(f"no PostgreSQL at {admin} (set LINESIDE_TEST_POSTGRES_URL): {type(exc).__name__}: {exc}")
-    name = f"lineside_test_{uuid.uuid4().hex[:10]}"
-    with engine.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
-    yield url
-    with engine.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
-
-def reset_postgres(url: str) -> None:
-    """Empty the session database between tests (drop every table)."""
-    from sqlalchemy import create_engine
-
-    from fleet_server.db import Base
-
-    engine = create_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
 
 
 # -- processes ----------------------------------------------------------------------------------
@@ -255,7 +211,6 @@ __all__ = [
     "SimFleetProcess",
     "make_bundle",
     "make_keys",
-    "postgres_url",
     "signed_release",
     "time",
 ]

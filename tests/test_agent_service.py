@@ -17,6 +17,7 @@ import pytest
 from edge_agent.service import SystemdNotifier, pid_alive, read_status, watchdog_interval_s, write_status
 from tests.conftest import AgentProcess
 from tests.mqtt import wait_until
+from tests.pg_support import require_program
 
 REPO = Path(__file__).resolve().parent.parent
 EDGE_AGENT = str(Path(sys.executable).parent / "edge-agent")
@@ -61,7 +62,7 @@ def test_status_file_roundtrip(tmp_path: Path) -> None:
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+        require_program("systemd-analyze", "apt-get install systemd")
     text = (REPO / "deploy" / "systemd" / "lineside-agent.service").read_text()
     for key in ("Type=notify", "WatchdogSec=", "ProtectSystem=strict", "ReadWritePaths=/var/lib/lineside",
                 "NoNewPrivileges=yes", "PrivateTmp=yes", "Restart=on-failure", "User=lineside"):  # fmt: skip

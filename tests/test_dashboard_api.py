@@ -26,8 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[TestClient, Services]]:
-    settings = load_settings(overrides={"data_dir": tmp_path / "data", "admin_token": ADMIN})
+def env(tmp_path: Path, db_url: str) -> Iterator[tuple[TestClient, Services]]:
+    settings = load_settings(
+        overrides={"data_dir": tmp_path / "data", "admin_token": ADMIN, "database_url": db_url}
+    )
     svc = Services.build(settings)
     app = create_app(settings, services=svc, background=False)
     with TestClient(app) as client:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.fleet_support import FleetServer, SimFleetProcess, make_bundle, make_keys, wait_for
 from tests.mqtt import Mosquitto, find_mosquitto
+from tests.pg_support import require_program
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +62,12 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(
-            f"no Chromium at {CHROMIUM} (apt-get install chromium, or scripts/ensure-package.sh chromium)"
+        require_program(
+            f"Chromium at {CHROMIUM}", "apt-get install chromium, or scripts/ensure-package.sh chromium"
         )
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto binary not found (install it: `make mosquitto`, or apt-get install mosquitto)")
+        require_program("the mosquitto binary", "install it: `make mosquitto`, or apt-get install mosquitto")
     tmp = tmp_path_factory.mktemp("dashboard")
     broker = Mosquitto(binary, tmp_path_factory.mktemp("mosquitto"))
     broker.start()

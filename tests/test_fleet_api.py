@@ -47,10 +47,12 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, keys: Path) -> Iterator[tuple[TestClient, Services, FakePublisher]]:
+def env(tmp_path: Path, keys: Path, db_url: str) -> Iterator[tuple[TestClient, Services, FakePublisher]]:
+    """The API, the controller, alerts and the registry on a new database: SQLite, then PostgreSQL."""
     settings = load_settings(
         overrides={
             "data_dir": tmp_path / "data",
+            "database_url": db_url,
             "admin_token": ADMIN,
             "online_keys_dir": keys,
             "max_upload_bytes": 2_000_000,

@@ -3,9 +3,8 @@ MQTT link acknowledges only what it has written."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,22 +14,9 @@ from sqlalchemy import func, select
 from edge_agent.messages import DeviceState, Event, Telemetry, Topics, dump
 from fleet_server.db import Database, EventRow, TelemetryRow
 from fleet_server.ingest import Inbound, Ingest, MqttLink
-from tests.fleet_support import postgres_url, reset_postgres
 from tests.mqtt import Mosquitto, wait_until
 
-__all__ = ["postgres_url"]  # the fixture, imported for pytest
-
 TOPICS = Topics()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fleet.db'}"
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        reset_postgres(url)
-        yield url
 
 
 def _tel(d: str, seq: int, frames: int = 10) -> Inbound:
@@ -76,8 +62,8 @@ def test_survives_restart(db_url: str) -> None:
     again.dispose()
 
 
-def test_malformed_and_mismatched_messages_are_rejected_not_fatal(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+def test_malformed_and_mismatched_messages_are_rejected_not_fatal(db_url: str) -> None:
+    db = Database(db_url)
     db.create()
     ing = Ingest(db, TOPICS)
     wrong_topic = Inbound(TOPICS.device("b", "telemetry"), _tel("a", 1).payload, 0, 1)
@@ -101,15 +87,14 @@ def _publisher(broker: Mosquitto) -> mqtt.Client:
 
 @pytest.mark.integration
 def test_mqtt_link_persistent_session_loses_nothing_across_restart(
-    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path
+    mosquitto_factory: Callable[..., Mosquitto], db_url: str
 ) -> None:
     """Messages published while the server is down arrive when it comes back (same client id,
     clean_start=False), and redeliveries are stored once."""
     broker = mosquitto_factory(persistence=True)
-    url = f"sqlite:///{tmp_path / 'fleet.db'}"
 
     def link() -> tuple[Database, MqttLink]:
-        db = Database(url)
+        db = Database(db_url)
         db.create()
         lk = MqttLink(broker.url, TOPICS, Ingest(db, TOPICS), client_id="fleet-test", protocol="5")
         lk.start()
@@ -137,8 +122,8 @@ def test_mqtt_link_persistent_session_loses_nothing_across_restart(
     db.dispose()
 
 
-def test_event_rows_keep_cmd_and_rollout(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+def test_event_rows_keep_cmd_and_rollout(db_url: str) -> None:
+    db = Database(db_url)
     db.create()
     e = Event(device_id="a", seq=3, kind="probation.passed", cmd_id="r1-0", rollout_id="r1")
     Ingest(db, TOPICS).write_batch([Inbound(TOPICS.device("a", "events"), dump(e), 0, 1)])
@@ -165,12 +150,12 @@ def test_one_controller_at_a_time(db_url: str) -> None:
     b.dispose()
 
 
-def test_last_seen_advances_but_is_not_rewritten_per_message(tmp_path: Path) -> None:
+def test_last_seen_advances_but_is_not_rewritten_per_message(db_url: str) -> None:
     from datetime import timedelta
 
     from fleet_server.db import DeviceRow
 
-    db = Database(f"sqlite:///{tmp_path / 'f.db'}")
+    db = Database(db_url)
     db.create()
     ing = Ingest(db, TOPICS)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)

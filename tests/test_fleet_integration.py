@@ -20,13 +20,9 @@ from tests.fleet_support import (
     SimFleetProcess,
     make_bundle,
     make_keys,
-    postgres_url,
-    reset_postgres,
     wait_for,
 )
 from tests.mqtt import Mosquitto
-
-__all__ = ["postgres_url"]
 
 pytestmark = pytest.mark.integration
 DEVICES = ["sim-1", "sim-2", "sim-3"]
@@ -36,8 +32,7 @@ DEVICES = ["sim-1", "sim-2", "sim-3"]
 def database_url(request: pytest.FixtureRequest) -> str | None:
     if request.param == "sqlite":
         return None  # the default: SQLite under the data dir
-    url: str = request.getfixturevalue("postgres_url")
-    reset_postgres(url)
+    url: str = request.getfixturevalue("postgres_url")  # a new database for this test
     return url
 
 

@@ -45,7 +45,7 @@ def test_settings_file_env_flags_precedence(tmp_path: Path) -> None:
         load_settings(cfg)
 
 
-def test_alerts_dedup_ack_and_webhook_retry(tmp_path: Path) -> None:
+def test_alerts_dedup_ack_and_webhook_retry(db_url: str) -> None:
     got: list[dict[str, object]] = []
     calls = {"n": 0}
     done = threading.Event()
@@ -59,7 +59,7 @@ def test_alerts_dedup_ack_and_webhook_retry(tmp_path: Path) -> None:
         return httpx.Response(204)
 
     hook = Webhook("http://hooks.test/x", retries=2, backoff_s=0.01, transport=httpx.MockTransport(handler))
-    db = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    db = Database(db_url)
     db.create()
     alerts = Alerts(db, hook)
     a = alerts.raise_alert("drift", "cam-1 drifted", device_id="cam-1", dedup_key="event:cam-1:5")

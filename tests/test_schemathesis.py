@@ -29,6 +29,7 @@ from fleet_server.app import Services, create_app  # noqa: E402
 from fleet_server.ingest import Inbound  # noqa: E402
 from fleet_server.settings import load_settings  # noqa: E402
 from tests.fleet_support import make_bundle, make_keys, signed_release  # noqa: E402
+from tests.pg_support import PostgresDatabases  # noqa: E402
 
 ADMIN = "schemathesis-admin-token"
 MAX_UPLOAD = 300_000
@@ -70,13 +71,22 @@ def _seed(client: TestClient, svc: Services, tmp: Path, keys: Path) -> None:
     assert r.status_code in (201, 409, 422), r.text
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Services]]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[TestClient, Services]]:
+    """The seeded API, once on SQLite and once on a PostgreSQL database of its own."""
     tmp = tmp_path_factory.mktemp("schemathesis")
     keys = make_keys(tmp)
+    pg: PostgresDatabases | None = None
+    database_url = f"sqlite:///{tmp / 'fleet.db'}"
+    if request.param == "postgresql":
+        pg = request.getfixturevalue("postgres_databases")
+        database_url = pg.create()
     settings_ = load_settings(
         overrides={
             "data_dir": tmp / "data",
+            "database_url": database_url,
             "admin_token": ADMIN,
             "online_keys_dir": keys,
             "max_upload_bytes": MAX_UPLOAD,
@@ -89,6 +99,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
         _seed(client, svc, tmp, keys)
         yield client, svc
     svc.db.dispose()
+    if pg is not None:
+        pg.drop(database_url)
 
 
 class _NullPublisher:

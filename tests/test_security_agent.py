@@ -23,6 +23,7 @@ from fleet_server import enroll as en
 from tests.conftest import AgentProcess
 from tests.fleet_support import FleetServer, make_bundle, make_keys
 from tests.mqtt import find_mosquitto, wait_until
+from tests.pg_support import require_program
 from tests.tls_support import Client, Pki, SecureBroker, make_pki, topic
 from tests.updates_support import World, tuf_http_server
 
@@ -60,7 +61,7 @@ class Plant:
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plant]:
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+        require_program("the mosquitto binary", "apt-get install mosquitto")
     tmp = tmp_path_factory.mktemp("plant")
     pki = make_pki(tmp / "pki")
     broker = SecureBroker(binary, tmp / "broker", pki)

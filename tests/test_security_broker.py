@@ -33,6 +33,7 @@ from fleet_server import enroll as en
 from fleet_server.settings import FleetSettings
 from tests.fleet_support import FleetServer, make_keys
 from tests.mqtt import find_mosquitto, wait_until
+from tests.pg_support import require_program
 from tests.tls_support import ROOT, Client, ConnectRefused, Pki, SecureBroker, make_pki, topic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,9 +49,7 @@ def test_hash_matches_mosquitto_passwd_format() -> None:
     assert not en.verify_password("s3cret", "$6$garbage")
     binary = en.shutil.which("mosquitto_passwd")
     if binary is None:
-        pytest.skip(
-            "mosquitto_passwd not installed: own format checked against mosquitto in the broker tests"
-        )
+        require_program("mosquitto_passwd", "apt-get install mosquitto")
     theirs = en.password_line("u", "s3cret", use_binary=True)
     assert theirs.startswith("u:$7$") and en.verify_password("s3cret", theirs.split(":", 1)[1])
 
@@ -159,7 +158,7 @@ class Fleet:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     binary = find_mosquitto()
     if binary is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
+        require_program("the mosquitto binary", "apt-get install mosquitto")
     tmp = tmp_path_factory.mktemp("secure-broker")
     pki = make_pki(tmp / "pki")
     broker = SecureBroker(binary, tmp / "broker", pki)

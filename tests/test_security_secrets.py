@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from fleet_server import enroll as en
+from tests.pg_support import require_program
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "deploy" / "systemd" / "lineside-agent.service"
@@ -82,7 +83,7 @@ def test_agent_state_dir_is_tightened_to_0700(tmp_path: Path) -> None:
 def test_systemd_unit_hardening_score() -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+        require_program("systemd-analyze", "apt-get install systemd")
     r = subprocess.run(
         [analyze, "security", "--offline=yes", "--no-pager", str(UNIT)],
         capture_output=True, text=True, timeout=60, check=False,

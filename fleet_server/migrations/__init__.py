@@ -1,0 +1,1 @@
+"""Alembic migrations of the fleet database (see README.md here and fleet_server.migrate)."""
