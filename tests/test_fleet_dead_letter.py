@@ -24,10 +24,8 @@ from edge_agent.messages import Event, ModelRef, Telemetry, Topics, dump
 from fleet_server import metrics
 from fleet_server.db import Database, DeadLetterRow, TelemetryRow
 from fleet_server.ingest import Inbound, Ingest, is_transient, poison_reason
-from tests.fleet_support import FleetServer, make_keys, postgres_url, reset_postgres
+from tests.fleet_support import FleetServer, make_keys
 from tests.mqtt import Mosquitto, wait_until
-
-__all__ = ["postgres_url"]  # the fixture, imported for pytest
 
 TOPICS = Topics()
 # Valid JSON, valid for the schema, refused by the database layer: 9999-12-31 23:00 at UTC-5
@@ -108,7 +106,6 @@ def test_poison_between_good_messages_is_dead_lettered_and_the_rest_ingested(tmp
 def test_postgresql_refusals_are_dead_lettered_with_their_reason(postgres_url: str) -> None:
     """On PostgreSQL a value too long for its column is a DataError (SQLite stores it): both kinds of
     refusal are dead-lettered with their own reason, the messages around them ingested."""
-    reset_postgres(postgres_url)
     db = Database(postgres_url)
     db.create()
     ing = Ingest(db, TOPICS)
