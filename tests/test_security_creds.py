@@ -321,6 +321,8 @@ def test_a_real_agent_installs_over_http_with_its_device_token(
         rid = line.rollout("2.0.0", soak="0s")
 
         def installed() -> bool:
+            state = line.rollout_state(rid)
+            assert state["state"] not in ("halted", "aborted"), state["devices"]
             events = line.api("GET", "/devices/line-1/events", params={"kind": "update.installed"})
             return any((e.get("model") or {}).get("version") == "2.0.0" for e in events)
 
