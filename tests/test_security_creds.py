@@ -336,3 +336,21 @@ def test_a_real_agent_installs_over_http_with_its_device_token(
     finally:
         line.stop()
         print(f"--- fleet serve ---\n{line.server.log()[-3000:]}")
+
+
+def test_an_unreadable_token_file_is_a_config_error_not_retried(tmp_path: Path) -> None:
+    """A missing or empty token file is the robot's configuration, not the network: refused at
+    once with reason ``not_configured`` and no download attempt (no backoff)."""
+    from tests.updates_support import FakeHost, World, tuf_http_server
+
+    w = World(tmp_path)
+    w.release("1.0.0")
+    (tmp_path / "empty-token").write_text("\n")
+    with tuf_http_server(w.repo_dir) as (host, port):
+        for token_file in (tmp_path / "missing-token", tmp_path / "empty-token"):
+            u = w.updater(FakeHost(), repository_url=f"http://{host}:{port}", token_file=token_file)
+            slept: list[float] = []
+            u.sleep = slept.append  # type: ignore[method-assign]
+            out = u.deploy("tiny", "1.0.0", cmd_id=f"t-{token_file.name}")
+            assert out.status == "rejected" and out.reason == "not_configured", out
+            assert slept == [] and str(token_file) in out.message
