@@ -165,7 +165,8 @@ def test_device_tokens_are_bound_rotated_and_revoked(client: TestClient, keys: P
     assert client.post("/api/v1/devices/bad id!/token", headers=_bearer(ADMIN)).status_code == 422
     assert client.post("/api/v1/tokens", json={"role": "device"}, headers=_bearer(ADMIN)).status_code == 422
     # Stored hashed like every token.
-    svc: Services = client.app.state.services  # type: ignore[attr-defined]
+    app: Any = client.app  # the TestClient types its app as a bare ASGI callable
+    svc: Services = app.state.services
     with svc.db.engine.connect() as c:
         dumped = " ".join(str(row) for row in c.exec_driver_sql("SELECT * FROM tokens").fetchall())
     assert other not in dumped and "robot-2" in dumped
@@ -350,7 +351,7 @@ def test_an_unreadable_token_file_is_a_config_error_not_retried(tmp_path: Path) 
         for token_file in (tmp_path / "missing-token", tmp_path / "empty-token"):
             u = w.updater(FakeHost(), repository_url=f"http://{host}:{port}", token_file=token_file)
             slept: list[float] = []
-            u.sleep = slept.append  # type: ignore[method-assign]
+            u.sleep = slept.append  # record the backoff instead of waiting it out
             out = u.deploy("tiny", "1.0.0", cmd_id=f"t-{token_file.name}")
             assert out.status == "rejected" and out.reason == "not_configured", out
             assert slept == [] and str(token_file) in out.message
