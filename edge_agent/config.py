@@ -220,6 +220,11 @@ class UpdatesConfig(_Section):
 
     root_json: Path
     repository_url: str | None = None
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding this device's HTTP token (`fleet devices enroll --server` or "
+        "`fleet devices token DEVICE`); the fleet server serves model files only to a token holder",
+    )
     root_max_bytes: Annotated[int, Field(gt=0)] = 512_000
     timestamp_max_bytes: Annotated[int, Field(gt=0)] = 16_384
     snapshot_max_bytes: Annotated[int, Field(gt=0)] = 2_000_000

@@ -4,7 +4,10 @@ Both paths run the same ``tuf.ngclient.Updater`` workflow from this device's pro
 ``root.json`` (root rotation, timestamp → snapshot → targets, signature thresholds, version
 numbers that never go down, expiry, every file's length and sha256); only the fetcher differs:
 
-- over HTTP: ngclient's own fetcher against ``{server}/tuf/metadata/`` and ``{server}/tuf/targets/``;
+- over HTTP: ngclient's own fetcher against ``{server}/tuf/metadata/`` and ``{server}/tuf/targets/``,
+  sending this device's token (``[updates] token_file``) as a bearer credential: the fleet server
+  serves targets (the plant's models) only to a token holder; a refused token is reason
+  ``unauthorized`` and is not retried;
 - from a directory (a USB export, ``fleet release --repo``): :class:`DirectoryFetcher`, which serves
   ``DIR/metadata`` and ``DIR/targets`` to the same workflow.
 
@@ -42,10 +45,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import urllib3
+from tuf import __version__ as tuf_version
 from tuf.api import exceptions as tuf_exc
 from tuf.api.metadata import Metadata, TargetFile, Targets
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
+from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from edge_agent.acceptance import split_target_path
 from edge_agent.atomic import atomic_write_bytes, fsync_dir
@@ -127,6 +132,37 @@ class DirectoryFetcher(FetcherInterface):
                 yield chunk
 
 
+class BearerFetcher(Urllib3Fetcher):
+    """ngclient's urllib3 fetcher, sending ``Authorization: Bearer TOKEN`` with every request."""
+
+    def __init__(self, token: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        headers = {
+            "User-Agent": f"lineside-agent python-tuf/{tuf_version}",
+            "Authorization": f"Bearer {token}",
+        }
+        # The parent sends its default headers through the pool it keeps in ``_proxy_env``; replacing
+        # that pool with one carrying the token keeps the parent's request and error handling.
+        # ProxyEnvironment (proxy variables) is ngclient-internal: without it, a plain pool.
+        try:
+            from tuf.ngclient._internal.proxy import ProxyEnvironment
+
+            self._proxy_env: Any = ProxyEnvironment(headers=headers)
+        except ImportError:
+            self._proxy_env = urllib3.PoolManager(headers=headers)
+
+
+def read_token_file(path: Path) -> str:
+    """The device's HTTP token from its file (first line). FetchError names the file."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FetchError(f"cannot read the device token file {path}: {exc}") from exc
+    if not token or any(c.isspace() for c in token):
+        raise FetchError(f"the device token file {path} does not hold one token")
+    return token
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, tuf_exc.UnsignedMetadataError):
         return "signature"
@@ -168,14 +204,20 @@ class TrustedRepository:
         self._updater: Updater | None = None
 
     @classmethod
-    def over_http(cls, metadata_dir: Path, root_json: Path, server_url: str, **kw: Any) -> TrustedRepository:
-        """The fleet server's repository: ``{server_url}/tuf/metadata/`` and ``/tuf/targets/``."""
+    def over_http(
+        cls, metadata_dir: Path, root_json: Path, server_url: str, *, token: str | None = None, **kw: Any
+    ) -> TrustedRepository:
+        """The fleet server's repository: ``{server_url}/tuf/metadata/`` and ``/tuf/targets/``.
+
+        ``token`` is this device's HTTP credential (``fleet devices token``), sent as a bearer token.
+        """
         base = server_url.rstrip("/")
         return cls(
             metadata_dir,
             root_json,
             metadata_base_url=f"{base}/tuf/metadata/",
             target_base_url=f"{base}/tuf/targets/",
+            fetcher=BearerFetcher(token) if token else None,
             **kw,
         )
 
@@ -331,6 +373,15 @@ class TrustedRepository:
             raise UpdateVerificationError(
                 f"{target.path}: longer than signed ({exc})", reason="length"
             ) from exc
+        except tuf_exc.DownloadHTTPError as exc:
+            if exc.status_code in (401, 403):
+                # Not a network fault: retrying with the same token cannot help.
+                raise UpdateVerificationError(
+                    f"the server refused this device's token for {target.path} (HTTP {exc.status_code}): "
+                    "set [updates] token_file to the token from `fleet devices token DEVICE`",
+                    reason="unauthorized",
+                ) from exc
+            raise FetchError(f"cannot download {target.path}: {exc}") from exc
         except tuf_exc.DownloadError as exc:
             raise FetchError(f"cannot download {target.path}: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:

@@ -68,7 +68,13 @@ from edge_agent.probation import ProbationResult, judge, relevant_windows
 from edge_agent.selftest import run_selftest
 from edge_agent.store import ModelStore
 from edge_agent.store_rules import BundleRef, StoreState
-from edge_agent.trust import FetchLimits, TrustedRepository, UpdateVerificationError, VerifiedRelease
+from edge_agent.trust import (
+    FetchLimits,
+    TrustedRepository,
+    UpdateVerificationError,
+    VerifiedRelease,
+    read_token_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +122,7 @@ class UpdaterSettings:
     agent_version: str = __version__
     root_json: Path | None = None
     repository_url: str | None = None
+    token_file: Path | None = None  # this device's HTTP token, read at each update (rotation)
     limits: FetchLimits = field(default_factory=FetchLimits)
     crash_loop_threshold: int = 3
     reserve_bytes: int = 0
@@ -390,10 +397,17 @@ class Updater:
             raise _Rejected(
                 "update.rejected", "not_configured", "no [updates] repository_url/root_json configured"
             )
+        token = None
+        if self.settings.token_file is not None:
+            try:
+                token = read_token_file(self.settings.token_file)
+            except FetchError as exc:  # a local misconfiguration: retrying cannot help
+                raise _Rejected("update.rejected", "not_configured", str(exc)) from exc
         return TrustedRepository.over_http(
             self.store.tuf_dir,
             self.settings.root_json,
             self.settings.repository_url,
+            token=token,
             limits=self.settings.limits,
         )
 
@@ -929,6 +943,7 @@ def settings_from_config(config: Any) -> UpdaterSettings:
         base.update(
             root_json=up.root_json,
             repository_url=up.repository_url,
+            token_file=up.token_file,
             limits=FetchLimits(
                 root_max_bytes=up.root_max_bytes,
                 timestamp_max_bytes=up.timestamp_max_bytes,

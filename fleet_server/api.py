@@ -1,7 +1,12 @@
-"""HTTP API: ``/api/v1`` (bearer tokens), ``/tuf`` (signed files, open), ``/healthz``, ``/metrics``.
+"""HTTP API: ``/api/v1`` (bearer tokens), ``/tuf`` (signed files), ``/healthz``, ``/metrics``.
+
+``/tuf/metadata/`` is open (signed, and a device needs it before anything else); ``/tuf/targets/``
+(the bundles: the plant's models) needs a token of any role, a robot's ``device`` token included;
+``/api/v1`` needs an admin or viewer token. Files are streamed (Starlette's ``FileResponse``,
+which also answers ``Range``): a request never holds more than a chunk of a file in memory.
 
 Errors are JSON with a one-line ``message`` (and ``detail``): 401 no/unknown token, 403 viewer
-on a write, 404 unknown thing, 409 conflicting state, 413 upload too large, 400 signatures do
+on a write or device token outside the targets, 404 unknown thing, 409 conflicting state, 413 upload too large, 400 signatures do
 not verify, 422 invalid input (names the field).
 """
 
@@ -12,7 +17,7 @@ import binascii
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
@@ -24,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import parse_manifest
 from edge_agent.messages import valid_device_id
-from fleet_server import auth, metrics
+from fleet_server import auth, device_tokens, metrics
 from fleet_server.app import Services
 from fleet_server.controller import NotFoundError
 from fleet_server.rollouts import Policy, parse_duration_s, parse_fraction, parse_stages
@@ -58,19 +63,28 @@ def _role(request: Request, cred: HTTPAuthorizationCredentials | None) -> str:
     return role
 
 
-def viewer(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """Any valid token."""
+def reader(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """Any valid token, a device's included: for the TUF targets only."""
     return _role(request, cred)
+
+
+def viewer(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """An admin or viewer token (a device token reads targets and nothing else)."""
+    role = _role(request, cred)
+    if role not in ("admin", "viewer"):
+        raise _error(403, f"a {role} token cannot use the API (it reads /tuf/targets/ only)")
+    return role
 
 
 def admin(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """An admin token."""
     role = _role(request, cred)
     if role != "admin":
-        raise _error(403, "this needs an admin token (yours is a viewer token)")
+        raise _error(403, f"this needs an admin token (yours is a {role} token)")
     return role
 
 
+Reader = Annotated[str, Depends(reader)]
 Viewer = Annotated[str, Depends(viewer)]
 Admin = Annotated[str, Depends(admin)]
 
@@ -128,7 +142,8 @@ class AbortRequest(_Body):
 
 
 class TokenCreate(_Body):
-    role: auth.Role
+    # Device tokens are bound to a device: POST /devices/{id}/token issues them.
+    role: Literal["admin", "viewer"]
     name: Annotated[str, Field(max_length=64)] = ""
 
 
@@ -170,40 +185,9 @@ def _first_set(*values: float | None) -> float:
     return next(v for v in values if v is not None)
 
 
-def _serve_file(request: Request, path: Path, media_type: str) -> Response:
-    """The file, or the one byte range asked for (206 / 416)."""
-    size = path.stat().st_size
-    header = request.headers.get("range")
-    if not header:
-        return FileResponse(path, media_type=media_type, headers={"Accept-Ranges": "bytes"})
-    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", header)
-    if m is None or (not m.group(1) and not m.group(2)):
-        raise HTTPException(
-            416,
-            {"message": f"unsupported Range {header!r} (one bytes=A-B range)"},
-            headers={"Content-Range": f"bytes */{size}"},
-        )
-    if m.group(1):
-        start = int(m.group(1))
-        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    else:
-        length = int(m.group(2))
-        start, end = max(0, size - length), size - 1
-    if start >= size or end < start:
-        raise HTTPException(
-            416,
-            {"message": f"range outside the file's {size} bytes"},
-            headers={"Content-Range": f"bytes */{size}"},
-        )
-    with path.open("rb") as f:
-        f.seek(start)
-        data = f.read(end - start + 1)
-    return Response(
-        data,
-        status_code=206,
-        media_type=media_type,
-        headers={"Content-Range": f"bytes {start}-{end}/{size}", "Accept-Ranges": "bytes"},
-    )
+def _serve_file(path: Path, media_type: str) -> Response:
+    """The file, streamed in chunks; ``FileResponse`` answers ``Range`` itself (206, 416)."""
+    return FileResponse(path, media_type=media_type)
 
 
 def _safe_join(base: Path, rel: str) -> Path:
@@ -260,15 +244,16 @@ def tuf_metadata(file: str, request: Request) -> Response:
     if svc.repo is None or not _METADATA_NAME.match(file):
         raise _error(404, "no such metadata file")
     path = _safe_join(Path(svc.repo.metadata_dir), file)
-    return _serve_file(request, path, "application/json")
+    return _serve_file(path, "application/json")
 
 
 @tuf_router.get("/targets/{path:path}")
-def tuf_target(path: str, request: Request) -> Response:
+def tuf_target(path: str, request: Request, _: Reader) -> Response:
+    """A signed release file (Range supported): any token, a robot's device token included."""
     svc = _svc(request)
     if svc.repo is None:
         raise _error(404, "no repository")
-    return _serve_file(request, _safe_join(Path(svc.repo.targets_dir), path), "application/octet-stream")
+    return _serve_file(_safe_join(Path(svc.repo.targets_dir), path), "application/octet-stream")
 
 
 # models
@@ -353,7 +338,7 @@ def artifact(sha256: str, request: Request, _: Viewer) -> Response:
             if meta["sha256"] == sha256:
                 path = _target_file(svc, info, file)
                 if path is not None and path.exists():
-                    return _serve_file(request, path, "application/octet-stream")
+                    return _serve_file(path, "application/octet-stream")
     raise _error(404, f"no artifact with sha256 {sha256}")
 
 
@@ -559,6 +544,26 @@ def tokens_create(body: TokenCreate, request: Request, _: Admin) -> dict[str, An
 @v1.get("/tokens", tags=["auth"])
 def tokens_list(request: Request, _: Admin) -> list[dict[str, Any]]:
     return auth.list_tokens(_svc(request).db)
+
+
+@v1.post("/devices/{device_id}/token", tags=["auth"], status_code=201)
+def device_token_issue(device_id: str, request: Request, _: Admin) -> dict[str, Any]:
+    """Issue (or rotate) DEVICE's HTTP token: it reads ``/tuf/targets/`` and nothing else.
+
+    The previous token of the device stops working at once; the new one is shown only here.
+    """
+    if not valid_device_id(device_id):
+        raise _error(422, f"{device_id!r} is not a valid device id")
+    token = device_tokens.issue(_svc(request).db, device_id)
+    return {"device_id": device_id, "role": device_tokens.DEVICE_ROLE, "token": token}
+
+
+@v1.delete("/devices/{device_id}/token", tags=["auth"])
+def device_token_revoke(device_id: str, request: Request, _: Admin) -> dict[str, Any]:
+    """Revoke DEVICE's HTTP token (a stolen robot)."""
+    if not valid_device_id(device_id):
+        raise _error(422, f"{device_id!r} is not a valid device id")
+    return {"device_id": device_id, "revoked": device_tokens.revoke(_svc(request).db, device_id)}
 
 
 def install(app: FastAPI) -> None:

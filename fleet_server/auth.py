@@ -1,7 +1,10 @@
-"""Bearer tokens: random 32 bytes, stored as their SHA-256; roles ``admin`` (everything) and ``viewer`` (read).
+"""Bearer tokens: random 32 bytes, stored as their SHA-256; roles ``admin`` (everything), ``viewer``
+(read) and ``device`` (one robot's download credential: TUF targets and nothing else).
 
-``/healthz``, ``/metrics`` and the TUF files are open (the TUF metadata is signed; anyone may
-fetch it). Everything under ``/api/v1`` needs a token; writes need ``admin``.
+``/healthz``, ``/metrics`` and the TUF metadata are open (signed; anyone may fetch it). The TUF
+targets (the bundles: the plant's models) need any token; everything under ``/api/v1`` needs an
+admin or viewer token, writes an admin one. Device tokens are issued per device by
+:mod:`fleet_server.device_tokens`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from fleet_server.db import Database, TokenRow, utcnow
 
 log = logging.getLogger(__name__)
 
-Role = Literal["admin", "viewer"]
-ROLES: tuple[Role, ...] = ("admin", "viewer")
+Role = Literal["admin", "viewer", "device"]
+ROLES: tuple[Role, ...] = ("admin", "viewer", "device")
 
 
 def hash_token(token: str) -> str:

@@ -1,14 +1,18 @@
-"""``fleet devices enroll DEVICE``: issue a device's broker credentials and its Mosquitto entries."""
+"""``fleet devices enroll DEVICE``: issue a device's broker credentials and its Mosquitto entries
+(and, against a fleet server, its HTTP token); ``fleet devices token DEVICE``: issue or rotate a
+device's HTTP token alone (robots enrolled before device tokens existed)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from edge_agent import clitools
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
-from fleet_server.enroll import FLEET_USER, CertificateAuthority, enroll
+from fleet_server.client import FleetClient
+from fleet_server.enroll import FLEET_USER, CertificateAuthority, enroll, write_private
 
 _DESCRIPTION = """\
 Issue broker credentials for DEVICE and the Mosquitto entries that lock it to its own topics.
@@ -32,7 +36,18 @@ names, so each fleet-server replica needs its own user: `fleet devices enroll li
 --password-file/--acl-file keep their owner, group and mode (Mosquitto runs as its own user and
 re-reads them on reload); a new one gets its directory's owner and group, mode 0600 (0640 when
 the directory admits its group). See docs/security-broker.md.
+
+With a fleet server (--server/--token, or LINESIDE_SERVER/LINESIDE_TOKEN) a device also gets its
+HTTP token: DEVICE.http-token (0600), for the agent's [updates] token_file. The fleet server
+serves model files only to a token holder; a device token reads them and nothing else.
 """
+
+_TOKEN_DESCRIPTION = """Issue DEVICE's HTTP token (or rotate it: the previous one stops working at once), for the
+agent's [updates] token_file. It can download model files (/tuf/targets/) and nothing else.
+Robots enrolled before device tokens existed get theirs this way. --revoke removes it.
+"""
+
+TOKEN_SUFFIX = ".http-token"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -80,8 +95,68 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action="store_true",
         help=f"enroll the fleet server's own user (default name {FLEET_USER})",
     )
+    p.add_argument(
+        "--server", help="fleet server that issues the device's HTTP token (default: $LINESIDE_SERVER)"
+    )
+    p.add_argument("--token", help="admin API token for --server (default: $LINESIDE_TOKEN)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (without the password)")
     p.set_defaults(func=run)
+
+    t = dsub.add_parser(
+        "token",
+        help="issue or rotate a device's HTTP token (model downloads only)",
+        description=_TOKEN_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("device", help="device id")
+    t.add_argument("--out", type=Path, help="write the token to this file (0600) instead of stdout")
+    t.add_argument("--revoke", action="store_true", help="revoke the device's token instead")
+    t.add_argument("--server", help="fleet server URL (default: $LINESIDE_SERVER or http://127.0.0.1:8080)")
+    t.add_argument("--token", help="admin API token (default: $LINESIDE_TOKEN)")
+    t.add_argument(
+        "--json", action="store_true", help="print JSON (the token only when not written to --out)"
+    )
+    t.set_defaults(func=run_token)
+
+
+def _admin_client(server: str | None, token: str | None) -> FleetClient:
+    server = server or os.environ.get("LINESIDE_SERVER") or "http://127.0.0.1:8080"
+    token = token or os.environ.get("LINESIDE_TOKEN")
+    if not token:
+        raise clitools.CommandError("no API token: pass --token or set LINESIDE_TOKEN (an admin token)")
+    return FleetClient(server, token)
+
+
+def _issue_device_token(client: FleetClient, device: str) -> str:
+    token: str = client.request("POST", f"/api/v1/devices/{device}/token")["token"]
+    return token
+
+
+def run_token(args: argparse.Namespace) -> int:
+    with _admin_client(args.server, args.token) as client:
+        if args.revoke:
+            out = client.request("DELETE", f"/api/v1/devices/{args.device}/token")
+            if args.json:
+                clitools.print_json(out)
+            else:
+                sys.stdout.write(f"revoked {out['revoked']} token(s) of {args.device}\n")
+            return 0
+        token = _issue_device_token(client, args.device)
+    if args.out is not None:
+        try:
+            write_private(args.out, token + "\n")
+        except OSError as exc:
+            raise clitools.CommandError(f"cannot write {args.out}: {exc}") from exc
+        if args.json:
+            clitools.print_json({"device_id": args.device, "token_file": str(args.out)})
+        else:
+            sys.stdout.write(f"device token for {args.device} written to {args.out} (0600)\n")
+    elif args.json:
+        clitools.print_json({"device_id": args.device, "token": token})
+    else:
+        sys.stdout.write(token + "\n")
+        sys.stderr.write(f"device token for {args.device}; shown only once, the previous one is revoked\n")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +166,12 @@ def run(args: argparse.Namespace) -> int:
     if args.fleet_server and args.cert:
         raise clitools.CommandError("--cert is for devices; the fleet server authenticates with a password")
     out = args.out or Path(f"enroll-{name}")
+    http_token = None
+    server = args.server or os.environ.get("LINESIDE_SERVER")
+    if server and not args.fleet_server:
+        # Before any file is written: an unreachable server or a refused token changes nothing.
+        with _admin_client(server, args.token) as client:
+            http_token = _issue_device_token(client, name)
     ca = None
     if args.cert:
         ca = CertificateAuthority.load_or_create(args.ca or args.data_dir / "mqtt-ca")
@@ -106,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             broker_url=args.broker_url,
             device_dir=args.device_dir,
         )
+        if http_token is not None:
+            result.files["http_token"] = write_private(out / f"{name}{TOKEN_SUFFIX}", http_token + "\n")
     except OSError as exc:
         raise clitools.CommandError(f"cannot write credentials: {exc}") from exc
     if args.json:
@@ -121,4 +204,8 @@ def run(args: argparse.Namespace) -> int:
     if args.acl_file is None:
         w("add to Mosquitto's acl_file:\n")
         w("".join(f"  {ln}\n" for ln in result.acl.splitlines()))
+    if http_token is not None:
+        w(f'agent config: [updates] token_file = "{args.device_dir}/{name}{TOKEN_SUFFIX}"\n')
+    elif not args.fleet_server:
+        w(f"no HTTP token issued (no --server): `fleet devices token {name} --out {name}{TOKEN_SUFFIX}`\n")
     return 0

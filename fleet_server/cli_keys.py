@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     exp.add_argument("ref", help="NAME@VERSION")
     exp.add_argument("--out", type=Path, required=True, help="output directory (must be empty or absent)")
-    src = exp.add_mutually_exclusive_group(required=True)
+    src = exp.add_mutually_exclusive_group()
     src.add_argument("--repo", type=Path, help="local TUF repository directory")
-    src.add_argument("--server", help="fleet server URL (downloads through /tuf/)")
+    src.add_argument("--server", help="fleet server URL, downloads through /tuf/ (default: $LINESIDE_SERVER)")
+    exp.add_argument(
+        "--token", help="API or device token for --server: model files need one (default: $LINESIDE_TOKEN)"
+    )
     exp.set_defaults(func=_export)
 
 
@@ -154,12 +158,20 @@ def _export(args: argparse.Namespace) -> int:
     if args.repo is not None:
         path = Repository.open(args.repo, None).export(name, version, args.out)
     else:
-        path = _export_from_server(args.server, name, version, args.out)
+        server = args.server or os.environ.get("LINESIDE_SERVER")
+        token = args.token or os.environ.get("LINESIDE_TOKEN")
+        if not server:
+            raise CommandError("give --repo DIR or --server URL (or set LINESIDE_SERVER)")
+        if not token:
+            raise CommandError(
+                "--server needs --token (or LINESIDE_TOKEN): the server serves model files only to a token holder"
+            )
+        path = _export_from_server(server, token, name, version, args.out)
     sys.stdout.write(f"exported {name}@{version} to {path}\n")
     return 0
 
 
-def _export_from_server(server: str, name: str, version: str, out: Path) -> Path:
+def _export_from_server(server: str, token: str, name: str, version: str, out: Path) -> Path:
     """Mirror the server's metadata and the release's files, then export from the mirror."""
     import tempfile
 
@@ -168,13 +180,19 @@ def _export_from_server(server: str, name: str, version: str, out: Path) -> Path
     from fleet_server.tuf_repo import METADATA_DIR, TARGETS_DIR, target_file_name
 
     base = server.rstrip("/")
-    with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60.0) as client:
+    headers = {"Authorization": f"Bearer {token}"}
+    with tempfile.TemporaryDirectory() as tmp, httpx.Client(timeout=60.0, headers=headers) as client:
         mirror = Path(tmp)
         md = mirror / METADATA_DIR
         md.mkdir()
 
         def get(path: str) -> bytes:
-            r = client.get(f"{base}/tuf/{path}")
+            try:
+                r = client.get(f"{base}/tuf/{path}")
+            except httpx.HTTPError as exc:
+                raise CommandError(f"cannot reach {base}: {exc}") from exc
+            if r.status_code in (401, 403):
+                raise CommandError(f"GET /tuf/{path}: HTTP {r.status_code}: the server refused the token")
             if r.status_code != 200:
                 raise CommandError(f"GET /tuf/{path}: HTTP {r.status_code}")
             return r.content

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 from edge_agent.clitools import CommandError, print_json
@@ -31,6 +32,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     p.add_argument("--server", help="fleet server URL (to check that deployed releases exist)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="a device token (`fleet devices token`): deploys then download the release's manifest with it",
+    )
     p.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
     p.add_argument("--prefix", default="sim-", help="device id prefix (default sim-)")
     p.add_argument("--start-index", type=int, default=1, help="first device number (default 1)")
@@ -46,6 +52,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print a JSON line when all devices are connected")
     p.set_defaults(func=run)
+
+
+def _read_token(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except OSError as exc:
+        raise CommandError(f"cannot read --token-file {path}: {exc}") from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         low_confidence_versions=_versions(args.low_confidence_version),
         reject_versions=_versions(args.reject_version),
         server_url=args.server,
+        token=_read_token(args.token_file),
     )
     fleet = SimFleet(args.broker, ids, opts)
     stop = threading.Event()

@@ -324,13 +324,22 @@ class Demo:
         usb = self.out / "usb-shapes-1.0.0"
         if usb.exists():
             shutil.rmtree(usb)
-        self.cli(_bin("fleet"), "export", "shapes@1.0.0", "--out", str(usb), "--server", self.server_url)
+        self.cli(
+            _bin("fleet"), "export", "shapes@1.0.0", "--out", str(usb), "--server", self.server_url,
+            "--token", self.token,
+        )  # fmt: skip
 
         for robot in self.robots:
             state = robot.home / "state"
             if state.exists():
                 shutil.rmtree(state)
             shutil.copy(self.keys / "root.json", robot.home / "root.json")
+            # The robot's own HTTP token: the server serves model files only to a token holder.
+            http_token = robot.home / "http-token"
+            self.cli(
+                _bin("fleet"), "devices", "token", robot.device_id, "--out", str(http_token),
+                "--server", self.server_url, "--token", self.token,
+            )  # fmt: skip
             robot.config.write_text(
                 f'device_id = "{robot.device_id}"\n'
                 f'device_class = "generic"\n'
@@ -339,6 +348,7 @@ class Demo:
                 f'[broker]\nurl = "{mqtt_url}"\nprotocol = "{protocol}"\n\n'
                 f"[telemetry]\nwindow_s = {self.timing.window_s}\n\n"
                 f'[updates]\nroot_json = "{robot.home / "root.json"}"\nrepository_url = "{self.server_url}"\n'
+                f'token_file = "{http_token}"\n'
             )
             self.cli(_bin("edge-agent"), "install", str(usb), "--config", str(robot.config))
         self.ok("each robot provisioned with root.json and side-loaded shapes@1.0.0 from a signed USB export")

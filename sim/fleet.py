@@ -16,7 +16,8 @@ that keeps increasing across restarts: it starts from the wall clock in ms), and
 A "low-confidence" version reports confidence p50 ``low_confidence_p50`` and most frames under
 the low-confidence threshold, which is how tests provoke the fleet's model-quality gate. With
 ``server_url``, a deploy of a release that the server's TUF ``targets.json`` does not list fails
-(``update.failed``), as a real agent's download would.
+(``update.failed``), as a real agent's download would; with a device ``token`` too, the release's
+manifest is downloaded with it as a real agent does, and a refused token fails the deploy.
 
 Networking: devices are split into groups, each group served by ONE thread that multiplexes its
 clients' sockets with ``select`` and also runs their timers — no thread per device.
@@ -77,6 +78,7 @@ class SimOptions:
     install_delay_s: float = 0.3
     probation_s: float = 1.0
     server_url: str | None = None
+    token: str | None = None  # a device token (`fleet devices token`): downloads need one
     seed: int = 0
 
 
@@ -94,10 +96,13 @@ def _ref(text: str | None) -> ModelRef | None:
 class ReleaseCheck:
     """Does the server's TUF targets.json list NAME/VERSION? (cached briefly; no server → yes)."""
 
-    def __init__(self, server_url: str | None, ttl_s: float = 2.0) -> None:
+    def __init__(self, server_url: str | None, ttl_s: float = 2.0, *, token: str | None = None) -> None:
         self.server_url = server_url.rstrip("/") if server_url else None
         self.ttl_s = ttl_s
+        self.token = token
+        self.refused: str | None = None  # why the server refused the token, if it did
         self._paths: set[str] = set()
+        self._sha256: dict[str, str] = {}
         self._at = 0.0
         self._lock = threading.Lock()
 
@@ -114,11 +119,32 @@ class ReleaseCheck:
                 try:
                     r = httpx.get(f"{self.server_url}/tuf/metadata/targets.json", timeout=5.0)
                     if r.status_code == 200:
-                        self._paths = set(json.loads(r.content)["signed"]["targets"])
+                        targets = json.loads(r.content)["signed"]["targets"]
+                        self._paths = set(targets)
+                        self._sha256 = {p: t["hashes"]["sha256"] for p, t in targets.items()}
                         self._at = time.monotonic()
                 except (httpx.HTTPError, ValueError, KeyError) as exc:
                     log.warning("cannot read the server's targets.json: %s", exc)
-            return f"{name}/{version}/manifest.json" in self._paths
+            path = f"{name}/{version}/manifest.json"
+            if path not in self._paths:
+                return False
+            return self.token is None or self._download(httpx, path)
+
+    def _download(self, httpx: Any, path: str) -> bool:
+        """GET the target with the device token, as a real agent's TUF fetcher does."""
+        folder, _, file = path.rpartition("/")
+        url = f"{self.server_url}/tuf/targets/{folder}/{self._sha256[path]}.{file}"
+        try:
+            r = httpx.get(url, headers={"Authorization": f"Bearer {self.token}"}, timeout=5.0)
+        except httpx.HTTPError as exc:
+            log.warning("cannot download %s: %s", path, exc)
+            return False
+        self.refused = (
+            f"the server refused the device token (HTTP {r.status_code})"
+            if r.status_code in (401, 403)
+            else None
+        )
+        return bool(r.status_code == 200)
 
 
 class SimDevice:
@@ -277,13 +303,14 @@ class SimDevice:
             )
             return
         if not self.releases.exists(cmd.name, cmd.version):
+            refused = self.releases.refused
             self.event(
                 "update.failed",
                 now,
                 cmd_id=c,
                 rollout_id=r,
                 level="error",
-                data={"reason": f"{target} is not in the repository"},
+                data={"reason": refused or f"{target} is not in the repository"},
             )
             return
         if self.active == target and not self.probation:
@@ -402,7 +429,7 @@ class SimFleet:
         self.port = u.port or 1883
         self.opts = opts
         self.stopping = threading.Event()
-        self.releases = ReleaseCheck(opts.server_url)
+        self.releases = ReleaseCheck(opts.server_url, token=opts.token)
         self.devices: list[tuple[SimDevice, mqtt.Client]] = []
         for d in device_ids:
             client = mqtt.Client(

@@ -332,7 +332,13 @@ class LineRig:
         )
         assert out.ok, out
 
+    def token_file(self, device: str) -> Path:
+        return self.tmp / "tokens" / f"{device}.http-token"
+
     def start_agent(self, device: str) -> Any:
+        # The device's own HTTP token: the server serves model files only to a token holder.
+        if not self.token_file(device).exists():
+            self.server.cli("devices", "token", device, "--out", str(self.token_file(device)))
         self.agents[device] = self.agent_factory(self.config(device))
         return self.agents[device]
 
@@ -348,6 +354,7 @@ class LineRig:
             updates={
                 "root_json": self.keys / "root.json",
                 "repository_url": self.server.url,
+                "token_file": self.token_file(device),
                 "fetch_backoff_s": 0.2,
                 "fetch_backoff_max_s": 1.0,
             },

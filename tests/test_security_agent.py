@@ -309,9 +309,13 @@ def test_release_over_tls_leaks_no_secret_and_keeps_files_private(
         bundles = {v: make_bundle(tmp_path, v) for v in ("1.0.0", "1.1.0")}
         for b in bundles.values():
             server.cli("release", str(b), "--keys", str(keys), "--server", server.url, "--token", token)
+        token_file = tmp_path / "robot-s.http-token"
+        server.cli("devices", "token", "robot-s", "--out", str(token_file))
+        device_token = token_file.read_text().strip()
         cfg = agent_toml(
             tmp_path / "agent.toml", plant, "robot-s", state=state, bundle=bundles["1.0.0"], source=recording,
-            updates={"root_json": str(keys / "root.json"), "repository_url": server.url},
+            updates={"root_json": str(keys / "root.json"), "repository_url": server.url,
+                     "token_file": str(token_file)},
         )  # fmt: skip
         with plant.fleet_client() as watch:
             for ch in ("state", "telemetry", "events", "decisions"):
@@ -349,6 +353,7 @@ def test_release_over_tls_leaks_no_secret_and_keeps_files_private(
     secrets: dict[str, str] = {
         "admin token": token,
         "viewer token": viewer,
+        "device token": device_token,
         **{f"mqtt password {u}": p for u, p in plant.passwords.items()},
     }
     key_files = [
