@@ -10,6 +10,23 @@ A bundle is a directory::
       manifest.json
       model.onnx
       selftest.npz     # arrays "inputs" (N, *input.shape[1:]) and one "out_<output name>" per output
+
+The contract rule for growing the manifest (documented for users in docs/manifest.md):
+
+- ``schema_version`` is the bundle format's version. A field that changes how an input
+  tensor is made or an output is read is added in a new schema version, optional, with a
+  default that keeps the previous behaviour. A manifest only declares the new version when
+  it uses such a field (the validator insists), so every manifest an older agent could run
+  stays readable by it byte for byte: fields at their defaults are not written out.
+- An agent refuses a manifest whose ``schema_version`` is newer than it understands before
+  it reads any other field, with ``ManifestError.reason == "unsupported"``: never half
+  understood, never "unknown field" noise. Agents from before this rule (schema 1 only,
+  extra fields forbidden) refuse it too, as a manifest error.
+- ``min_agent_version`` stays the release engineer's gate on agent releases (reason
+  ``agent_version``, checked in :mod:`edge_agent.acceptance`).
+
+Schema 2 adds ``input.resize.mode = "letterbox"`` with ``input.resize.pad_value``, and a
+per-channel ``input.scale`` (a list).
 """
 
 from __future__ import annotations
@@ -28,7 +45,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SELFTEST_FILE = "selftest.npz"
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest manifest schema this agent understands (see the contract rule above)."""
 MAX_MANIFEST_BYTES = 1 << 20
 
 _SEMVER = re.compile(
@@ -65,6 +83,20 @@ class ResizeSpec(_Strict):
     width: Annotated[int, Field(gt=0, le=4096)]
     height: Annotated[int, Field(gt=0, le=4096)]
     interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
+    mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch",
+        description="stretch: resize to width x height ignoring the aspect ratio; letterbox (schema 2): "
+        "keep the aspect ratio, centre, and fill the rest with pad_value",
+    )
+    pad_value: Annotated[int, Field(ge=0, le=255)] = Field(
+        default=0, description="letterbox fill, a pixel value (0-255) in every channel, before scale/mean/std"
+    )
+
+    @model_validator(mode="after")
+    def _pad_only_with_letterbox(self) -> ResizeSpec:
+        if self.mode != "letterbox" and self.pad_value != 0:
+            raise ValueError("pad_value is only used with mode 'letterbox'")
+        return self
 
 
 class RoiSpec(_Strict):
@@ -85,7 +117,9 @@ class RoiSpec(_Strict):
 class InputSpec(_Strict):
     """The model's single image input and the exact preprocessing that produces it.
 
-    tensor = ((resize(crop(frame)) in colour_order) * scale - mean) / std, laid out as ``layout``.
+    tensor = ((resize(crop(frame)) in colour_order) * scale - mean) / std, laid out as ``layout``;
+    ``scale``, ``mean`` and ``std`` are per channel (in ``color_order``), a single ``scale`` applies
+    to every channel.
     """
 
     name: str
@@ -95,13 +129,29 @@ class InputSpec(_Strict):
     color_order: Literal["BGR", "RGB", "GRAY"] = "RGB"
     resize: ResizeSpec
     roi: RoiSpec | None = None
-    scale: float = 1.0 / 255.0
+    scale: float | list[float] = Field(
+        default=1.0 / 255.0, description="one factor, or (schema 2) one per channel"
+    )
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
 
     @property
     def channels(self) -> int:
         return 1 if self.color_order == "GRAY" else 3
+
+    @property
+    def scale_per_channel(self) -> list[float]:
+        """``scale`` as one factor per channel."""
+        return list(self.scale) if isinstance(self.scale, list) else [self.scale] * self.channels
+
+    def schema2_fields(self) -> list[str]:
+        """The schema-2 fields this input uses (empty: schema 1 describes it)."""
+        used = []
+        if self.resize.mode != "stretch":
+            used.append("input.resize.mode")
+        if isinstance(self.scale, list):
+            used.append("input.scale (per channel)")
+        return used
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -119,6 +169,8 @@ class InputSpec(_Strict):
             raise ValueError("input.shape's height/width must equal resize.height/width")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError("mean and std need one value per channel")
+        if isinstance(self.scale, list) and len(self.scale) != self.channels:
+            raise ValueError("a per-channel scale needs one value per channel")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
         return self
@@ -188,7 +240,7 @@ class SelftestSpec(_Strict):
 class Manifest(_Strict):
     """manifest.json of a model bundle."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     name: str
     version: str
     created: datetime
@@ -229,6 +281,13 @@ class Manifest(_Strict):
             raise ValueError("labels must be unique")
         return v
 
+    @model_validator(mode="after")
+    def _schema_covers_fields(self) -> Manifest:
+        used = self.input.schema2_fields()
+        if used and self.schema_version < 2:
+            raise ValueError(f"{', '.join(used)} need schema_version 2 (older agents cannot read them)")
+        return self
+
     @field_validator("device_classes")
     @classmethod
     def _classes(cls, v: list[str]) -> list[str]:
@@ -245,11 +304,23 @@ class Manifest(_Strict):
         return "*" in self.device_classes or device_class in self.device_classes
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        """The manifest as written to disk. Schema-2 fields at their defaults are left out, so a
+        manifest that needs nothing new stays readable by agents that only know schema 1."""
+        resize_defaults = {
+            k
+            for k in ("mode", "pad_value")
+            if getattr(self.input.resize, k) == ResizeSpec.model_fields[k].default
+        }
+        exclude = {"input": {"resize": resize_defaults}} if resize_defaults else None
+        return self.model_dump_json(indent=2, exclude=exclude)
 
 
-def parse_manifest(data: bytes | str) -> Manifest:
-    """Parse and validate manifest bytes; raise ManifestError naming the first bad field."""
+def parse_manifest(data: bytes | str, *, max_schema_version: int = SCHEMA_VERSION) -> Manifest:
+    """Parse and validate manifest bytes; raise ManifestError naming the first bad field.
+
+    A ``schema_version`` above ``max_schema_version`` (this agent's :data:`SCHEMA_VERSION`)
+    is refused first, with ``reason="unsupported"``, whatever else the manifest holds.
+    """
     if isinstance(data, str):
         data = data.encode()
     if len(data) > MAX_MANIFEST_BYTES:
@@ -265,6 +336,14 @@ def parse_manifest(data: bytes | str) -> Manifest:
         raise ManifestError(f"manifest is not acceptable JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ManifestError("manifest must be a JSON object")
+    declared = raw.get("schema_version", 1)
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared > max_schema_version:
+        raise ManifestError(
+            f"manifest schema_version {declared} is newer than this agent understands "
+            f"(up to {max_schema_version}): update the agent to run this model",
+            field="schema_version",
+            reason="unsupported",
+        )
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
