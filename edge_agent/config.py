@@ -55,6 +55,10 @@ class SourceConfig(_Section):
     uri: str = Field(min_length=1)
     loop: bool = Field(default=False, description="replay a finite source from the start when it ends")
     realtime: bool = Field(default=True, description="replay recordings at their recorded frame rate")
+    fps: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None,
+        description="frames per second for an image folder (default 10) or to override a recording's",
+    )
     queue_size: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=4, description="frames between capture and inference; the oldest is dropped when full"
     )

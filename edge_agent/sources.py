@@ -237,13 +237,17 @@ class ReconnectingSource:
         self.inner.close()
 
 
-def open_source(spec: str, *, realtime: bool = True, loop: bool = False) -> FrameSource:
+def open_source(
+    spec: str, *, realtime: bool = True, loop: bool = False, fps: float | None = None
+) -> FrameSource:
     """Open a frame source by its spec.
 
-    A directory holding ``meta.json`` is a simulator recording; a digit or
+    A directory holding ``meta.json`` is a simulator recording; any other directory
+    a folder of images (sorted by name, ``fps`` or 10 per second); a digit or
     ``/dev/video*`` a camera; ``rtsp://``/``http(s)://`` a stream; an existing
-    file a video file. Live sources come wrapped in ReconnectingSource.
-    SourceError ("no such file or directory: ...") for a missing path.
+    file a video file. ``realtime``, ``loop`` and ``fps`` (overriding the recorded
+    rate) apply to recordings and image folders. Live sources come wrapped in
+    ReconnectingSource. SourceError ("no such file or directory: ...") for a missing path.
     """
     spec = spec.strip()
     if not spec:
@@ -258,9 +262,11 @@ def open_source(spec: str, *, realtime: bool = True, loop: bool = False) -> Fram
     if path.is_dir():
         from edge_agent.recording_source import META_FILE, RecordingSource
 
-        if not (path / META_FILE).is_file():
-            raise SourceError(f"not a recording (no {META_FILE}): {spec}")
-        return RecordingSource(path, realtime=realtime, loop=loop)
+        if (path / META_FILE).is_file():
+            return RecordingSource(path, realtime=realtime, loop=loop, fps=fps)
+        from edge_agent.folder_source import ImageFolderSource
+
+        return ImageFolderSource(path, fps=fps, realtime=realtime, loop=loop)
     if loop or not realtime:
         log.info("loop/realtime apply to recordings only; %s plays as the driver delivers", spec)
     return CaptureSource(spec)

@@ -215,5 +215,6 @@ def test_open_source_dispatch(tmp_path: Path, recording: Path) -> None:
         open_source("/nonexistent/x.mp4")
     with pytest.raises(SourceError, match="no such file or directory: /dev/video987"):
         open_source("/dev/video987")
-    with pytest.raises(SourceError, match="not a recording"):
+    # A directory without meta.json is a folder of images: this one holds none.
+    with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path))
