@@ -103,6 +103,11 @@ def load_spec(path: Path | None, overrides: dict[str, Any]) -> PackageSpec:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "missing":
+            option = "--" + str(err["loc"][0]).replace("_", "-")
+            raise PackagingError(
+                f"no {where}: pass {option} or set {where} in --config", reason="config"
+            ) from exc
         raise PackagingError(f"package declaration {where}: {err['msg']}", reason="config") from exc
 
 
