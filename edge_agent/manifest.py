@@ -27,17 +27,24 @@ The contract rule for growing the manifest (documented for users in docs/manifes
 
 Schema 2 adds ``input.resize.mode = "letterbox"`` with ``input.resize.pad_value``, and a
 per-channel ``input.scale`` (a list).
+
+Adding a field: give its ``Field`` ``json_schema_extra={"since_schema": N}`` (N = this
+module's next :data:`SCHEMA_VERSION`) and a default that keeps today's behaviour; the rest
+(validation that ``schema_version >= N`` when it is used, leaving it out of ``to_json`` when
+it is not) follows from :func:`newer_fields`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from edge_agent.errors import ManifestError
 
@@ -85,11 +92,14 @@ class ResizeSpec(_Strict):
     interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
     mode: Literal["stretch", "letterbox"] = Field(
         default="stretch",
+        json_schema_extra={"since_schema": 2},
         description="stretch: resize to width x height ignoring the aspect ratio; letterbox (schema 2): "
         "keep the aspect ratio, centre, and fill the rest with pad_value",
     )
     pad_value: Annotated[int, Field(ge=0, le=255)] = Field(
-        default=0, description="letterbox fill, a pixel value (0-255) in every channel, before scale/mean/std"
+        default=0,
+        description="letterbox fill, a pixel value (0-255) in every channel, before scale/mean/std",
+        json_schema_extra={"since_schema": 2},
     )
 
     @model_validator(mode="after")
@@ -145,13 +155,8 @@ class InputSpec(_Strict):
         return list(self.scale) if isinstance(self.scale, list) else [self.scale] * self.channels
 
     def schema2_fields(self) -> list[str]:
-        """The schema-2 fields this input uses (empty: schema 1 describes it)."""
-        used = []
-        if self.resize.mode != "stretch":
-            used.append("input.resize.mode")
-        if isinstance(self.scale, list):
-            used.append("input.scale (per channel)")
-        return used
+        """The schema-2 features this input uses (empty: schema 1 describes it)."""
+        return [f"input.{path}" for path, since in newer_fields(self) if since >= 2]
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -283,9 +288,10 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _schema_covers_fields(self) -> Manifest:
-        used = self.input.schema2_fields()
-        if used and self.schema_version < 2:
-            raise ValueError(f"{', '.join(used)} need schema_version 2 (older agents cannot read them)")
+        needs = required_schema_version(self)
+        if needs > self.schema_version:
+            used = [path for path, since in newer_fields(self) if since > self.schema_version]
+            raise ValueError(f"{', '.join(used)} need schema_version {needs} (older agents cannot read them)")
         return self
 
     @field_validator("device_classes")
@@ -304,15 +310,63 @@ class Manifest(_Strict):
         return "*" in self.device_classes or device_class in self.device_classes
 
     def to_json(self) -> str:
-        """The manifest as written to disk. Schema-2 fields at their defaults are left out, so a
-        manifest that needs nothing new stays readable by agents that only know schema 1."""
-        resize_defaults = {
-            k
-            for k in ("mode", "pad_value")
-            if getattr(self.input.resize, k) == ResizeSpec.model_fields[k].default
-        }
-        exclude = {"input": {"resize": resize_defaults}} if resize_defaults else None
-        return self.model_dump_json(indent=2, exclude=exclude)
+        """The manifest as written to disk. Fields newer than schema 1 are left out while they
+        hold their defaults, so a manifest that needs nothing new stays readable by older agents."""
+        return self.model_dump_json(indent=2, exclude=_defaults_of_newer_fields(self) or None)
+
+
+# -- the growth rule, mechanically -------------------------------------------------------------
+# A field added after schema 1 carries ``json_schema_extra={"since_schema": N}`` on its Field and
+# a default that keeps the old behaviour; a value form added later (a per-channel list where a
+# number was) is listed in ``_NEWER_VALUE_FORMS``. Nothing else is needed: the validator insists
+# on ``schema_version >= N`` when such a field is used, and ``to_json`` leaves it out otherwise.
+
+
+def _since(info: FieldInfo) -> int:
+    extra = info.json_schema_extra
+    since = extra.get("since_schema", 1) if isinstance(extra, dict) else 1
+    return since if isinstance(since, int) else 1
+
+
+# (model class, field name) → (test on the value, schema version that introduced that form)
+_NEWER_VALUE_FORMS: dict[tuple[str, str], tuple[Callable[[object], bool], int]] = {
+    ("InputSpec", "scale"): (lambda v: isinstance(v, list), 2),
+}
+
+
+def newer_fields(model: BaseModel, prefix: str = "") -> list[tuple[str, int]]:
+    """(dotted path, schema version) of every post-schema-1 field or value form ``model`` uses."""
+    out: list[tuple[str, int]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        since = _since(info)
+        if since > 1 and value != info.get_default(call_default_factory=True):
+            out.append((path, since))
+        form = _NEWER_VALUE_FORMS.get((type(model).__name__, name))
+        if form is not None and form[0](value):
+            out.append((f"{path} (this form)", form[1]))
+        if isinstance(value, BaseModel):
+            out.extend(newer_fields(value, f"{path}."))
+    return out
+
+
+def required_schema_version(model: BaseModel) -> int:
+    """The lowest schema version that can describe ``model``."""
+    return max((since for _, since in newer_fields(model)), default=1)
+
+
+def _defaults_of_newer_fields(model: BaseModel) -> dict[str, Any]:
+    exclude: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _since(info) > 1 and value == info.get_default(call_default_factory=True):
+            exclude[name] = True
+        elif isinstance(value, BaseModel):
+            inner = _defaults_of_newer_fields(value)
+            if inner:
+                exclude[name] = inner
+    return exclude
 
 
 def parse_manifest(data: bytes | str, *, max_schema_version: int = SCHEMA_VERSION) -> Manifest:

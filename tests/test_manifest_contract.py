@@ -156,3 +156,19 @@ def test_a_single_scale_is_unchanged() -> None:
     frame = np.full((4, 8, 3), 255, dtype=np.uint8)
     x = Preprocessor(spec)(frame)
     assert np.allclose(x, (1.0 - 0.5) / 0.25)
+
+
+def test_the_rule_is_mechanical_for_new_fields() -> None:
+    """What a schema-2 manifest uses is found by walking the fields, not by a hand-kept list."""
+    from edge_agent.manifest import newer_fields, required_schema_version
+
+    m = _manifest(
+        2, resize=ResizeSpec(width=8, height=4, mode="letterbox", pad_value=9), scale=[1.0, 2.0, 3.0]
+    )
+    assert {path for path, _ in newer_fields(m)} == {
+        "input.resize.mode",
+        "input.resize.pad_value",
+        "input.scale (this form)",
+    }
+    assert required_schema_version(m) == 2
+    assert required_schema_version(_manifest()) == 1
