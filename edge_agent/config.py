@@ -50,7 +50,8 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    """Where frames come from: a recording directory, a video file, a device index or a stream URL."""
+    """Where frames come from: a recording directory, a folder of images, a video file, a device index
+    or a stream URL (docs/frame-sources.md)."""
 
     uri: str = Field(min_length=1)
     loop: bool = Field(default=False, description="replay a finite source from the start when it ends")
