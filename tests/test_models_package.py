@@ -138,3 +138,17 @@ def test_evaluate_a_dataset(
     assert report["unknown_types"]["purple"]["frames"] == 1
     assert report["source"] == {"dataset": str(data)}
     assert main(["evaluate", str(out), "--dataset", str(tmp_path / "nothing")]) == 1
+
+
+def test_labels_file_and_roi(tmp_path: Path, model: Path, samples: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\ngreen\nblue\n")
+    out = tmp_path / "b"
+    code, result = _package(
+        model, samples, out, "--name", "colours", "--version", "1.0.0", "--labels-file", str(labels),
+        "--layout", "NHWC", "--roi", "0.25,0.25,0.5,0.5",
+    )  # fmt: skip
+    assert code == 0 and result["accuracy"] == 1.0
+    m = load_manifest(out)
+    assert m.labels == LABELS
+    assert m.input.roi is not None and (m.input.roi.x, m.input.roi.width) == (0.25, 0.5)
