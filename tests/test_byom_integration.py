@@ -40,7 +40,6 @@ def test_a_foreign_classifier_is_packaged_released_rolled_out_and_right(
 ) -> None:
     from models.synthetic import make_bundle
 
-    pytest.importorskip("onnx")
     model = tmp_path / "colours.onnx"
     model.write_bytes(colour_classifier())
     samples = tmp_path / "samples"

@@ -16,8 +16,6 @@ from models.bundle import check_selftest, load_bundle
 from models.cli import main
 from tests.foreign_model import LABELS, colour_classifier, write_frames
 
-pytest.importorskip("onnx")  # the dev extra: it builds the foreign model
-
 BASE = ["--name", "colours", "--version", "1.0.0", "--labels", ",".join(LABELS)]
 GOOD = [*BASE, "--layout", "NHWC", "--color-order", "RGB", "--scale", "1/255"]
 
