@@ -93,7 +93,9 @@ def _initial_runner(
 
 
 def _open_source(config: AgentConfig) -> FrameSource:
-    source = open_source(config.source.uri, realtime=config.source.realtime, loop=config.source.loop)
+    source = open_source(
+        config.source.uri, realtime=config.source.realtime, loop=config.source.loop, fps=config.source.fps
+    )
     if isinstance(source, ReconnectingSource):
         # The agent's capture thread reconnects itself (and reports camera.lost/restored).
         return source.inner

@@ -50,11 +50,16 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    """Where frames come from: a recording directory, a video file, a device index or a stream URL."""
+    """Where frames come from: a recording directory, a folder of images, a video file, a device index
+    or a stream URL (docs/frame-sources.md)."""
 
     uri: str = Field(min_length=1)
     loop: bool = Field(default=False, description="replay a finite source from the start when it ends")
     realtime: bool = Field(default=True, description="replay recordings at their recorded frame rate")
+    fps: Annotated[float, Field(gt=0, le=1000)] | None = Field(
+        default=None,
+        description="frames per second for an image folder (default 10) or to override a recording's",
+    )
     queue_size: Annotated[int, Field(ge=1, le=1024)] = Field(
         default=4, description="frames between capture and inference; the oldest is dropped when full"
     )

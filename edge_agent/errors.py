@@ -33,11 +33,15 @@ class UntrustedInputError(LinesideError):
 
 
 class ManifestError(UntrustedInputError):
-    """manifest.json does not satisfy its schema or rules."""
+    """manifest.json does not satisfy its schema or rules.
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    ``reason``: ``manifest`` (invalid) or ``unsupported`` (a newer schema than this agent reads).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str = "manifest") -> None:
         super().__init__(message)
         self.field = field
+        self.reason = reason
 
 
 class IncompatibleModelError(UntrustedInputError):

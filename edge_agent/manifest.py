@@ -10,17 +10,41 @@ A bundle is a directory::
       manifest.json
       model.onnx
       selftest.npz     # arrays "inputs" (N, *input.shape[1:]) and one "out_<output name>" per output
+
+The contract rule for growing the manifest (documented for users in docs/manifest.md):
+
+- ``schema_version`` is the bundle format's version. A field that changes how an input
+  tensor is made or an output is read is added in a new schema version, optional, with a
+  default that keeps the previous behaviour. A manifest only declares the new version when
+  it uses such a field (the validator insists), so every manifest an older agent could run
+  stays readable by it byte for byte: fields at their defaults are not written out.
+- An agent refuses a manifest whose ``schema_version`` is newer than it understands before
+  it reads any other field, with ``ManifestError.reason == "unsupported"``: never half
+  understood, never "unknown field" noise. Agents from before this rule (schema 1 only,
+  extra fields forbidden) refuse it too, as a manifest error.
+- ``min_agent_version`` stays the release engineer's gate on agent releases (reason
+  ``agent_version``, checked in :mod:`edge_agent.acceptance`).
+
+Schema 2 adds ``input.resize.mode = "letterbox"`` with ``input.resize.pad_value``, and a
+per-channel ``input.scale`` (a list).
+
+Adding a field: give its ``Field`` ``json_schema_extra={"since_schema": N}`` (N = this
+module's next :data:`SCHEMA_VERSION`) and a default that keeps today's behaviour; the rest
+(validation that ``schema_version >= N`` when it is used, leaving it out of ``to_json`` when
+it is not) follows from :func:`newer_fields`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from edge_agent.errors import ManifestError
 
@@ -28,7 +52,8 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"
 SELFTEST_FILE = "selftest.npz"
 BUNDLE_FILES = (MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest manifest schema this agent understands (see the contract rule above)."""
 MAX_MANIFEST_BYTES = 1 << 20
 
 _SEMVER = re.compile(
@@ -65,6 +90,23 @@ class ResizeSpec(_Strict):
     width: Annotated[int, Field(gt=0, le=4096)]
     height: Annotated[int, Field(gt=0, le=4096)]
     interpolation: Literal["area", "linear", "nearest", "cubic"] = "area"
+    mode: Literal["stretch", "letterbox"] = Field(
+        default="stretch",
+        json_schema_extra={"since_schema": 2},
+        description="stretch: resize to width x height ignoring the aspect ratio; letterbox (schema 2): "
+        "keep the aspect ratio, centre, and fill the rest with pad_value",
+    )
+    pad_value: Annotated[int, Field(ge=0, le=255)] = Field(
+        default=0,
+        description="letterbox fill, a pixel value (0-255) in every channel, before scale/mean/std",
+        json_schema_extra={"since_schema": 2},
+    )
+
+    @model_validator(mode="after")
+    def _pad_only_with_letterbox(self) -> ResizeSpec:
+        if self.mode != "letterbox" and self.pad_value != 0:
+            raise ValueError("pad_value is only used with mode 'letterbox'")
+        return self
 
 
 class RoiSpec(_Strict):
@@ -85,7 +127,9 @@ class RoiSpec(_Strict):
 class InputSpec(_Strict):
     """The model's single image input and the exact preprocessing that produces it.
 
-    tensor = ((resize(crop(frame)) in colour_order) * scale - mean) / std, laid out as ``layout``.
+    tensor = ((resize(crop(frame)) in colour_order) * scale - mean) / std, laid out as ``layout``;
+    ``scale``, ``mean`` and ``std`` are per channel (in ``color_order``), a single ``scale`` applies
+    to every channel.
     """
 
     name: str
@@ -95,13 +139,24 @@ class InputSpec(_Strict):
     color_order: Literal["BGR", "RGB", "GRAY"] = "RGB"
     resize: ResizeSpec
     roi: RoiSpec | None = None
-    scale: float = 1.0 / 255.0
+    scale: float | list[float] = Field(
+        default=1.0 / 255.0, description="one factor, or (schema 2) one per channel"
+    )
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
 
     @property
     def channels(self) -> int:
         return 1 if self.color_order == "GRAY" else 3
+
+    @property
+    def scale_per_channel(self) -> list[float]:
+        """``scale`` as one factor per channel."""
+        return list(self.scale) if isinstance(self.scale, list) else [self.scale] * self.channels
+
+    def schema2_fields(self) -> list[str]:
+        """The schema-2 features this input uses (empty: schema 1 describes it)."""
+        return [f"input.{path}" for path, since in newer_fields(self) if since >= 2]
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -119,6 +174,8 @@ class InputSpec(_Strict):
             raise ValueError("input.shape's height/width must equal resize.height/width")
         if len(self.mean) != self.channels or len(self.std) != self.channels:
             raise ValueError("mean and std need one value per channel")
+        if isinstance(self.scale, list) and len(self.scale) != self.channels:
+            raise ValueError("a per-channel scale needs one value per channel")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
         return self
@@ -188,7 +245,7 @@ class SelftestSpec(_Strict):
 class Manifest(_Strict):
     """manifest.json of a model bundle."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     name: str
     version: str
     created: datetime
@@ -229,6 +286,14 @@ class Manifest(_Strict):
             raise ValueError("labels must be unique")
         return v
 
+    @model_validator(mode="after")
+    def _schema_covers_fields(self) -> Manifest:
+        needs = required_schema_version(self)
+        if needs > self.schema_version:
+            used = [path for path, since in newer_fields(self) if since > self.schema_version]
+            raise ValueError(f"{', '.join(used)} need schema_version {needs} (older agents cannot read them)")
+        return self
+
     @field_validator("device_classes")
     @classmethod
     def _classes(cls, v: list[str]) -> list[str]:
@@ -245,11 +310,71 @@ class Manifest(_Strict):
         return "*" in self.device_classes or device_class in self.device_classes
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2)
+        """The manifest as written to disk. Fields newer than schema 1 are left out while they
+        hold their defaults, so a manifest that needs nothing new stays readable by older agents."""
+        return self.model_dump_json(indent=2, exclude=_defaults_of_newer_fields(self) or None)
 
 
-def parse_manifest(data: bytes | str) -> Manifest:
-    """Parse and validate manifest bytes; raise ManifestError naming the first bad field."""
+# -- the growth rule, mechanically -------------------------------------------------------------
+# A field added after schema 1 carries ``json_schema_extra={"since_schema": N}`` on its Field and
+# a default that keeps the old behaviour; a value form added later (a per-channel list where a
+# number was) is listed in ``_NEWER_VALUE_FORMS``. Nothing else is needed: the validator insists
+# on ``schema_version >= N`` when such a field is used, and ``to_json`` leaves it out otherwise.
+
+
+def _since(info: FieldInfo) -> int:
+    extra = info.json_schema_extra
+    since = extra.get("since_schema", 1) if isinstance(extra, dict) else 1
+    return since if isinstance(since, int) else 1
+
+
+# (model class, field name) → (test on the value, schema version that introduced that form)
+_NEWER_VALUE_FORMS: dict[tuple[str, str], tuple[Callable[[object], bool], int]] = {
+    ("InputSpec", "scale"): (lambda v: isinstance(v, list), 2),
+}
+
+
+def newer_fields(model: BaseModel, prefix: str = "") -> list[tuple[str, int]]:
+    """(dotted path, schema version) of every post-schema-1 field or value form ``model`` uses."""
+    out: list[tuple[str, int]] = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        path = f"{prefix}{name}"
+        since = _since(info)
+        if since > 1 and value != info.get_default(call_default_factory=True):
+            out.append((path, since))
+        form = _NEWER_VALUE_FORMS.get((type(model).__name__, name))
+        if form is not None and form[0](value):
+            out.append((f"{path} (this form)", form[1]))
+        if isinstance(value, BaseModel):
+            out.extend(newer_fields(value, f"{path}."))
+    return out
+
+
+def required_schema_version(model: BaseModel) -> int:
+    """The lowest schema version that can describe ``model``."""
+    return max((since for _, since in newer_fields(model)), default=1)
+
+
+def _defaults_of_newer_fields(model: BaseModel) -> dict[str, Any]:
+    exclude: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if _since(info) > 1 and value == info.get_default(call_default_factory=True):
+            exclude[name] = True
+        elif isinstance(value, BaseModel):
+            inner = _defaults_of_newer_fields(value)
+            if inner:
+                exclude[name] = inner
+    return exclude
+
+
+def parse_manifest(data: bytes | str, *, max_schema_version: int = SCHEMA_VERSION) -> Manifest:
+    """Parse and validate manifest bytes; raise ManifestError naming the first bad field.
+
+    A ``schema_version`` above ``max_schema_version`` (this agent's :data:`SCHEMA_VERSION`)
+    is refused first, with ``reason="unsupported"``, whatever else the manifest holds.
+    """
     if isinstance(data, str):
         data = data.encode()
     if len(data) > MAX_MANIFEST_BYTES:
@@ -265,6 +390,14 @@ def parse_manifest(data: bytes | str) -> Manifest:
         raise ManifestError(f"manifest is not acceptable JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise ManifestError("manifest must be a JSON object")
+    declared = raw.get("schema_version", 1)
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared > max_schema_version:
+        raise ManifestError(
+            f"manifest schema_version {declared} is newer than this agent understands "
+            f"(up to {max_schema_version}): update the agent to run this model",
+            field="schema_version",
+            reason="unsupported",
+        )
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:

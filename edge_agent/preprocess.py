@@ -29,13 +29,16 @@ class Preprocessor:
         self.spec = spec
         self._size = (spec.resize.width, spec.resize.height)
         self._interp = _INTERPOLATION[spec.resize.interpolation]
-        # Fold scale, mean and std into one multiply-add: (x*scale - mean)/std = x*a + b.
+        # Fold scale, mean and std into one multiply-add per channel: (x*scale - mean)/std = x*a + b.
         std = np.asarray(spec.std, dtype=np.float32)
-        self._a = (np.float32(spec.scale) / std).astype(np.float32)
+        self._a = (np.asarray(spec.scale_per_channel, dtype=np.float32) / std).astype(np.float32)
         self._b = (-np.asarray(spec.mean, dtype=np.float32) / std).astype(np.float32)
         self._dtype = np.dtype(spec.dtype)
         self._nchw = spec.layout == "NCHW"
         self._roi_cache: tuple[tuple[int, int], tuple[int, int, int, int]] | None = None
+        self._letterbox = spec.resize.mode == "letterbox"
+        # (frame h, w) → (inner w, h, top, bottom, left, right): computed once per frame size.
+        self._box_cache: tuple[tuple[int, int], tuple[int, int, int, int, int, int]] | None = None
 
     def _crop(self, frame: np.ndarray) -> np.ndarray:
         roi = self.spec.roi
@@ -49,8 +52,19 @@ class Preprocessor:
         x0, y0, x1, y1 = self._roi_cache[1]
         return frame[y0:y1, x0:x1]
 
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if not self._letterbox:
+            return cv2.resize(img, self._size, interpolation=self._interp)
+        h, w = img.shape[:2]
+        if self._box_cache is None or self._box_cache[0] != (h, w):
+            self._box_cache = ((h, w), letterbox_geometry((w, h), self._size))
+        iw, ih, top, bottom, left, right = self._box_cache[1]
+        inner = cv2.resize(img, (iw, ih), interpolation=self._interp)
+        pad = self.spec.resize.pad_value
+        return cv2.copyMakeBorder(inner, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad, pad, pad))
+
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        img = cv2.resize(self._crop(frame), self._size, interpolation=self._interp)
+        img = self._resize(self._crop(frame))
         order = self.spec.color_order
         if order == "RGB":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -65,6 +79,19 @@ class Preprocessor:
         if self._nchw:
             x = x.transpose(2, 0, 1)
         return np.ascontiguousarray(x[None])
+
+
+def letterbox_geometry(src: tuple[int, int], dst: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
+    """Fit ``src`` (w, h) inside ``dst`` (w, h) keeping its aspect ratio, centred.
+
+    Returns (inner width, inner height, top, bottom, left, right padding); the odd pixel of
+    padding goes to the bottom/right.
+    """
+    (sw, sh), (dw, dh) = src, dst
+    r = min(dw / sw, dh / sh)
+    iw, ih = max(1, min(dw, round(sw * r))), max(1, min(dh, round(sh * r)))
+    top, left = (dh - ih) // 2, (dw - iw) // 2
+    return iw, ih, top, dh - ih - top, left, dw - iw - left
 
 
 @dataclass(frozen=True, slots=True)

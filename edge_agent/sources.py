@@ -71,7 +71,11 @@ class CaptureSource:
     file, or an ``rtsp://`` / ``http(s)://`` URL. A live source (device or
     stream) that stops delivering raises SourceLostError; a file returns None
     at its end. ``reopen()`` tries to open it again (SourceError if it cannot).
-    ``capture_factory`` is injectable for tests.
+
+    A video file can be played like a camera: ``realtime`` paces it at its own frame rate
+    (or ``fps``) against absolute deadlines, ``loop`` starts it over at its end. Both are
+    off by default and ignored for live sources, which the driver paces.
+    ``capture_factory``, ``clock`` and ``sleep`` are injectable for tests.
     """
 
     def __init__(
@@ -80,11 +84,20 @@ class CaptureSource:
         *,
         capture_factory: Callable[[str | int], Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        realtime: bool = False,
+        loop: bool = False,
+        fps: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._spec = spec
         self._live = _is_device(spec) or spec.startswith(_STREAM_SCHEMES)
         self._factory = capture_factory or _default_capture
         self._clock = clock
+        self._sleep = sleep
+        self._realtime = realtime and not self._live
+        self._loop = loop and not self._live
+        self._fps_override = fps
+        self._t0: float | None = None
         self._cap: Any = None
         self._index = 0
         self._open()
@@ -107,10 +120,23 @@ class CaptureSource:
 
     @property
     def fps(self) -> float | None:
+        if self._fps_override is not None:
+            return self._fps_override
         if self._cap is None:
             return None
         fps = float(self._cap.get(cv2.CAP_PROP_FPS) or 0.0)
         return fps if fps > 0 else None
+
+    def _pace(self) -> None:
+        fps = self.fps
+        if not self._realtime or fps is None:
+            return
+        now = self._clock()
+        if self._t0 is None:
+            self._t0 = now
+        due = self._t0 + self._index / fps
+        if due > now:
+            self._sleep(due - now)
 
     @property
     def description(self) -> str:
@@ -121,11 +147,13 @@ class CaptureSource:
         """The next frame (blocks in the driver); None at a file's end; SourceLostError for live sources."""
         if self._cap is None:
             raise SourceLostError(f"{self.description} is closed")
-        try:
-            ok, image = self._cap.read()
-        except cv2.error as exc:
-            ok, image = False, None
-            log.warning("read from %s failed: %s", self.description, exc)
+        self._pace()
+        ok, image = self._grab()
+        if (not ok or image is None) and self._loop:
+            # Open the file again rather than seek: not every container seeks back exactly.
+            self.close()
+            self._open()
+            ok, image = self._grab()
         if not ok or image is None:
             if self._live:
                 raise SourceLostError(f"{self.description} stopped delivering frames")
@@ -133,6 +161,14 @@ class CaptureSource:
         frame = Frame(index=self._index, captured_at=self._clock(), image=image)
         self._index += 1
         return frame
+
+    def _grab(self) -> tuple[bool, Any]:
+        try:
+            ok, image = self._cap.read()
+        except cv2.error as exc:
+            log.warning("read from %s failed: %s", self.description, exc)
+            return False, None
+        return bool(ok), image
 
     def reopen(self) -> None:
         """Close and open again; the frame index continues (it counts delivered frames)."""
@@ -237,13 +273,17 @@ class ReconnectingSource:
         self.inner.close()
 
 
-def open_source(spec: str, *, realtime: bool = True, loop: bool = False) -> FrameSource:
+def open_source(
+    spec: str, *, realtime: bool = True, loop: bool = False, fps: float | None = None
+) -> FrameSource:
     """Open a frame source by its spec.
 
-    A directory holding ``meta.json`` is a simulator recording; a digit or
+    A directory holding ``meta.json`` is a simulator recording; any other directory
+    a folder of images (sorted by name, ``fps`` or 10 per second); a digit or
     ``/dev/video*`` a camera; ``rtsp://``/``http(s)://`` a stream; an existing
-    file a video file. Live sources come wrapped in ReconnectingSource.
-    SourceError ("no such file or directory: ...") for a missing path.
+    file a video file. ``realtime``, ``loop`` and ``fps`` (overriding the recorded
+    rate) apply to recordings, image folders and video files. Live sources come wrapped in
+    ReconnectingSource. SourceError ("no such file or directory: ...") for a missing path.
     """
     spec = spec.strip()
     if not spec:
@@ -258,9 +298,9 @@ def open_source(spec: str, *, realtime: bool = True, loop: bool = False) -> Fram
     if path.is_dir():
         from edge_agent.recording_source import META_FILE, RecordingSource
 
-        if not (path / META_FILE).is_file():
-            raise SourceError(f"not a recording (no {META_FILE}): {spec}")
-        return RecordingSource(path, realtime=realtime, loop=loop)
-    if loop or not realtime:
-        log.info("loop/realtime apply to recordings only; %s plays as the driver delivers", spec)
-    return CaptureSource(spec)
+        if (path / META_FILE).is_file():
+            return RecordingSource(path, realtime=realtime, loop=loop, fps=fps)
+        from edge_agent.folder_source import ImageFolderSource
+
+        return ImageFolderSource(path, fps=fps, realtime=realtime, loop=loop)
+    return CaptureSource(spec, realtime=realtime, loop=loop, fps=fps)

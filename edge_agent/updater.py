@@ -180,7 +180,7 @@ def _reason_of(exc: BaseException) -> str:
     if isinstance(exc, IncompatibleModelError):
         return exc.reason
     if isinstance(exc, ManifestError):
-        return "manifest"
+        return exc.reason
     if isinstance(exc, SelftestError):
         return "selftest"
     if isinstance(exc, VerificationError):

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from edge_agent import clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = ["models.cli_models"]
+COMMAND_MODULES: list[str] = ["models.cli_models", "models.cli_package"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = clitools.build_parser(
         "edge-models",
-        "Train, evaluate and quantise the package classifier; write model bundles.",
+        "Train, evaluate and quantise the package classifier; package any ONNX classifier; write model bundles.",
         COMMAND_MODULES,
     )
     return clitools.run(parser, argv)

@@ -41,12 +41,18 @@ def register(sub: Any) -> None:
         "evaluate",
         help="evaluate a bundle as the agent runs it; optionally enforce a release gate",
         description="Run frames through the agent's exact path (Preprocessor → ONNX Runtime, 1 thread → "
-        "Postprocessor). Frames come from --recording or are rendered with --frames/--seed/--types "
+        "Postprocessor). Frames come from --dataset, --recording or are rendered with --frames/--seed/--types "
         "(use seeds the model was not trained on). Types the model does not know are reported apart "
         "(their confidence is the drift signal). Exits 1 with one line naming the metric when a gate fails.",
     )
     e.add_argument("bundle", type=Path, help="bundle directory")
     e.add_argument("--recording", type=Path, help="a recording directory (edge-sim record)")
+    e.add_argument(
+        "--dataset",
+        type=Path,
+        help="a folder-per-label image set (DIR/LABEL/*.jpg, as `fleet samples export` writes); "
+        "folders that are not the model's labels are reported as unknown types",
+    )
     e.add_argument("--frames", type=int, default=1200, help="frames to render (default 1200)")
     e.add_argument("--seed", type=int, default=9000, help="render seed (default 9000: held out)")
     e.add_argument("--types", help="comma-separated package types (default: the model's labels)")
@@ -194,6 +200,10 @@ def _gate_from_args(args: argparse.Namespace) -> ReleaseGate | None:
 def _frames(args: argparse.Namespace, labels: list[str]) -> tuple[Any, int | None]:
     from models.data import recorded_frames, rendered_frames
 
+    if args.dataset is not None:
+        from models.dataset import dataset_frames, image_files
+
+        return dataset_frames(args.dataset), len(image_files(args.dataset))
     if args.recording is not None:
         return recorded_frames(args.recording), None
     types = [t.strip() for t in args.types.split(",")] if args.types else labels
@@ -218,7 +228,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     with _bar(total, f"evaluate {bundle.manifest.ref}", args.json) as (bar, task):
         report = evaluate_bundle(bundle, frames, progress=lambda k: bar.advance(task, k))
     report["source"] = (
-        {"recording": str(args.recording)}
+        {"dataset": str(args.dataset)}
+        if args.dataset
+        else {"recording": str(args.recording)}
         if args.recording
         else {
             "seed": args.seed,

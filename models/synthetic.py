@@ -95,8 +95,12 @@ def make_bundle(
     device_classes: tuple[str, ...] = ("*",),
     min_agent_version: str = "0.1.0",
     probation: ProbationGates | None = None,
+    letterbox: bool = False,
 ) -> Path:
-    """Write a complete bundle to ``out_dir`` (replaced if present) and return its path."""
+    """Write a complete bundle to ``out_dir`` (replaced if present) and return its path.
+
+    ``letterbox`` makes a schema-2 manifest (resize mode letterbox): for the contract tests.
+    """
     import onnxruntime as ort
 
     out = Path(out_dir)
@@ -107,10 +111,13 @@ def make_bundle(
         dtype="float32",
         layout="NCHW",
         color_order="RGB",
-        resize=ResizeSpec(width=size[0], height=size[1], interpolation="area"),
+        resize=ResizeSpec(
+            width=size[0], height=size[1], interpolation="area", mode="letterbox" if letterbox else "stretch"
+        ),
     )
     confident = behaviour == "confident"
     manifest = Manifest(
+        schema_version=2 if letterbox else 1,
         name=name,
         version=version,
         created=datetime(2026, 1, 1, tzinfo=UTC),

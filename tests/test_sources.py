@@ -215,5 +215,27 @@ def test_open_source_dispatch(tmp_path: Path, recording: Path) -> None:
         open_source("/nonexistent/x.mp4")
     with pytest.raises(SourceError, match="no such file or directory: /dev/video987"):
         open_source("/dev/video987")
-    with pytest.raises(SourceError, match="not a recording"):
+    # A directory without meta.json is a folder of images: this one holds none.
+    with pytest.raises(SourceError, match="no images"):
         open_source(str(tmp_path))
+
+
+def test_a_video_file_is_paced_at_its_own_rate_and_looped(recording: Path) -> None:
+    """The recording's AVI played as a plain video file (cv2), as a user's own clip would be."""
+    clock = FakeClock()
+    src = CaptureSource(
+        str(recording / "frames.avi"), realtime=True, loop=True, clock=clock, sleep=clock.sleep
+    )
+    fps = src.fps
+    assert fps is not None and fps > 0
+    frames = [src.read() for _ in range(45)]  # 30 frames in the file: one and a half passes
+    assert all(f is not None for f in frames)
+    assert [f.index for f in frames if f] == list(range(45))
+    first, again = frames[0], frames[30]
+    assert first is not None and again is not None and np.array_equal(first.image, again.image)
+    # Frame i is due i/fps after the first: the clock moved only by the source's sleeps.
+    assert clock.now - 1000.0 == pytest.approx(44 / fps)
+    src.close()
+    once = open_source(str(recording / "frames.avi"), realtime=False)
+    assert sum(1 for _ in iter(once.read, None)) == 30  # no loop: the file ends
+    once.close()
