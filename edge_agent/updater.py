@@ -395,13 +395,18 @@ class Updater:
             self.settings.root_json,
             self.settings.repository_url,
             limits=self.settings.limits,
+            now=self.now,
         )
 
     def _dir_repository(self, repo_dir: Path, metadata_dir: Path | None = None) -> TrustedRepository:
         if self.settings.root_json is None:
             raise _Rejected("update.rejected", "not_configured", "no [updates] root_json configured")
         return TrustedRepository.from_directory(
-            metadata_dir or self.store.tuf_dir, self.settings.root_json, repo_dir, limits=self.settings.limits
+            metadata_dir or self.store.tuf_dir,
+            self.settings.root_json,
+            repo_dir,
+            limits=self.settings.limits,
+            now=self.now,
         )
 
     def deploy(
@@ -623,6 +628,8 @@ class Updater:
                 )
         except _Rejected as exc:
             return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except UpdateVerificationError as exc:
+            return self._reject("update.rejected", exc.reason, str(exc), ctx, name, version, exc.data)
         except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
             return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
         except (FetchError, StoreError, ModelLoadError, TimeoutError, OSError) as exc:
