@@ -171,17 +171,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state_dir is None:
         path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
         if path is None:
-            raise clitools.CommandError("pass --state-dir or --config", exit_code=clitools.EXIT_USAGE)
+            raise clitools.CommandError(
+                "pass --state-dir or --config", exit_code=clitools.EXIT_USAGE, reason="usage"
+            )
         from edge_agent.config import load_config as _load
 
         state_dir = _load(path).state_dir
     status = read_status(state_dir)
     if status is None:
         if args.json:
-            clitools.print_json({"running": False, "state_dir": str(state_dir)})
-            return 3
+            clitools.print_json({"running": False, "state_dir": str(state_dir), "reason": "no_status"})
         raise clitools.CommandError(
-            f"no agent has run with state dir {state_dir} (no status.json)", exit_code=3
+            f"no agent has run with state dir {state_dir} (no status.json)", exit_code=3, reason="no_status"
         )
     if args.json:
         clitools.print_json(status)

@@ -30,6 +30,7 @@ telemetry window (:meth:`Updater.check_external_change`) and swaps to whatever i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -433,7 +434,10 @@ class Updater:
         """``edge-agent install DIR``: the same TUF workflow over a local repository directory."""
         repo_dir = Path(repo_dir)
         if name is None or version is None:
-            name, version = self._pick_release(repo_dir)
+            try:
+                name, version = self._pick_release(repo_dir)
+            except _Rejected as exc:
+                return Outcome("rejected", str(exc), reason=exc.reason)
         return self._install(lambda: self._dir_repository(repo_dir), name, version, cmd_id, None, force)
 
     @staticmethod
@@ -451,6 +455,13 @@ class Updater:
         for p in (repo_dir / "targets").glob("*/*/*"):
             found.add((p.parent.parent.name, p.parent.name))
         names = {n for n, _ in found}
+        if not names:
+            raise _Rejected(
+                "update.rejected",
+                "no_release",
+                f"{repo_dir} holds no release (no release.json, nothing under targets/): "
+                "give the folder written by `fleet export` or `fleet release --repo`",
+            )
         if len(names) != 1:
             raise _Rejected(
                 "update.rejected", "ambiguous", f"{repo_dir} holds {len(names)} models; name one with --model"
@@ -701,16 +712,24 @@ class Updater:
     # -- rollback ----------------------------------------------------------------------------------
 
     def rollback(
-        self, *, cmd_id: str | None = None, rollout_id: str | None = None, reason: str = ""
+        self,
+        *,
+        cmd_id: str | None = None,
+        rollout_id: str | None = None,
+        reason: str = "",
+        code: str = "requested",
     ) -> Outcome:
-        """The ``rollback`` command / ``edge-agent rollback``: back to the previous model."""
+        """The ``rollback`` command (``code`` ``requested``) / ``edge-agent rollback`` (``operator``).
+
+        ``reason`` is the human message; ``code`` the typed reason in the ``rollback`` event.
+        """
         if not self._begin(cmd_id):
             return Outcome("duplicate", f"command {cmd_id} was already handled")
         try:
             return self._rollback(
                 cmd_id=cmd_id,
                 rollout_id=rollout_id,
-                reason="requested",
+                reason=code,
                 message=reason or "rollback requested",
             )
         finally:
@@ -759,6 +778,16 @@ class Updater:
                     return Outcome("failed", str(exc), reason="store")
                 new_state = (
                     store_rules.fail_probation(state) if failed_probation else store_rules.rollback(state)
+                )
+                # A running daemon reports this change (made by the CLI) as a rollback, not an install.
+                new_state = dataclasses.replace(
+                    new_state,
+                    local_change={
+                        "kind": "rollback",
+                        "reason": reason,
+                        "active": target.sha256,
+                        "from": failed.to_dict(),
+                    },
                 )
                 self.store.write_state(new_state)
                 self._state_mtime = self.store.state_mtime_ns()
@@ -859,11 +888,27 @@ class Updater:
             if state.active is None or state.active.sha256 == current:
                 return False
             runner = self.load_runner(self.store.bundle_dir(state.active))
-            self._swap_in(runner)
+            swap = self._swap_in(runner)
             if state.probation:
                 self._start_probation()
             else:
                 self._probation_since = None
+            note = state.local_change or {}
+            if note.get("kind") == "rollback" and note.get("active") == state.active.sha256:
+                self.emit(
+                    "rollback",
+                    level="info",
+                    message=f"rolled back to {state.active.ref} by a local operator (edge-agent rollback)",
+                    model=_ref_msg(state.active),
+                    data={
+                        "reason": str(note.get("reason") or "operator"),
+                        "failed_model": note.get("from"),
+                        "evidence": {},
+                        "swap": swap,
+                        "source": "cli",
+                    },
+                )
+                return True
             self.emit(
                 "update.installed",
                 message=f"{state.active.ref} activated from the local store (installed by the CLI)",
