@@ -58,7 +58,11 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source", default=None, help="frame source: recording dir, video file, device index, stream URL"
     )
-    p.add_argument("--broker", default=None, help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (required unless [broker] offline = true)",
+    )
     p.add_argument("--device-id", default=None, help="this device's id")
     p.add_argument("--state-dir", type=Path, default=None, help="where spool, status and models live")
 
@@ -75,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         "state_dir": str(args.state_dir) if getattr(args, "state_dir", None) else None,
         "bundle": str(args.bundle) if getattr(args, "bundle", None) else None,
     }
+    if overrides["broker.url"] is not None:
+        overrides["broker.offline"] = False  # --broker on the command line wins over offline = true
     return load_config(path, overrides)
 
 
@@ -121,6 +127,7 @@ def build_agent(config: AgentConfig) -> Any:
     source = _open_source(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
+    config.broker.check_for_run()
     will = dump(DeviceState(device_id=config.device_id, online=False, device_class=config.device_class))
     publisher = MqttPublisher(
         config.broker, device_id=config.device_id, client_id=config.client_id, spool=spool, will_payload=will
