@@ -27,8 +27,8 @@ Wrong device clock (decided behaviour):
 - Clock behind real time: expired metadata could look fresh (a freeze attack needs that). The
   clock floor is what the *fleet signed*, never this device's clock: the fleet server puts its
   signing time in every timestamp it signs (:data:`ISSUED_FIELD`, inside the signed part), and the
-  floor is the issue time of the newest timestamp this device trusts. A clock more than
-  :data:`CLOCK_SKEW_TOLERANCE_S` earlier than that refuses every refresh with reason ``clock``
+  floor is the issue time of the newest timestamp this device trusts after a refresh. A clock more
+  than :data:`CLOCK_SKEW_TOLERANCE_S` earlier than that refuses the update with reason ``clock``
   until the clock is right. A clock that once ran fast raises nothing: after it is corrected,
   valid updates install at once. Version numbers (which never go down) protect against replay
   regardless of the clock. A timestamp without the field (an older fleet server) gives no floor.
@@ -332,7 +332,6 @@ class TrustedRepository:
     def refresh(self) -> None:
         """Run the TUF client workflow for the top-level metadata. UpdateVerificationError / FetchError."""
         now = self.now()
-        self._check_clock(now)
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         config = UpdaterConfig(
             root_max_length=self.limits.root_max_bytes,
@@ -375,8 +374,10 @@ class TrustedRepository:
             raise self._advice("metadata", now, exc) from exc
         finally:
             self._fsync_metadata()
-        # A fresh device learns the floor from what it just verified: a clock far behind the
-        # fleet's signing time is wrong, whatever the metadata's expiry says.
+        # Checked after the refresh, against the newest timestamp now trusted (fresh from the
+        # fleet, or the one kept when the fleet has nothing newer): a clock far behind the
+        # fleet's signing time is wrong, whatever the metadata's expiry says. Not checked before:
+        # a floor the fleet set wrongly (a future issue time) is then healed by its next timestamp.
         self._check_clock(now)
         self._updater = updater
 

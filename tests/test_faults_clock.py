@@ -99,3 +99,25 @@ def test_the_skewed_clock_reaches_the_tuf_client(device: Device) -> None:
     _, _, u, clock = device
     with clock.skewed(timedelta(0)):
         assert u.deploy("tiny", "1.1.0", cmd_id="d-0s").status == "installed"  # type: ignore[attr-defined]
+
+
+def test_a_future_issue_time_signed_by_the_fleet_heals_with_its_next_timestamp(device: Device) -> None:
+    # A fleet server whose own clock ran ahead signs a floor in the future: devices refuse
+    # (reason clock) until it signs a correct timestamp, then install at once.
+    from edge_agent.trust import ISSUED_FIELD, issued_fields
+    from fleet_server import keys as keymod
+
+    w, host, u, _ = device
+    ts = w.repository().timestamp()
+    assert ts is not None
+    ts.signed.version += 1
+    ts.signed.unrecognized_fields.update(issued_fields(datetime.now(UTC) + timedelta(days=30)))
+    ts.signatures.clear()
+    ts.sign(keymod.load_signer(w.keys, "timestamp"))
+    (w.repo_dir / "metadata" / "timestamp.json").write_bytes(ts.to_bytes())
+    out = u.deploy("tiny", "1.1.0", cmd_id="d-bad-floor")  # type: ignore[attr-defined]
+    assert out.reason == "clock", out
+    assert ISSUED_FIELD in ts.signed.unrecognized_fields
+    w.release("1.2.0")  # the fleet signs a new timestamp with its (now right) clock
+    assert u.deploy("tiny", "1.2.0", cmd_id="d-healed").status == "installed"  # type: ignore[attr-defined]
+    assert host.last("update.installed")["model"].version == "1.2.0"
