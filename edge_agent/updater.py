@@ -30,7 +30,6 @@ telemetry window (:meth:`Updater.check_external_change`) and swaps to whatever i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -324,6 +323,12 @@ class Updater:
                         },
                     )
                 )
+            local = new_state.local_change or {}
+            if local.get("kind") == "rollback" and new_state.active is not None:
+                # `edge-agent rollback` ran while the daemon was stopped: report it now, once.
+                self._boot_notes.append(("rollback", self._local_rollback_event(new_state.active, local, {})))
+            if new_state.local_change is not None:
+                new_state = replace(new_state, local_change=None)
             if new_state != state:
                 self.store.write_state(new_state)
             state = new_state
@@ -779,16 +784,18 @@ class Updater:
                 new_state = (
                     store_rules.fail_probation(state) if failed_probation else store_rules.rollback(state)
                 )
-                # A running daemon reports this change (made by the CLI) as a rollback, not an install.
-                new_state = dataclasses.replace(
-                    new_state,
-                    local_change={
-                        "kind": "rollback",
-                        "reason": reason,
-                        "active": target.sha256,
-                        "from": failed.to_dict(),
-                    },
-                )
+                if self.host is None:
+                    # Made by the CLI: the daemon (running now, or at its next start) reports it
+                    # as a rollback, not as an install.
+                    new_state = replace(
+                        new_state,
+                        local_change={
+                            "kind": "rollback",
+                            "reason": reason,
+                            "active": target.sha256,
+                            "from": failed.to_dict(),
+                        },
+                    )
                 self.store.write_state(new_state)
                 self._state_mtime = self.store.state_mtime_ns()
             self._probation_since = None
@@ -895,19 +902,12 @@ class Updater:
                 self._probation_since = None
             note = state.local_change or {}
             if note.get("kind") == "rollback" and note.get("active") == state.active.sha256:
-                self.emit(
-                    "rollback",
-                    level="info",
-                    message=f"rolled back to {state.active.ref} by a local operator (edge-agent rollback)",
-                    model=_ref_msg(state.active),
-                    data={
-                        "reason": str(note.get("reason") or "operator"),
-                        "failed_model": note.get("from"),
-                        "evidence": {},
-                        "swap": swap,
-                        "source": "cli",
-                    },
-                )
+                self.emit("rollback", **self._local_rollback_event(state.active, note, swap))
+                with self.store.locked():  # reported: a restart must not report it again
+                    now_state = self.store.read_state()
+                    if now_state.local_change == state.local_change:
+                        self.store.write_state(replace(now_state, local_change=None))
+                    self._state_mtime = self.store.state_mtime_ns()
                 return True
             self.emit(
                 "update.installed",
@@ -916,6 +916,24 @@ class Updater:
                 data={"source": "cli", "probation": state.probation},
             )
             return True
+
+    @staticmethod
+    def _local_rollback_event(
+        active: BundleRef, note: Mapping[str, Any], swap: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ``rollback`` event for a rollback made by ``edge-agent rollback`` (reason ``operator``)."""
+        return {
+            "level": "info",
+            "message": f"rolled back to {active.ref} by a local operator (edge-agent rollback)",
+            "model": _ref_msg(active),
+            "data": {
+                "reason": str(note.get("reason") or "operator"),
+                "failed_model": note.get("from"),
+                "evidence": {},
+                "swap": swap,
+                "source": "cli",
+            },
+        }
 
     # -- verify only -------------------------------------------------------------------------------
 

@@ -51,3 +51,18 @@ def test_a_local_install_after_a_local_rollback_is_an_install(tmp_path: Path) ->
     assert _cli(w).install_from_dir(w.repo_dir, name="tiny", version="1.2.0").status == "installed"
     assert daemon.check_external_change()
     assert host.kinds() == ["update.installed"]
+
+
+def test_a_local_rollback_while_the_daemon_is_stopped_is_reported_once_at_its_start(tmp_path: Path) -> None:
+    w, _, _ = _daemon_with_two_models(tmp_path)
+    _cli(w).rollback(reason="edge-agent rollback", code="operator")
+    host = FakeHost()
+    daemon = w.updater(host)
+    host.runner = daemon.boot()
+    daemon.attach(host)
+    ev = host.last("rollback")
+    assert ev["data"]["reason"] == "operator" and ev["data"]["failed_model"]["version"] == "1.1.0"
+    again = FakeHost()
+    w.updater(again).boot()
+    assert w.store().read_state().local_change is None
+    assert "rollback" not in again.kinds()
