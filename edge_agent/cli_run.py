@@ -92,6 +92,12 @@ def _initial_runner(
     The updates side replaces this with "load the active verified bundle from the store".
     """
     if config.bundle is None:
+        if config.updates is not None:
+            raise ConfigError(
+                "no model installed yet: side-load the first one with `edge-agent install DIR "
+                '--config FILE` (a `fleet export` folder), or set bundle = "DIR"',
+                field="bundle",
+            )
         raise ConfigError(
             'bundle: no model bundle configured (set bundle = "DIR" or pass --bundle)', field="bundle"
         )

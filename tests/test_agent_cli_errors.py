@@ -81,6 +81,12 @@ def test_a_mistyped_state_dir_is_not_created(dirs: dict[str, str]) -> None:
 def test_run_and_status_fail_in_one_line(dirs: dict[str, str]) -> None:
     _one_line_failure(_run(Path(dirs["T"]), "run", "--config", dirs["T"] + "/missing.toml"))
     _one_line_failure(_run(Path(dirs["T"]), "run", "--config", dirs["T"] + "/bad.toml"))
+    fresh = Path(dirs["T"]) / "fresh.toml"  # a new robot: [updates] but no model side-loaded yet
+    fresh.write_text(
+        f'device_id = "r"\nstate_dir = "{dirs["T"]}/fresh"\n[source]\nuri = "x"\n[broker]\noffline = true\n'
+        f'[updates]\nroot_json = "{dirs["T"]}/root.json"\n'
+    )
+    _one_line_failure(_run(Path(dirs["T"]), "run", "--config", str(fresh)))
     status = _run(Path(dirs["T"]), "status", "--state-dir", dirs["T"] + "/typo", "--json")
     _one_line_failure(status)
     assert json.loads(status.stdout)["running"] is False
