@@ -128,6 +128,7 @@ class Agent:
         self._adopted = threading.Event()
         self._swap_lock = threading.Lock()
         self._model_info: ModelInfo | None = None
+        self._published_state: bytes | None = None  # the retained state last handed to MQTT
         self._listeners: list[Callable[[Telemetry], None]] = []
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
@@ -270,7 +271,21 @@ class Agent:
 
     def publish_state(self) -> None:
         """(Re)publish the retained state message."""
-        self.publisher.publish_state(dump(self.state(online=True)))
+        payload = dump(self.state(online=True))
+        self._published_state = payload
+        self.publisher.publish_state(payload)
+
+    def republish_state_if_changed(self) -> None:
+        """Republish the retained state when what it reports changed (e.g. probation passed:
+        no swap happens, yet the fleet must stop showing ``probation yes``)."""
+        try:
+            payload = dump(self.state(online=True))
+        except Exception:  # the state read failed (a store being written): next window
+            log.debug("state not readable now", exc_info=True)
+            return
+        if payload != self._published_state:
+            self._published_state = payload
+            self.publisher.publish_state(payload)
 
     def offline_state(self) -> bytes:
         """The Last Will / final state payload."""
@@ -478,6 +493,7 @@ class Agent:
             except Exception:
                 log.exception("window listener failed")
         self._check_drift(stats, manifest)
+        self.republish_state_if_changed()
         self.write_status()
 
     def _check_drift(self, stats: WindowStats, manifest: Manifest) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clitools import CommandError, print_json
+from edge_agent.clitools import EXIT_USAGE, CommandError, print_json
 from edge_agent.store import ModelStore
 from edge_agent.updater import Outcome, Updater, UpdaterSettings, settings_from_config, store_dir
 
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Install a release from a local TUF repository (from `fleet release --repo` or "
         "`fleet export`), with the same verification as over the network.",
     )
-    ins.add_argument("dir", type=Path, help="the repository directory")
+    ins.add_argument("dir", help="the repository directory")
     ins.add_argument("--model", help="NAME@VERSION when the directory holds several releases")
     ins.add_argument(
         "--force",
@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Run every check of an install (TUF signatures, hashes, manifest, device class, "
         "agent version, self-test) on a local repository directory; install nothing.",
     )
-    ver.add_argument("dir", type=Path)
+    ver.add_argument("dir", help="the repository directory")
     ver.add_argument("--model", help="NAME@VERSION when the directory holds several releases")
     _common(ver)
     ver.set_defaults(func=_verify)
@@ -62,7 +62,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rb.set_defaults(func=_rollback)
 
 
-def _context(args: argparse.Namespace) -> tuple[ModelStore, UpdaterSettings, Any]:
+def _context(
+    args: argparse.Namespace, *, must_exist: bool = False
+) -> tuple[ModelStore, UpdaterSettings, Any]:
+    """The store, update settings and config; ``must_exist``: a command that only reads or changes
+    an existing store never creates one at a mistyped path."""
     config = None
     settings = UpdaterSettings()
     state_dir: Path | None = args.state_dir
@@ -73,7 +77,11 @@ def _context(args: argparse.Namespace) -> tuple[ModelStore, UpdaterSettings, Any
         settings = settings_from_config(config)
         state_dir = state_dir or config.state_dir
     if state_dir is None:
-        raise CommandError("give --config or --state-dir")
+        raise CommandError("give --config or --state-dir", exit_code=EXIT_USAGE, reason="usage")
+    if must_exist and not Path(store_dir(state_dir)).is_dir():
+        raise CommandError(
+            f"no model store in {state_dir} (is the state directory right?)", reason="no_store"
+        )
     overrides: dict[str, Any] = {}
     if args.root_json is not None:
         overrides["root_json"] = args.root_json
@@ -84,10 +92,10 @@ def _context(args: argparse.Namespace) -> tuple[ModelStore, UpdaterSettings, Any
     return ModelStore(store_dir(state_dir)), settings, config
 
 
-def _updater(args: argparse.Namespace) -> Updater:
+def _updater(args: argparse.Namespace, *, must_exist: bool = False) -> Updater:
     from edge_agent.runtime import ModelRunner
 
-    store, settings, config = _context(args)
+    store, settings, config = _context(args, must_exist=must_exist)
     inference = config.inference if config is not None else None
     return Updater(store, settings, load_runner=lambda d: ModelRunner.load(d, inference=inference))
 
@@ -96,8 +104,8 @@ def _split(ref: str | None) -> tuple[str | None, str | None]:
     if ref is None:
         return None, None
     name, sep, version = ref.partition("@")
-    if not sep:
-        raise CommandError("--model takes NAME@VERSION")
+    if not sep or not name or not version:
+        raise CommandError("--model takes NAME@VERSION", exit_code=EXIT_USAGE, reason="usage")
     return name, version
 
 
@@ -107,11 +115,28 @@ def _report(args: argparse.Namespace, out: Outcome) -> int:
     elif out.ok:
         sys.stdout.write(out.message + "\n")
     if not out.ok:
-        raise CommandError(f"{out.message} ({out.reason})")
+        raise CommandError(f"{out.message} ({out.reason})", reason=out.reason or out.status)
     return 0
 
 
+def _repo_dir(raw: str) -> Path:
+    """The release directory a command was given: it must name an existing directory."""
+    if not raw.strip():
+        raise CommandError(
+            "the release directory is empty: give the export's folder", exit_code=EXIT_USAGE, reason="usage"
+        )
+    path = Path(raw)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise CommandError(
+            f"{raw} {what}: give the folder written by `fleet export` or `fleet release --repo`",
+            reason="not_found",
+        )
+    return path
+
+
 def _install(args: argparse.Namespace) -> int:
+    args.dir = _repo_dir(args.dir)
     name, version = _split(args.model)
     u = _updater(args)
     with u.store.locked():
@@ -120,16 +145,19 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    args.dir = _repo_dir(args.dir)
     name, version = _split(args.model)
     return _report(args, _updater(args).verify_dir(args.dir, name=name, version=version))
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    return _report(args, _updater(args).rollback(reason="edge-agent rollback"))
+    return _report(
+        args, _updater(args, must_exist=True).rollback(reason="edge-agent rollback", code="operator")
+    )
 
 
 def _models(args: argparse.Namespace) -> int:
-    store, _, _ = _context(args)
+    store, _, _ = _context(args, must_exist=True)
     state = store.read_state()
     rows: list[dict[str, Any]] = []
     for role, ref in (("active", state.active), ("previous", state.previous)):

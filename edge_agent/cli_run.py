@@ -58,7 +58,11 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source", default=None, help="frame source: recording dir, video file, device index, stream URL"
     )
-    p.add_argument("--broker", default=None, help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883 (required unless [broker] offline = true)",
+    )
     p.add_argument("--device-id", default=None, help="this device's id")
     p.add_argument("--state-dir", type=Path, default=None, help="where spool, status and models live")
 
@@ -75,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         "state_dir": str(args.state_dir) if getattr(args, "state_dir", None) else None,
         "bundle": str(args.bundle) if getattr(args, "bundle", None) else None,
     }
+    if overrides["broker.url"] is not None:
+        overrides["broker.offline"] = False  # --broker on the command line wins over offline = true
     return load_config(path, overrides)
 
 
@@ -86,6 +92,12 @@ def _initial_runner(
     The updates side replaces this with "load the active verified bundle from the store".
     """
     if config.bundle is None:
+        if config.updates is not None:
+            raise ConfigError(
+                "no model installed yet: side-load the first one with `edge-agent install DIR "
+                '--config FILE` (a `fleet export` folder), or set bundle = "DIR"',
+                field="bundle",
+            )
         raise ConfigError(
             'bundle: no model bundle configured (set bundle = "DIR" or pass --bundle)', field="bundle"
         )
@@ -123,6 +135,7 @@ def build_agent(config: AgentConfig) -> Any:
     source = _open_source(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     spool = Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
+    config.broker.check_for_run()
     will = dump(DeviceState(device_id=config.device_id, online=False, device_class=config.device_class))
     publisher = MqttPublisher(
         config.broker, device_id=config.device_id, client_id=config.client_id, spool=spool, will_payload=will
@@ -173,17 +186,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state_dir is None:
         path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
         if path is None:
-            raise clitools.CommandError("pass --state-dir or --config", exit_code=clitools.EXIT_USAGE)
+            raise clitools.CommandError(
+                "pass --state-dir or --config", exit_code=clitools.EXIT_USAGE, reason="usage"
+            )
         from edge_agent.config import load_config as _load
 
         state_dir = _load(path).state_dir
     status = read_status(state_dir)
     if status is None:
         if args.json:
-            clitools.print_json({"running": False, "state_dir": str(state_dir)})
-            return 3
+            clitools.print_json({"running": False, "state_dir": str(state_dir), "reason": "no_status"})
         raise clitools.CommandError(
-            f"no agent has run with state dir {state_dir} (no status.json)", exit_code=3
+            f"no agent has run with state dir {state_dir} (no status.json)", exit_code=3, reason="no_status"
         )
     if args.json:
         clitools.print_json(status)

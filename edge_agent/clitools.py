@@ -20,11 +20,19 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 
 class CommandError(LinesideError):
-    """An expected failure a command reports as one line (and an exit code)."""
+    """An expected failure a command reports as one line (and an exit code).
 
-    def __init__(self, message: str, *, exit_code: int = EXIT_ERROR) -> None:
+    ``reason`` is the typed code a script reads from the ``--json`` failure document.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_ERROR, reason: str = "error") -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.reason = reason
+
+
+# Whether this process already wrote its --json document (a failure then adds none of its own).
+_json_written = False
 
 
 def build_parser(prog: str, description: str, modules: Sequence[str]) -> argparse.ArgumentParser:
@@ -39,6 +47,8 @@ def build_parser(prog: str, description: str, modules: Sequence[str]) -> argpars
 
 def print_json(obj: Any) -> None:
     """Machine-readable output for --json."""
+    global _json_written
+    _json_written = True
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
@@ -50,8 +60,30 @@ def error_line(message: str) -> None:
         sys.stderr.write(f"error: {message}\n")
 
 
+def _reason_of(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return reason
+    return type(exc).__name__.removesuffix("Error").lower() or "error"
+
+
+def _fail(args: argparse.Namespace, message: str, reason: str, code: int) -> int:
+    """One line on stderr; with --json, also a JSON document on stdout unless one was written."""
+    error_line(message)
+    if getattr(args, "json", False) and not _json_written:
+        print_json({"ok": False, "error": message, "reason": reason})
+    return code
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse, dispatch to the subcommand's ``func``, turn expected errors into one line and exit code."""
+    """Parse, dispatch to the subcommand's ``func``, turn expected errors into one line and exit code.
+
+    With ``--json`` every failure also prints ``{"ok": false, "error": ..., "reason": ...}``
+    (unless the command already printed its own document). A file-system error the command did
+    not expect (a mistyped path, a permission) is one line too, never a traceback.
+    """
+    global _json_written
+    _json_written = False
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,12 +91,12 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     try:
         code = func(args)
     except CommandError as exc:
-        error_line(str(exc))
-        return exc.exit_code
+        return _fail(args, str(exc), exc.reason, exc.exit_code)
     except LinesideError as exc:
-        error_line(str(exc))
-        return EXIT_ERROR
+        return _fail(args, str(exc), _reason_of(exc), EXIT_ERROR)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}", "os_error", EXIT_ERROR)
     except KeyboardInterrupt:
-        error_line("interrupted")
-        return 130
+        return _fail(args, "interrupted", "interrupted", 130)
     return EXIT_OK if code is None else code

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
@@ -78,9 +78,17 @@ class TlsConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    """The MQTT broker. ``url`` None runs the agent offline: everything stays in the spool."""
+    """The MQTT broker. Offline is explicit: ``offline = true`` and no ``url``.
 
-    url: str | None = "mqtt://127.0.0.1:1883"
+    ``edge-agent run`` with neither a ``url`` nor ``offline = true`` is a config error
+    (:meth:`check_for_run`): a forgotten url must not connect to whatever listens on localhost.
+    """
+
+    url: str | None = None
+    offline: bool = Field(
+        default=False,
+        description="run with no broker: telemetry and events stay in the bounded on-disk spool",
+    )
     username: str | None = None
     password: str | None = None
     password_file: Path | None = Field(default=None, description="read the password from this file")
@@ -114,6 +122,21 @@ class BrokerConfig(_Section):
         except ValueError as exc:
             raise ValueError(f"has a bad port: {exc}") from exc
         return v
+
+    @model_validator(mode="after")
+    def _offline_or_url(self) -> BrokerConfig:
+        if self.offline and self.url is not None:
+            raise ValueError("offline = true and a url at once: remove one")
+        return self
+
+    def check_for_run(self) -> None:
+        """ConfigError unless the daemon knows where to publish, or was told to run offline."""
+        if self.url is None and not self.offline:
+            raise ConfigError(
+                'broker.url: not set: give the plant broker (url = "mqtt://HOST:1883") or run '
+                "without one (offline = true)",
+                field="broker.url",
+            )
 
     @field_validator("topic_root")
     @classmethod

@@ -57,6 +57,9 @@ class StoreState:
     probation_cmd_id: str | None = None
     probation_rollout_id: str | None = None
     seen_commands: tuple[str, ...] = ()
+    # What a local tool (``edge-agent rollback``) last did, for the running daemon to report as
+    # the right event: {"kind": "rollback", "reason": ..., "active": sha256, "from": {ref}}.
+    local_change: Mapping[str, Any] | None = None
 
     def referenced(self) -> set[str]:
         """Bundle hashes that must stay on disk."""
@@ -74,6 +77,7 @@ class StoreState:
             "probation_cmd_id": self.probation_cmd_id,
             "probation_rollout_id": self.probation_rollout_id,
             "seen_commands": list(self.seen_commands),
+            "local_change": dict(self.local_change) if self.local_change else None,
         }
 
     @classmethod
@@ -91,6 +95,7 @@ class StoreState:
                 probation_cmd_id=d.get("probation_cmd_id"),
                 probation_rollout_id=d.get("probation_rollout_id"),
                 seen_commands=tuple(str(x) for x in d.get("seen_commands", [])),
+                local_change=dict(d["local_change"]) if d.get("local_change") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"state.json is malformed: {exc}") from exc
@@ -132,6 +137,7 @@ def install(
         boot_count=0,
         probation_cmd_id=cmd_id if fallback is not None else None,
         probation_rollout_id=rollout_id if fallback is not None else None,
+        local_change=None,  # an install is reported as one, whatever a local rollback noted before
     )
 
 

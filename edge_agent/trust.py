@@ -22,19 +22,25 @@ oversized file never fills the disk; the hash is checked before the file is hand
 Wrong device clock (decided behaviour):
 
 - The running model never depends on the clock: expiry only gates *new* updates.
+- The clock is a seam of ours: ``TrustedRepository(now=...)`` (the agent's ``Updater(now=...)``)
+  is the one clock both our floor and ngclient's expiry checks use.
 - Clock ahead of real time: valid metadata looks expired, so updates are refused with reason
-  ``expired`` (the event says to check the clock) and the device keeps its current model. Fix the
+  ``expired`` (the event says which clock was used) and the device keeps its current model. Fix the
   clock (NTP) and retry; nothing needs to be reinstalled.
-- Clock behind real time: expired metadata could look fresh (a freeze attack needs that). We keep
-  a clock floor, ``clock.json`` beside the metadata: the latest wall-clock time at which a refresh
-  succeeded. A clock more than :data:`CLOCK_SKEW_TOLERANCE_S` earlier than that floor refuses every
-  refresh with reason ``clock`` until the clock is right. Version numbers (which never go down)
-  protect against replay regardless of the clock.
+- Clock behind real time: expired metadata could look fresh (a freeze attack needs that). The
+  clock floor is what the *fleet signed*, never this device's clock: the fleet server puts its
+  signing time in every timestamp it signs (:data:`ISSUED_FIELD`, inside the signed part), and the
+  floor is the issue time of the newest timestamp this device trusts after a refresh. A clock more
+  than :data:`CLOCK_SKEW_TOLERANCE_S` earlier than that refuses the update with reason ``clock``
+  until the clock is right. A clock that once ran fast raises nothing: after it is corrected,
+  valid updates install at once. Version numbers (which never go down) protect against replay
+  regardless of the clock. A timestamp without the field (an older fleet server) gives no floor.
+  (Earlier agents kept the device's own clock at the last success in ``clock.json``; that file is
+  ignored, so a floor raised by a fast clock no longer locks a device out.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -47,19 +53,20 @@ from urllib.parse import unquote
 import urllib3
 from tuf import __version__ as tuf_version
 from tuf.api import exceptions as tuf_exc
-from tuf.api.metadata import Metadata, TargetFile, Targets
+from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from edge_agent.acceptance import split_target_path
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
+from edge_agent.atomic import fsync_dir
 from edge_agent.errors import FetchError, VerificationError
 
 log = logging.getLogger(__name__)
 
-CLOCK_FILE = "clock.json"
 CLOCK_SKEW_TOLERANCE_S = 300.0
+# The fleet's signing time, a field inside the signed part of every timestamp the fleet signs.
+ISSUED_FIELD = "x-lineside-issued"
 LOCAL_BASE = "lineside-local://repo/"
 _CHUNK = 64 * 1024
 
@@ -68,12 +75,32 @@ class UpdateVerificationError(VerificationError):
     """A VerificationError with a short machine-readable ``reason`` for events.
 
     Reasons: ``signature``, ``replay``, ``expired``, ``hash``, ``length``, ``untrusted_path``,
-    ``not_found``, ``clock``, ``metadata``.
+    ``not_found``, ``clock``, ``metadata``, ``incomplete`` (a local repository lacks a file).
+    ``data`` carries the facts behind the message (clocks, the library's own words) for events.
     """
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, data: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.data = dict(data or {})
+
+
+def issued_fields(now: datetime | None = None) -> dict[str, Any]:
+    """The signed fields the fleet adds to a timestamp: its signing time (the devices' clock floor)."""
+    when = (now or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
+    return {ISSUED_FIELD: when.isoformat().replace("+00:00", "Z")}
+
+
+def signed_issue_time(md: Metadata[Any]) -> datetime | None:
+    """The fleet's signing time in ``md`` (a timestamp), or None when it carries none or a bad one."""
+    raw = md.signed.unrecognized_fields.get(ISSUED_FIELD)
+    if not isinstance(raw, str):
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None
 
 
 @dataclass(frozen=True)
@@ -163,6 +190,19 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+def _use_clock(updater: Updater, now: datetime) -> None:
+    """Make ngclient judge expiry by ``now`` (our clock seam) instead of reading the system clock.
+
+    ngclient 7 reads ``datetime.now()`` once, into its trusted set's ``reference_time``, when the
+    Updater is built, and has no parameter for it; we set that one attribute. If a new python-tuf
+    moves it, this fails loudly rather than silently judging expiry by another clock.
+    """
+    trusted = getattr(updater, "_trusted_set", None)
+    if trusted is None or not hasattr(trusted, "reference_time"):
+        raise RuntimeError("python-tuf no longer exposes its reference time: update edge_agent.trust")
+    trusted.reference_time = now
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, tuf_exc.UnsignedMetadataError):
         return "signature"
@@ -237,31 +277,85 @@ class TrustedRepository:
 
     # -- clock floor -------------------------------------------------------------------------------
 
-    def _check_clock(self) -> datetime:
-        now = self.now()
-        path = self.metadata_dir / CLOCK_FILE
-        try:
-            floor = datetime.fromisoformat(json.loads(path.read_bytes())["last_refresh_utc"])
-        except (FileNotFoundError, KeyError, ValueError):
-            return now
-        if (floor - now).total_seconds() > CLOCK_SKEW_TOLERANCE_S:
-            raise UpdateVerificationError(
-                f"device clock {now.isoformat()} is earlier than the last successful update "
-                f"({floor.isoformat()}); fix the clock before updating",
-                reason="clock",
-            )
-        return now
+    def clock_floor(self) -> datetime | None:
+        """The fleet's signing time of the newest timestamp this device trusts (None: no floor).
 
-    def _record_clock(self, now: datetime) -> None:
-        path = self.metadata_dir / CLOCK_FILE
+        Read from the trusted metadata on disk, which only ever moves forward; never from this
+        device's clock, so a clock that ran fast once leaves nothing behind.
+        """
         try:
-            floor = datetime.fromisoformat(json.loads(path.read_bytes())["last_refresh_utc"])
-            now = max(now, floor)
-        except (FileNotFoundError, KeyError, ValueError):
-            pass
-        atomic_write_bytes(path, json.dumps({"last_refresh_utc": now.isoformat()}).encode())
+            md = Metadata[Timestamp].from_bytes((self.metadata_dir / "timestamp.json").read_bytes())
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return signed_issue_time(md)
+
+    def _check_clock(self, now: datetime) -> None:
+        floor = self.clock_floor()
+        if floor is None or (floor - now).total_seconds() <= CLOCK_SKEW_TOLERANCE_S:
+            return
+        raise UpdateVerificationError(
+            f"the device clock reads {now.isoformat(timespec='seconds')}, earlier than the fleet "
+            f"signed its metadata ({floor.isoformat(timespec='seconds')}): fix the clock (NTP), "
+            "then retry; the running model is untouched",
+            reason="clock",
+            data={"device_clock": now.isoformat(), "clock_floor": floor.isoformat()},
+        )
+
+    # -- what went wrong, and what to do -------------------------------------------------------------
+
+    def _advice(self, reason: str, now: datetime, exc: BaseException) -> UpdateVerificationError:
+        """A refused repository as one line that says what is wrong and what to do."""
+        where = "this export" if self.local else "the fleet server's repository"
+        fix = (
+            "re-export the stick with `fleet export`"
+            if self.local
+            else "retry; if it persists, check the server"
+        )
+        data = {"detail": str(exc), "device_clock": now.isoformat()}
+        if reason == "signature":
+            msg = (
+                f"{where} is not signed by the keys in this device's root.json: the root.json belongs to "
+                "another fleet (check [updates] root_json), or the files were tampered with"
+            )
+        elif reason == "replay":
+            msg = f"{where} is older than what this device already trusts (a stale copy or a replay): " + (
+                "re-export the stick from the current fleet" if self.local else "check the server"
+            )
+        elif reason == "expired":
+            clock = now.isoformat(timespec="seconds")
+            if self.local:
+                msg = (
+                    f"this export's signed metadata has expired (device clock reads {clock}): re-export "
+                    "the stick (`fleet export --expires` for a longer-lived export), or fix the clock if "
+                    "it is wrong"
+                )
+            else:
+                msg = (
+                    f"the fleet server's signed metadata looks expired (device clock reads {clock}): if "
+                    "the clock is right the server has stopped re-signing; if the clock runs ahead, fix it"
+                )
+        elif reason in ("hash", "length"):
+            msg = f"a file in {where} does not match what the fleet signed (corrupted or tampered): {fix}"
+        else:
+            msg = f"{where} has malformed or inconsistent signed metadata: {fix}"
+        log.info("TUF refused %s: %s", where, exc)
+        return UpdateVerificationError(msg, reason=reason, data=data)
+
+    def _missing(self, what: str, exc: BaseException) -> UpdateVerificationError:
+        # A local directory does not heal by waiting: no retries, say it is incomplete.
+        return UpdateVerificationError(
+            f"this export is incomplete ({what} is missing or unreadable): copy it again or re-export "
+            "the stick with `fleet export`",
+            reason="incomplete",
+            data={"detail": str(exc)},
+        )
 
     # -- workflow ----------------------------------------------------------------------------------
+
+    @property
+    def local(self) -> bool:
+        """True for a local directory (USB export): nothing to retry, errors speak of the export."""
+        return isinstance(self.fetcher, DirectoryFetcher)
 
     def _fsync_metadata(self) -> None:
         # ngclient writes with os.replace but no fsync: make the trusted state durable.
@@ -279,7 +373,7 @@ class TrustedRepository:
 
     def refresh(self) -> None:
         """Run the TUF client workflow for the top-level metadata. UpdateVerificationError / FetchError."""
-        now = self._check_clock()
+        now = self.now()
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
         config = UpdaterConfig(
             root_max_length=self.limits.root_max_bytes,
@@ -293,7 +387,9 @@ class TrustedRepository:
             bootstrap = None if cached.exists() else self.root_json.read_bytes()
         except OSError as exc:
             raise UpdateVerificationError(
-                f"cannot read the trust anchor {self.root_json}: {exc}", reason="metadata"
+                f"cannot read the trust anchor {self.root_json}: {exc.strerror or exc} "
+                "(check [updates] root_json)",
+                reason="metadata",
             ) from exc
         try:
             updater = Updater(
@@ -304,25 +400,27 @@ class TrustedRepository:
                 config=config,
                 bootstrap=bootstrap,
             )
+            _use_clock(updater, now)
             updater.refresh()
         except tuf_exc.RepositoryError as exc:
-            reason = _reason(exc)
-            hint = ""
-            if reason == "expired":
-                # Either a freeze attack or this device's clock runs ahead: say which clock we used.
-                hint = f" (device clock reads {now.isoformat()}: if the server's metadata is fresh, fix the clock)"
-            raise UpdateVerificationError(f"TUF metadata rejected: {exc}{hint}", reason=reason) from exc
+            raise self._advice(_reason(exc), now, exc) from exc
         except tuf_exc.DownloadLengthMismatchError as exc:
-            raise UpdateVerificationError(f"metadata too long: {exc}", reason="length") from exc
+            raise self._advice("length", now, exc) from exc
         except tuf_exc.DownloadError as exc:
+            if self.local:
+                raise self._missing("its signed metadata", exc) from exc
             raise FetchError(f"cannot download TUF metadata: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
             raise FetchError(f"download of TUF metadata was cut: {exc}") from exc
         except (ValueError, TypeError, KeyError) as exc:
-            raise UpdateVerificationError(f"malformed TUF metadata: {exc}", reason="metadata") from exc
+            raise self._advice("metadata", now, exc) from exc
         finally:
             self._fsync_metadata()
-        self._record_clock(now)
+        # Checked after the refresh, against the newest timestamp now trusted (fresh from the
+        # fleet, or the one kept when the fleet has nothing newer): a clock far behind the
+        # fleet's signing time is wrong, whatever the metadata's expiry says. Not checked before:
+        # a floor the fleet set wrongly (a future issue time) is then healed by its next timestamp.
+        self._check_clock(now)
         self._updater = updater
 
     def _trusted_targets(self) -> Metadata[Targets]:
@@ -347,8 +445,10 @@ class TrustedRepository:
             try:
                 info = self._updater.get_targetinfo(path)
             except tuf_exc.RepositoryError as exc:
-                raise UpdateVerificationError(f"TUF metadata rejected: {exc}", reason=_reason(exc)) from exc
+                raise self._advice(_reason(exc), self.now(), exc) from exc
             except tuf_exc.DownloadError as exc:
+                if self.local:
+                    raise self._missing("its signed metadata", exc) from exc
                 raise FetchError(f"cannot download TUF metadata: {exc}") from exc
             if info is None:
                 continue
@@ -368,12 +468,12 @@ class TrustedRepository:
         try:
             path = self._updater.download_target(target, filepath=str(dest))
         except tuf_exc.RepositoryError as exc:
-            raise UpdateVerificationError(f"{target.path}: {exc}", reason=_reason(exc)) from exc
+            raise self._advice(_reason(exc), self.now(), exc) from exc
         except tuf_exc.DownloadLengthMismatchError as exc:
-            raise UpdateVerificationError(
-                f"{target.path}: longer than signed ({exc})", reason="length"
-            ) from exc
+            raise self._advice("length", self.now(), exc) from exc
         except tuf_exc.DownloadHTTPError as exc:
+            if self.local:
+                raise self._missing(target.path, exc) from exc
             if exc.status_code in (401, 403):
                 # Not a network fault: retrying with the same token cannot help.
                 raise UpdateVerificationError(
@@ -383,6 +483,8 @@ class TrustedRepository:
                 ) from exc
             raise FetchError(f"cannot download {target.path}: {exc}") from exc
         except tuf_exc.DownloadError as exc:
+            if self.local:
+                raise self._missing(target.path, exc) from exc
             raise FetchError(f"cannot download {target.path}: {exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
             # ngclient wraps errors of the request but not of the body stream: a connection cut

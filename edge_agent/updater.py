@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import pairwise
@@ -330,6 +330,12 @@ class Updater:
                         },
                     )
                 )
+            local = new_state.local_change or {}
+            if local.get("kind") == "rollback" and new_state.active is not None:
+                # `edge-agent rollback` ran while the daemon was stopped: report it now, once.
+                self._boot_notes.append(("rollback", self._local_rollback_event(new_state.active, local, {})))
+            if new_state.local_change is not None:
+                new_state = replace(new_state, local_change=None)
             if new_state != state:
                 self.store.write_state(new_state)
             state = new_state
@@ -409,13 +415,18 @@ class Updater:
             self.settings.repository_url,
             token=token,
             limits=self.settings.limits,
+            now=self.now,
         )
 
     def _dir_repository(self, repo_dir: Path, metadata_dir: Path | None = None) -> TrustedRepository:
         if self.settings.root_json is None:
             raise _Rejected("update.rejected", "not_configured", "no [updates] root_json configured")
         return TrustedRepository.from_directory(
-            metadata_dir or self.store.tuf_dir, self.settings.root_json, repo_dir, limits=self.settings.limits
+            metadata_dir or self.store.tuf_dir,
+            self.settings.root_json,
+            repo_dir,
+            limits=self.settings.limits,
+            now=self.now,
         )
 
     def deploy(
@@ -442,7 +453,10 @@ class Updater:
         """``edge-agent install DIR``: the same TUF workflow over a local repository directory."""
         repo_dir = Path(repo_dir)
         if name is None or version is None:
-            name, version = self._pick_release(repo_dir)
+            try:
+                name, version = self._pick_release(repo_dir)
+            except _Rejected as exc:
+                return Outcome("rejected", str(exc), reason=exc.reason)
         return self._install(lambda: self._dir_repository(repo_dir), name, version, cmd_id, None, force)
 
     @staticmethod
@@ -460,6 +474,13 @@ class Updater:
         for p in (repo_dir / "targets").glob("*/*/*"):
             found.add((p.parent.parent.name, p.parent.name))
         names = {n for n, _ in found}
+        if not names:
+            raise _Rejected(
+                "update.rejected",
+                "no_release",
+                f"{repo_dir} holds no release (no release.json, nothing under targets/): "
+                "give the folder written by `fleet export` or `fleet release --repo`",
+            )
         if len(names) != 1:
             raise _Rejected(
                 "update.rejected", "ambiguous", f"{repo_dir} holds {len(names)} models; name one with --model"
@@ -637,6 +658,8 @@ class Updater:
                 )
         except _Rejected as exc:
             return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except UpdateVerificationError as exc:
+            return self._reject("update.rejected", exc.reason, str(exc), ctx, name, version, exc.data)
         except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
             return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
         except (FetchError, StoreError, ModelLoadError, TimeoutError, OSError) as exc:
@@ -708,16 +731,24 @@ class Updater:
     # -- rollback ----------------------------------------------------------------------------------
 
     def rollback(
-        self, *, cmd_id: str | None = None, rollout_id: str | None = None, reason: str = ""
+        self,
+        *,
+        cmd_id: str | None = None,
+        rollout_id: str | None = None,
+        reason: str = "",
+        code: str = "requested",
     ) -> Outcome:
-        """The ``rollback`` command / ``edge-agent rollback``: back to the previous model."""
+        """The ``rollback`` command (``code`` ``requested``) / ``edge-agent rollback`` (``operator``).
+
+        ``reason`` is the human message; ``code`` the typed reason in the ``rollback`` event.
+        """
         if not self._begin(cmd_id):
             return Outcome("duplicate", f"command {cmd_id} was already handled")
         try:
             return self._rollback(
                 cmd_id=cmd_id,
                 rollout_id=rollout_id,
-                reason="requested",
+                reason=code,
                 message=reason or "rollback requested",
             )
         finally:
@@ -767,6 +798,18 @@ class Updater:
                 new_state = (
                     store_rules.fail_probation(state) if failed_probation else store_rules.rollback(state)
                 )
+                if self.host is None:
+                    # Made by the CLI: the daemon (running now, or at its next start) reports it
+                    # as a rollback, not as an install.
+                    new_state = replace(
+                        new_state,
+                        local_change={
+                            "kind": "rollback",
+                            "reason": reason,
+                            "active": target.sha256,
+                            "from": failed.to_dict(),
+                        },
+                    )
                 self.store.write_state(new_state)
                 self._state_mtime = self.store.state_mtime_ns()
             self._probation_since = None
@@ -866,11 +909,20 @@ class Updater:
             if state.active is None or state.active.sha256 == current:
                 return False
             runner = self.load_runner(self.store.bundle_dir(state.active))
-            self._swap_in(runner)
+            swap = self._swap_in(runner)
             if state.probation:
                 self._start_probation()
             else:
                 self._probation_since = None
+            note = state.local_change or {}
+            if note.get("kind") == "rollback" and note.get("active") == state.active.sha256:
+                self.emit("rollback", **self._local_rollback_event(state.active, note, swap))
+                with self.store.locked():  # reported: a restart must not report it again
+                    now_state = self.store.read_state()
+                    if now_state.local_change == state.local_change:
+                        self.store.write_state(replace(now_state, local_change=None))
+                    self._state_mtime = self.store.state_mtime_ns()
+                return True
             self.emit(
                 "update.installed",
                 message=f"{state.active.ref} activated from the local store (installed by the CLI)",
@@ -878,6 +930,24 @@ class Updater:
                 data={"source": "cli", "probation": state.probation},
             )
             return True
+
+    @staticmethod
+    def _local_rollback_event(
+        active: BundleRef, note: Mapping[str, Any], swap: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The ``rollback`` event for a rollback made by ``edge-agent rollback`` (reason ``operator``)."""
+        return {
+            "level": "info",
+            "message": f"rolled back to {active.ref} by a local operator (edge-agent rollback)",
+            "model": _ref_msg(active),
+            "data": {
+                "reason": str(note.get("reason") or "operator"),
+                "failed_model": note.get("from"),
+                "evidence": {},
+                "swap": swap,
+                "source": "cli",
+            },
+        }
 
     # -- verify only -------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from edge_agent.acceptance import split_target_path
 from edge_agent.atomic import atomic_write_bytes, fsync_dir
 from edge_agent.errors import ConfigError, StoreError, VerificationError
 from edge_agent.manifest import MANIFEST_FILE, load_manifest
+from edge_agent.trust import issued_fields
 from fleet_server import keys as keymod
 
 log = logging.getLogger(__name__)
@@ -355,6 +356,8 @@ class Repository:
                 version=version,
                 expires=keymod.expiry(self.expiry_days["timestamp"]),
                 snapshot_meta=MetaFile(version=snapshot_version),
+                # Signed: the devices' clock floor (edge_agent.trust), never their own clock.
+                unrecognized_fields=issued_fields(),
             )
         )
         ts.sign(self._online_signer("timestamp"))

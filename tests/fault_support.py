@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -239,32 +240,28 @@ def agent_toml(
 # -- a device clock that is wrong ------------------------------------------------------------------
 
 
-@contextmanager
-def device_clock(skew: Any) -> Iterator[None]:
-    """Run the device's TUF client (ngclient's expiry checks and the agent's clock floor) with its
-    wall clock off by ``skew`` (a timedelta), as a device with a dead RTC battery or a bad NTP
-    server would be. libfaketime is not available; this patches the two places that read the clock.
+class DeviceClock:
+    """The device's wall clock, off by an adjustable ``skew``, as a device with a dead RTC battery
+    or a bad NTP server would have. It is handed to the agent through our own seam,
+    ``Updater(now=...)`` → ``TrustedRepository(now=...)``, which is the clock both the clock floor
+    and ngclient's expiry checks use (libfaketime is not available, and python-tuf's modules are
+    not patched).
     """
-    import datetime as dt
-    import types
 
-    from tuf.ngclient._internal import trusted_metadata_set
+    def __init__(self) -> None:
+        self.skew = timedelta(0)
 
-    from edge_agent import trust
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.skew
 
-    class Skewed(dt.datetime):
-        @classmethod
-        def now(cls, tz: Any = None) -> Skewed:  # type: ignore[override]
-            real = dt.datetime.now(tz) + skew
-            return cls.fromtimestamp(real.timestamp(), tz)
-
-    saved = (trusted_metadata_set.datetime, trust.datetime)  # type: ignore[attr-defined]
-    trusted_metadata_set.datetime = types.SimpleNamespace(datetime=Skewed, timezone=dt.timezone)  # type: ignore[attr-defined]
-    trust.datetime = Skewed  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        trusted_metadata_set.datetime, trust.datetime = saved  # type: ignore[attr-defined,misc]
+    @contextmanager
+    def skewed(self, skew: timedelta) -> Iterator[None]:
+        """Run the body with the clock off by ``skew``; the right time again after it."""
+        self.skew = skew
+        try:
+            yield
+        finally:
+            self.skew = timedelta(0)
 
 
 # -- a line: Mosquitto, `fleet serve`, real agents ----------------------------------------------------

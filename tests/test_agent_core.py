@@ -247,3 +247,24 @@ def test_runner_interface(bundles: dict[str, Path]) -> None:
     r.close()
     with pytest.raises(ModelLoadError):
         r.predict(img)
+
+
+def test_retained_state_is_republished_when_what_it_reports_changes(
+    tmp_path: Path, bundles: dict[str, Path]
+) -> None:
+    # Probation passing swaps nothing, yet the fleet must see probation end (issue 13).
+    src = ListSource(images(10_000))
+    agent, pub = make_agent(tmp_path, bundles["confident"], src)
+    on_probation = [True]
+    active = agent.state().active_model
+    agent.set_model_info(lambda: (active, None, on_probation[0]))
+    agent.start()
+    try:
+        wait_until(lambda: pub.states and pub.states[-1]["probation"] is True, 10, what="first state")
+        published = len(pub.states)
+        wait_until(lambda: len(pub.of("telemetry")) >= 3, 10, what="windows")
+        assert len(pub.states) == published, "republished although nothing changed"
+        on_probation[0] = False
+        wait_until(lambda: pub.states[-1]["probation"] is False, 10, what="state after probation")
+    finally:
+        agent.stop()

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -112,9 +112,13 @@ class World:
         base.update(kw)
         return UpdaterSettings(**base)
 
-    def updater(self, host: FakeHost | None = None, **kw: Any) -> Updater:
+    def updater(
+        self, host: FakeHost | None = None, *, now: Callable[[], datetime] | None = None, **kw: Any
+    ) -> Updater:
+        """The device's updater; ``now`` is its wall clock (a seam for clock tests)."""
         store = ModelStore(self.state_dir)
-        return Updater(store, self.settings(**kw), load_runner=OrtRunner, host=host)
+        extra: dict[str, Any] = {} if now is None else {"now": now}
+        return Updater(store, self.settings(**kw), load_runner=OrtRunner, host=host, **extra)
 
     def store(self) -> ModelStore:
         return ModelStore(self.state_dir)
