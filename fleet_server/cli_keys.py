@@ -27,7 +27,7 @@ from edge_agent.clitools import CommandError, print_json
 from edge_agent.errors import LinesideError, VerificationError
 from fleet_server import keys as keymod
 from fleet_server.tuf_export import Export
-from fleet_server.tuf_repo import Repository, build_release_targets, release_local
+from fleet_server.tuf_repo import AlreadyReleasedError, Repository, build_release_targets, release_local
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -137,6 +137,13 @@ def _release(args: argparse.Namespace) -> int:
             if not args.token:
                 raise CommandError("--server needs an admin token: pass --token or set LINESIDE_TOKEN")
             result = _release_to_server(args)
+    except AlreadyReleasedError as exc:
+        # Retrying a release whose answer was lost is not an error: the same bytes are published.
+        if args.json:
+            print_json({"ok": True, "already_released": True, "ref": exc.ref})
+        else:
+            sys.stdout.write(f"{exc}; nothing to do\n")
+        return 0
     except LinesideError as exc:
         if args.json:
             print_json({"ok": False, "error": str(exc), "reason": getattr(exc, "reason", None)})

@@ -55,7 +55,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 
 from edge_agent.acceptance import split_target_path
 from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import ConfigError, StoreError, VerificationError
+from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import MANIFEST_FILE, parse_manifest
 from fleet_server import keys as keymod
 from fleet_server.release_check import check_release_files, read_bundle_files
@@ -96,6 +96,16 @@ class ReleaseInfo:
         }
 
 
+class AlreadyReleasedError(LinesideError):
+    """The bundle is already published, byte for byte (``fleet release`` treats it as done)."""
+
+    reason = "already_released"
+
+    def __init__(self, message: str, *, ref: str) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -133,6 +143,14 @@ def build_release_targets(
         path = f"{manifest.name}/{manifest.version}/{fname}"
         split_target_path(path)
         files[path] = data
+    if current is not None and all(
+        path in current.signed.targets and current.signed.targets[path].hashes.get("sha256") == _sha256(data)
+        for path, data in files.items()
+    ):
+        # A retry of a release that was published (its answer lost): nothing to sign again.
+        raise AlreadyReleasedError(
+            f"{manifest.ref} is already released with these exact files", ref=manifest.ref
+        )
     if current is None:
         signed = Targets(version=1, expires=keymod.expiry(expiry_days))
     else:

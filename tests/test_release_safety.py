@@ -198,6 +198,20 @@ def test_missing_online_key_refuses_before_any_write_and_the_same_release_then_s
     assert set(trust.release("tiny", "1.1.0").targets) == {"manifest.json", "model.onnx", "selftest.npz"}
 
 
+def test_releasing_the_same_bundle_again_is_done_not_refused(
+    tmp_path: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The retry of a release whose answer was lost (or a CI job run twice): exit 0, nothing signed.
+    repo = tmp_path / "repo"
+    bundle = make_bundle(tmp_path / "b", version="1.0.0")
+    assert _release(bundle, keys, repo) == 0
+    before = _tree(repo)
+    capsys.readouterr()
+    assert _release(bundle, keys, repo, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["already_released"] is True
+    assert _tree(repo) == before
+
+
 class _Crash(BaseException):
     """The process dies here: no except clause of ours runs (a BaseException, like SIGKILL's effect)."""
 
