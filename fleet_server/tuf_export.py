@@ -47,13 +47,21 @@ class Export:
 
 
 def export_release(
-    repo: Repository, name: str, version: str, out_dir: Path, *, expires: timedelta | None = None
+    repo: Repository,
+    name: str,
+    version: str,
+    out_dir: Path,
+    *,
+    expires: timedelta | None = None,
+    now: datetime | None = None,
 ) -> Export:
     """Write NAME@VERSION to ``out_dir`` (absent or empty) atomically; with ``expires``, re-sign.
 
-    ConfigError when the release is unknown, ``out_dir`` is not empty, or ``expires`` is given
-    and the repository has no online keys (say where they are expected).
+    ConfigError when the release is unknown, ``out_dir`` is not empty, ``expires`` is given and
+    the repository has no online keys (say where they are expected), or the export would already
+    be expired (a stick that every device refuses is worse than this error).
     """
+    now = now or datetime.now(UTC)
     info = next((r for r in repo.releases() if (r.name, r.version) == (name, version)), None)
     if info is None:
         raise ConfigError(f"{name}@{version} is not in the repository")
@@ -70,11 +78,20 @@ def export_release(
         "timestamp.json": (repo.metadata_dir / "timestamp.json").read_bytes(),
     }
     if expires is not None:
-        metadata, ts, snap = _resigned(repo, metadata, ts, snap, expires)
+        metadata, ts, snap = _resigned(repo, metadata, ts, snap, now + expires)
     root = repo.root()
     candidates = [("timestamp", ts.signed.expires), ("snapshot", snap.signed.expires)]
     candidates += [("targets", targets.signed.expires), ("root", root.signed.expires)]
     role, when = min(candidates, key=lambda c: c[1])
+    if when <= now:
+        hint = (
+            "re-release or rotate it"
+            if role in ("targets", "root")
+            else "pass --expires DURATION --keys DIR to re-sign it"
+        )
+        raise ConfigError(
+            f"the export would already be expired: its {role} metadata expired {when:%Y-%m-%d %H:%M} UTC; {hint}"
+        )
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -116,9 +133,9 @@ def _resigned(
     metadata: dict[str, bytes],
     ts: Metadata[Timestamp],
     snap: Metadata[Snapshot],
-    lifetime: timedelta,
+    until: datetime,
 ) -> tuple[dict[str, bytes], Metadata[Timestamp], Metadata[Snapshot]]:
-    """The export's snapshot and timestamp re-signed to live ``lifetime`` (next versions)."""
+    """The export's snapshot and timestamp re-signed to expire at ``until`` (next versions)."""
     if repo.online_keys_dir is None or not all(
         keymod.has_key(repo.online_keys_dir, r) for r in keymod.ONLINE_ROLES
     ):
@@ -128,7 +145,7 @@ def _resigned(
             f"({keymod.private_key_path(where, 'snapshot')} and {keymod.private_key_path(where, 'timestamp')}); "
             "pass --keys DIR"
         )
-    until = (datetime.now(UTC) + lifetime).replace(microsecond=0)
+    until = until.replace(microsecond=0)
     new_snap = Metadata(Snapshot(version=snap.signed.version + 1, expires=until, meta=dict(snap.signed.meta)))
     new_snap.sign(keymod.load_signer(repo.online_keys_dir, "snapshot"))
     new_ts = Metadata(

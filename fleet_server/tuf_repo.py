@@ -10,6 +10,7 @@ Layout (the fleet server serves ``REPO`` as-is; devices and USB exports use the 
     REPO/metadata/snapshot.json        copy of the newest snapshot
     REPO/metadata/timestamp.json       always this name (TUF's entry point), re-signed before expiry
     REPO/targets/NAME/VERSION/{sha256}.FILE   bundle files, hash-prefixed (consistent snapshots)
+    REPO/.lock                         one writer at a time (flock); never served
 
 ``root.consistent_snapshot`` is true, so a device that downloads while a release is being
 written never sees a mix: every file it fetches is named by version or hash.
@@ -581,14 +582,22 @@ class Repository:
             self._write_all(writes, what="fresh metadata")
             return True
 
-    def export(self, name: str, version: str, out_dir: Path, *, expires: timedelta | None = None) -> Export:
+    def export(
+        self,
+        name: str,
+        version: str,
+        out_dir: Path,
+        *,
+        expires: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> Export:
         """A self-contained signed local repository with that release's files (USB side-loading).
 
         See :func:`fleet_server.tuf_export.export_release`.
         """
         from fleet_server.tuf_export import export_release
 
-        return export_release(self, name, version, out_dir, expires=expires)
+        return export_release(self, name, version, out_dir, expires=expires, now=now)
 
 
 def _bundles(

@@ -27,6 +27,7 @@ import pytest
 from tuf.api.metadata import Metadata, Root, Timestamp
 
 from edge_agent.cli import main as edge_agent
+from edge_agent.errors import ConfigError
 from edge_agent.manifest import MODEL_FILE
 from edge_agent.trust import TrustedRepository
 from fleet_server import keys as keymod
@@ -348,6 +349,21 @@ def test_export_expires_resigns_for_air_gapped_lines(
     with pytest.raises(SystemExit) as bad:
         fleet(_export_args(repo, tmp_path / "u4", "soon"))
     assert bad.value.code == 2
+
+
+def test_an_export_that_would_already_be_expired_is_refused(tmp_path: Path, keys: Path) -> None:
+    # A stick written two days after the last `fleet release --repo` (timestamp: one day) would
+    # fail on every device; the export says so and how to re-sign, and --expires makes it work.
+    repo_dir = tmp_path / "repo"
+    assert _release(make_bundle(tmp_path / "b", version="1.0.0"), keys, repo_dir) == 0
+    later = datetime.now(UTC) + timedelta(days=2)
+    with pytest.raises(ConfigError, match="--expires"):
+        Repository.open(repo_dir, None).export("tiny", "1.0.0", tmp_path / "usb", now=later)
+    assert not (tmp_path / "usb").exists()
+    done = Repository.open(repo_dir, keys).export(
+        "tiny", "1.0.0", tmp_path / "usb", expires=timedelta(days=30), now=later
+    )
+    assert done.expires_role in ("timestamp", "snapshot") and done.expires > later + timedelta(days=29)
 
 
 def test_serve_help_says_where_the_token_is_not_that_it_prints_it(capsys: pytest.CaptureFixture[str]) -> None:
