@@ -56,13 +56,16 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 
 from edge_agent.acceptance import split_target_path
 from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
-from edge_agent.manifest import MANIFEST_FILE, parse_manifest
+from edge_agent.errors import ConfigError, StoreError, VerificationError
 from fleet_server import keys as keymod
-from fleet_server.release_check import check_release_files, read_bundle_files
+from fleet_server.release_check import check_release_files
+from fleet_server.release_sign import AlreadyReleasedError, build_release_targets
 
 if TYPE_CHECKING:
     from fleet_server.tuf_export import Export
+
+# Re-exported: the signing half lives in release_sign (it runs offline, beside the targets key).
+__all__ = ["AlreadyReleasedError", "ReleaseInfo", "Repository", "build_release_targets", "release_local"]
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +100,6 @@ class ReleaseInfo:
         }
 
 
-class AlreadyReleasedError(LinesideError):
-    """The bundle is already published, byte for byte (``fleet release`` treats it as done)."""
-
-    reason = "already_released"
-
-    def __init__(self, message: str, *, ref: str) -> None:
-        super().__init__(message)
-        self.ref = ref
-
-
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -115,68 +108,6 @@ def target_file_name(path: str, sha256: str) -> str:
     """Where a target lives under ``REPO/targets`` with consistent snapshots."""
     dirname, _, base = path.rpartition("/")
     return f"{dirname}/{sha256}.{base}"
-
-
-def build_release_targets(
-    bundle_dir: Path,
-    *,
-    targets_signer: Signer,
-    current: Metadata[Targets] | None,
-    expiry_days: float,
-    allow_downgrade: bool = False,
-) -> tuple[bytes, dict[str, bytes]]:
-    """Sign a new targets version that adds ``bundle_dir``'s files (offline step of a release).
-
-    Returns the signed targets metadata bytes and ``{NAME/VERSION/FILE: bytes}``. The bundle is
-    refused (:class:`~fleet_server.release_check.BundleRefusedError`) when it holds anything but
-    regular files, holds key material, or would not load and pass its self-test on a device.
-    """
-    # Regular files only, read without following links: a symlink to private/targets.pem would
-    # otherwise be signed and published to every device (SECURITY.md).
-    raw = read_bundle_files(Path(bundle_dir))
-    if MANIFEST_FILE not in raw:
-        raise ConfigError(f"{bundle_dir} has no {MANIFEST_FILE}")
-    manifest = parse_manifest(raw[MANIFEST_FILE])
-    # What is signed is what was checked: the same bytes, loaded as a device would load them.
-    check_release_files(raw, name=manifest.name, version=manifest.version)
-    files: dict[str, bytes] = {}
-    for fname, data in raw.items():
-        path = f"{manifest.name}/{manifest.version}/{fname}"
-        split_target_path(path)
-        files[path] = data
-    if current is not None and all(
-        path in current.signed.targets and current.signed.targets[path].hashes.get("sha256") == _sha256(data)
-        for path, data in files.items()
-    ):
-        # A retry of a release that was published (its answer lost): nothing to sign again.
-        raise AlreadyReleasedError(
-            f"{manifest.ref} is already released with these exact files", ref=manifest.ref
-        )
-    if current is None:
-        signed = Targets(version=1, expires=keymod.expiry(expiry_days))
-    else:
-        signed = Targets.from_dict(current.signed.to_dict())
-        signed.version = current.signed.version + 1
-        signed.expires = keymod.expiry(expiry_days)
-    custom: dict[str, Any] = {
-        "name": manifest.name,
-        "version": manifest.version,
-        "device_classes": list(manifest.device_classes),
-        "created": manifest.created.isoformat(),
-    }
-    if allow_downgrade:
-        custom["allow_downgrade"] = True
-    for path, data in files.items():
-        if path in signed.targets:
-            old = signed.targets[path]
-            if old.hashes.get("sha256") != _sha256(data):
-                raise ConfigError(f"{path} is already released with different content; bump the version")
-        tf = TargetFile.from_data(path, data, ["sha256"])
-        tf.unrecognized_fields["custom"] = dict(custom)
-        signed.targets[path] = tf
-    md = Metadata(signed)
-    md.sign(targets_signer)
-    return md.to_bytes(), files
 
 
 class Repository:
