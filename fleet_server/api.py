@@ -32,6 +32,7 @@ from edge_agent.messages import valid_device_id
 from fleet_server import auth, device_tokens, metrics
 from fleet_server.app import Services
 from fleet_server.controller import NotFoundError
+from fleet_server.release_check import BundleRefusedError
 from fleet_server.rollouts import Policy, parse_duration_s, parse_fraction, parse_stages
 
 _bearer = HTTPBearer(
@@ -243,7 +244,8 @@ def tuf_metadata(file: str, request: Request) -> Response:
     svc = _svc(request)
     if svc.repo is None or not _METADATA_NAME.match(file):
         raise _error(404, "no such metadata file")
-    path = _safe_join(Path(svc.repo.metadata_dir), file)
+    # targets.json/snapshot.json: the published versions (what timestamp.json leads to).
+    path = _safe_join(Path(svc.repo.metadata_dir), svc.repo.metadata_file(file).name)
     return _serve_file(path, "application/json")
 
 
@@ -318,6 +320,14 @@ async def models_upload(request: Request, _: Admin) -> dict[str, Any]:
         info = svc.repo.accept_release(signed, files)
     except VerificationError as exc:
         raise _error(400, f"release refused: {exc}", error="verification_failed") from exc
+    except BundleRefusedError as exc:
+        # Key material or a bundle no device could run: refused here too, whatever the client checked.
+        raise _error(
+            422, f"release refused: {exc}", error="bundle_refused", reason=exc.reason, file=exc.file
+        ) from exc
+    except ConfigError as exc:
+        # The server's own online keys are missing or unreadable: nothing was stored; fix and retry.
+        raise _error(503, f"release not stored: {exc}", error="online_keys") from exc
     except StoreError as exc:
         # 507 Insufficient Storage: nothing was stored; free space and upload again.
         raise _error(507, f"release not stored: {exc}", error="storage") from exc

@@ -14,7 +14,9 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,10 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Targets
 
 from edge_agent.clitools import CommandError, print_json
-from edge_agent.errors import VerificationError
+from edge_agent.errors import LinesideError, VerificationError
 from fleet_server import keys as keymod
-from fleet_server.tuf_repo import Repository, build_release_targets, release_local
+from fleet_server.tuf_export import Export
+from fleet_server.tuf_repo import AlreadyReleasedError, Repository, build_release_targets, release_local
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,14 +53,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="sign a model bundle and publish it",
         description="Sign BUNDLE's files as TUF targets with the targets key and publish them: into a "
         "local TUF repository (--repo, created on first use; works with no server) or to a fleet "
-        "server (--server/--token).",
+        "server (--server/--token, or LINESIDE_SERVER/LINESIDE_TOKEN). The bundle must hold regular "
+        "files only (no symlinks, hard links or directories) and must run as a device runs it: "
+        "model.onnx loads in ONNX Runtime, the manifest matches its inputs and outputs, and the "
+        "self-test reproduces on the CPU provider. A failed release changes nothing and can be retried.",
     )
     rel.add_argument("bundle", type=Path, help="bundle directory (manifest.json, model.onnx, selftest.npz)")
     rel.add_argument("--keys", type=Path, required=True, help="keys directory from `fleet keys init`")
-    where = rel.add_mutually_exclusive_group(required=True)
+    where = rel.add_mutually_exclusive_group()
     where.add_argument("--repo", type=Path, help="local TUF repository directory")
-    where.add_argument("--server", help="fleet server URL, e.g. http://127.0.0.1:8700")
-    rel.add_argument("--token", help="bearer token for --server")
+    where.add_argument(
+        "--server", help="fleet server URL, e.g. http://127.0.0.1:8700 (default: $LINESIDE_SERVER)"
+    )
+    rel.add_argument("--token", help="admin API token for the server (default: $LINESIDE_TOKEN)")
     rel.add_argument(
         "--allow-downgrade",
         action="store_true",
@@ -80,7 +88,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     exp.add_argument(
         "--token", help="API or device token for --server: model files need one (default: $LINESIDE_TOKEN)"
     )
+    exp.add_argument(
+        "--expires",
+        type=_duration,
+        help="re-sign the export's snapshot and timestamp to live this long (e.g. 90d, 12h) for "
+        "air-gapped lines; needs the online keys (--keys). Without it the export expires with the "
+        "repository's timestamp (a day by default)",
+    )
+    exp.add_argument(
+        "--keys", type=Path, help="keys directory holding private/snapshot.pem and private/timestamp.pem"
+    )
+    exp.add_argument("--json", action="store_true", help="print the result as JSON")
     exp.set_defaults(func=_export)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``600s``, ``2w`` → a timedelta (argparse type)."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhdw])\s*", text)
+    if m is None or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d, 12h or 30m")
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _keys_init(args: argparse.Namespace) -> int:
@@ -97,13 +127,30 @@ def _keys_init(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    if args.repo is not None:
-        info = release_local(args.bundle, args.keys, args.repo, allow_downgrade=args.allow_downgrade)
-        result: dict[str, Any] = {"repo": str(args.repo), **info.to_dict()}
-    else:
-        if not args.token:
-            raise CommandError("--server needs --token")
-        result = _release_to_server(args)
+    try:
+        if args.repo is not None:
+            info = release_local(args.bundle, args.keys, args.repo, allow_downgrade=args.allow_downgrade)
+            result: dict[str, Any] = {"repo": str(args.repo), **info.to_dict()}
+        else:
+            # Like every other `fleet` command: flags first, then the environment.
+            args.server = args.server or os.environ.get("LINESIDE_SERVER")
+            args.token = args.token or os.environ.get("LINESIDE_TOKEN")
+            if not args.server:
+                raise CommandError("give --repo DIR, or --server URL (or set LINESIDE_SERVER)")
+            if not args.token:
+                raise CommandError("--server needs an admin token: pass --token or set LINESIDE_TOKEN")
+            result = _release_to_server(args)
+    except AlreadyReleasedError as exc:
+        # Retrying a release whose answer was lost is not an error: the same bytes are published.
+        if args.json:
+            print_json({"ok": True, "already_released": True, "ref": exc.ref})
+        else:
+            sys.stdout.write(f"{exc}; nothing to do\n")
+        return 0
+    except LinesideError as exc:
+        if args.json:
+            print_json({"ok": False, "error": str(exc), "reason": getattr(exc, "reason", None)})
+        raise
     if args.json:
         print_json(result)
     else:
@@ -146,32 +193,66 @@ def _release_to_server(args: argparse.Namespace) -> dict[str, Any]:
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot reach {base}: {exc}") from exc
     if resp.status_code >= 400:
-        raise CommandError(f"the server refused the release: HTTP {resp.status_code} {resp.text[:300]}")
+        raise CommandError(f"the server refused the release: HTTP {resp.status_code}: {_message(resp)}")
     out: dict[str, Any] = resp.json()
     return out
 
 
+def _message(resp: Any) -> str:
+    """The server's one-line error message (its JSON ``detail.message``), else the start of the body."""
+    try:
+        detail = resp.json().get("detail")
+        if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+            return str(detail["message"])
+    except (ValueError, AttributeError):
+        pass
+    return str(resp.text[:300]).replace("\n", " ")
+
+
 def _export(args: argparse.Namespace) -> int:
-    name, sep, version = args.ref.partition("@")
-    if not sep:
-        raise CommandError("give the release as NAME@VERSION")
-    if args.repo is not None:
-        path = Repository.open(args.repo, None).export(name, version, args.out)
-    else:
-        server = args.server or os.environ.get("LINESIDE_SERVER")
-        token = args.token or os.environ.get("LINESIDE_TOKEN")
-        if not server:
-            raise CommandError("give --repo DIR or --server URL (or set LINESIDE_SERVER)")
-        if not token:
-            raise CommandError(
-                "--server needs --token (or LINESIDE_TOKEN): the server serves model files only to a token holder"
+    try:
+        name, sep, version = args.ref.partition("@")
+        if not sep:
+            raise CommandError("give the release as NAME@VERSION")
+        if args.repo is not None:
+            done = Repository.open(args.repo, args.keys).export(name, version, args.out, expires=args.expires)
+        else:
+            server = args.server or os.environ.get("LINESIDE_SERVER")
+            token = args.token or os.environ.get("LINESIDE_TOKEN")
+            if not server:
+                raise CommandError("give --repo DIR or --server URL (or set LINESIDE_SERVER)")
+            if not token:
+                raise CommandError(
+                    "--server needs --token (or LINESIDE_TOKEN): the server serves model files only to a"
+                    " token holder"
+                )
+            done = _export_from_server(
+                server, token, name, version, args.out, keys=args.keys, expires=args.expires
             )
-        path = _export_from_server(server, token, name, version, args.out)
-    sys.stdout.write(f"exported {name}@{version} to {path}\n")
+    except LinesideError as exc:
+        if args.json:
+            print_json({"ok": False, "error": str(exc), "reason": getattr(exc, "reason", None)})
+        raise
+    if args.json:
+        print_json({"ok": True, "ref": f"{name}@{version}", **done.to_dict()})
+    else:
+        sys.stdout.write(
+            f"exported {name}@{version} to {done.path}; it expires {done.expires:%Y-%m-%d %H:%M} UTC"
+            f" (its {done.expires_role} metadata)\n"
+        )
     return 0
 
 
-def _export_from_server(server: str, token: str, name: str, version: str, out: Path) -> Path:
+def _export_from_server(
+    server: str,
+    token: str,
+    name: str,
+    version: str,
+    out: Path,
+    *,
+    keys: Path | None,
+    expires: timedelta | None,
+) -> Export:
     """Mirror the server's metadata and the release's files, then export from the mirror."""
     import tempfile
 
@@ -206,7 +287,7 @@ def _export_from_server(server: str, token: str, name: str, version: str, out: P
         for role in ("snapshot", "targets"):
             v = Metadata.from_bytes((md / f"{role}.json").read_bytes()).signed.version
             (md / f"{v}.{role}.json").write_bytes((md / f"{role}.json").read_bytes())
-        repo = Repository.open(mirror, None)
+        repo = Repository.open(mirror, keys)
         for info in repo.releases():
             if (info.name, info.version) != (name, version):
                 continue
@@ -215,4 +296,4 @@ def _export_from_server(server: str, token: str, name: str, version: str, out: P
                 dest = mirror / TARGETS_DIR / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(get(f"targets/{rel}"))
-        return repo.export(name, version, out)
+        return repo.export(name, version, out, expires=expires)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.clitools import CommandError
+from fleet_server.keys import check_online_keys
 from fleet_server.settings import load_settings, split_hostport
 
 
@@ -19,8 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "Run the fleet server: HTTP API (/api/v1, /tuf, /healthz, /metrics), MQTT ingest and the "
             "rollout controller. Settings: --config TOML, then LINESIDE_FLEET_* environment, then these "
             "flags. With no broker URL an embedded amqtt broker is started (one machine only); with no "
-            "database URL, SQLite under the data directory. On first start it creates an admin token, "
-            "prints it and writes it to DATA_DIR/admin.token (mode 0600)."
+            "database URL, SQLite under the data directory. On first start it creates an admin token in "
+            "DATA_DIR/admin.token (mode 0600) and prints where that file is, never the token. With "
+            "--online-keys DIR it checks at start that DIR/root.json, DIR/private/snapshot.pem and "
+            "DIR/private/timestamp.pem exist, load and match root.json, and refuses to start otherwise."
         ),
     )
     p.add_argument("--config", type=Path, help="TOML settings file")
@@ -32,7 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db")
     p.add_argument(
-        "--online-keys", type=Path, help="directory with root.json and the snapshot/timestamp keys"
+        "--online-keys",
+        type=Path,
+        help="directory with root.json, private/snapshot.pem and private/timestamp.pem (from `fleet keys init`)",
     )
     p.set_defaults(func=run)
 
@@ -55,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     host, port = split_hostport(settings.listen)
+    if settings.online_keys_dir is not None:
+        # Before anything is created: a server that cannot sign would accept nothing and serve a
+        # repository without timestamp.json (one line naming the file it expected).
+        check_online_keys(settings.online_keys_dir)
     try:
         services = Services.build(settings)
     except OSError as exc:

@@ -101,8 +101,13 @@ def init_keys(out_dir: Path, expiry_days: dict[str, float] | None = None) -> Pat
     return out_dir / ROOT_FILE
 
 
+def private_key_path(keys_dir: Path, role: str) -> Path:
+    """Where ``role``'s private key lives in a keys directory: ``DIR/private/ROLE.pem``."""
+    return Path(keys_dir) / PRIVATE_DIR / f"{role}.pem"
+
+
 def has_key(keys_dir: Path, role: str) -> bool:
-    return (Path(keys_dir) / PRIVATE_DIR / f"{role}.pem").exists()
+    return private_key_path(keys_dir, role).exists()
 
 
 def load_signer(keys_dir: Path, role: str) -> CryptoSigner:
@@ -137,3 +142,52 @@ def load_root(keys_dir: Path) -> Metadata[Root]:
         return Metadata[Root].from_bytes(path.read_bytes())
     except FileNotFoundError as exc:
         raise ConfigError(f"no {ROOT_FILE} in {keys_dir}: run `fleet keys init` first") from exc
+
+
+class OnlineKeysError(ConfigError):
+    """The fleet server's online keys directory is not usable; ``reason`` is missing, unreadable or wrong."""
+
+    def __init__(self, message: str, *, reason: str, path: Path) -> None:
+        super().__init__(message, field="online_keys_dir")
+        self.reason = reason
+        self.path = path
+
+
+def online_key_files(keys_dir: Path) -> list[Path]:
+    """The files the fleet server reads from its online keys directory."""
+    return [Path(keys_dir) / ROOT_FILE, *(private_key_path(keys_dir, r) for r in ONLINE_ROLES)]
+
+
+def check_online_keys(keys_dir: Path) -> None:
+    """Check a server's online keys before it serves: OnlineKeysError naming the first bad file.
+
+    ``root.json`` must parse; ``private/snapshot.pem`` and ``private/timestamp.pem`` must exist, load
+    and be the keys root.json names for their roles (a key from another ``keys init`` would sign
+    metadata every device rejects).
+    """
+    keys_dir = Path(keys_dir)
+    expected = ", ".join(str(p) for p in online_key_files(keys_dir))
+    hint = f"the fleet server reads {expected} (from `fleet keys init --out DIR`)"
+    root_path = keys_dir / ROOT_FILE
+    try:
+        root = Metadata[Root].from_bytes(root_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise OnlineKeysError(f"missing {root_path}; {hint}", reason="missing", path=root_path) from exc
+    except (OSError, ValueError) as exc:
+        raise OnlineKeysError(
+            f"cannot read {root_path}; {hint}", reason="unreadable", path=root_path
+        ) from exc
+    for role in ONLINE_ROLES:
+        path = private_key_path(keys_dir, role)
+        if not path.exists():
+            raise OnlineKeysError(f"missing {path}; {hint}", reason="missing", path=path)
+        try:
+            signer = load_signer(keys_dir, role)
+        except ConfigError as exc:
+            raise OnlineKeysError(f"cannot read {path}; {hint}", reason="unreadable", path=path) from exc
+        if signer.public_key.keyid not in root.signed.roles[role].keyids:
+            raise OnlineKeysError(
+                f"{path} is not the {role} key {root_path} names (another `fleet keys init`?); {hint}",
+                reason="wrong",
+                path=path,
+            )

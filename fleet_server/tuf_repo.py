@@ -10,12 +10,21 @@ Layout (the fleet server serves ``REPO`` as-is; devices and USB exports use the 
     REPO/metadata/snapshot.json        copy of the newest snapshot
     REPO/metadata/timestamp.json       always this name (TUF's entry point), re-signed before expiry
     REPO/targets/NAME/VERSION/{sha256}.FILE   bundle files, hash-prefixed (consistent snapshots)
+    REPO/.lock                         one writer at a time (flock); never served
 
 ``root.consistent_snapshot`` is true, so a device that downloads while a release is being
-written never sees a mix: every file it fetches is named by version or hash, and
-``timestamp.json`` is replaced last. HTTP (fleet server): ``GET /tuf/metadata/{file}`` and
-``GET /tuf/targets/{path}`` straight from REPO; devices use ``metadata_base_url =
-{server}/tuf/metadata/`` and ``target_base_url = {server}/tuf/targets/``.
+written never sees a mix: every file it fetches is named by version or hash.
+
+Publishing is atomic: *published* is what ``timestamp.json`` leads to (timestamp →
+``{M}.snapshot.json`` → ``{N}.targets.json`` → target files), and every reader here and the
+server's ``/tuf/metadata/{targets,snapshot}.json`` follow that chain, never the unversioned
+copies. A release signs everything first (a missing online key refuses it before any write), then,
+under ``REPO/.lock``, writes the new files (unreferenced until the end) and replaces
+``timestamp.json`` last. An error undoes its writes; a crash leaves only unreferenced files, which
+:meth:`Repository.heal` removes when the repository is next opened for writing. Either way the
+same release can simply be retried. HTTP (fleet server): ``GET /tuf/metadata/{file}`` and
+``GET /tuf/targets/{path}``; devices use ``metadata_base_url = {server}/tuf/metadata/`` and
+``target_base_url = {server}/tuf/targets/``.
 
 Targets paths are ``NAME/VERSION/FILE``; each target's ``custom`` carries the manifest's
 ``name``, ``version``, ``device_classes`` (and optionally ``allow_downgrade``). Released paths are
@@ -30,16 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
-import json
 import logging
 import os
-import shutil
-import tempfile
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
@@ -48,14 +57,23 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Tar
 from edge_agent.acceptance import split_target_path
 from edge_agent.atomic import atomic_write_bytes, fsync_dir
 from edge_agent.errors import ConfigError, StoreError, VerificationError
-from edge_agent.manifest import MANIFEST_FILE, load_manifest
 from edge_agent.trust import issued_fields
 from fleet_server import keys as keymod
+from fleet_server.release_check import check_release_files
+from fleet_server.release_sign import AlreadyReleasedError, build_release_targets
+
+if TYPE_CHECKING:
+    from fleet_server.tuf_export import Export
+
+# Re-exported: the signing half lives in release_sign (it runs offline, beside the targets key).
+__all__ = ["AlreadyReleasedError", "ReleaseInfo", "Repository", "build_release_targets", "release_local"]
 
 log = logging.getLogger(__name__)
 
 METADATA_DIR = "metadata"
 TARGETS_DIR = "targets"
+LOCK_FILE = ".lock"
+_VERSIONED = re.compile(r"([0-9]+)\.(snapshot|targets)\.json")
 
 
 @dataclass(frozen=True)
@@ -93,56 +111,17 @@ def target_file_name(path: str, sha256: str) -> str:
     return f"{dirname}/{sha256}.{base}"
 
 
-def build_release_targets(
-    bundle_dir: Path,
-    *,
-    targets_signer: Signer,
-    current: Metadata[Targets] | None,
-    expiry_days: float,
-    allow_downgrade: bool = False,
-) -> tuple[bytes, dict[str, bytes]]:
-    """Sign a new targets version that adds ``bundle_dir``'s files (offline step of a release).
-
-    Returns the signed targets metadata bytes and ``{NAME/VERSION/FILE: bytes}``.
-    """
-    manifest = load_manifest(bundle_dir)
-    files: dict[str, bytes] = {}
-    for p in sorted(Path(bundle_dir).iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            path = f"{manifest.name}/{manifest.version}/{p.name}"
-            split_target_path(path)
-            files[path] = p.read_bytes()
-    if MANIFEST_FILE not in {p.rsplit("/", 1)[1] for p in files}:
-        raise ConfigError(f"{bundle_dir} has no {MANIFEST_FILE}")
-    if current is None:
-        signed = Targets(version=1, expires=keymod.expiry(expiry_days))
-    else:
-        signed = Targets.from_dict(current.signed.to_dict())
-        signed.version = current.signed.version + 1
-        signed.expires = keymod.expiry(expiry_days)
-    custom: dict[str, Any] = {
-        "name": manifest.name,
-        "version": manifest.version,
-        "device_classes": list(manifest.device_classes),
-        "created": manifest.created.isoformat(),
-    }
-    if allow_downgrade:
-        custom["allow_downgrade"] = True
-    for path, data in files.items():
-        if path in signed.targets:
-            old = signed.targets[path]
-            if old.hashes.get("sha256") != _sha256(data):
-                raise ConfigError(f"{path} is already released with different content; bump the version")
-        tf = TargetFile.from_data(path, data, ["sha256"])
-        tf.unrecognized_fields["custom"] = dict(custom)
-        signed.targets[path] = tf
-    md = Metadata(signed)
-    md.sign(targets_signer)
-    return md.to_bytes(), files
-
-
 class Repository:
-    """A TUF repository directory plus the online keys that keep it fresh. No HTTP in here."""
+    """A TUF repository directory plus the online keys that keep it fresh. No HTTP in here.
+
+    What is published is what ``timestamp.json`` leads to (timestamp → ``{M}.snapshot.json`` →
+    ``{N}.targets.json`` → target files); every reader here follows that chain, never the
+    unversioned ``targets.json``/``snapshot.json`` copies. A release is published by writing its
+    new, not-yet-referenced files first and replacing ``timestamp.json`` last, under a lock
+    (``REPO/.lock``), after every signature has been made: an error undoes what it wrote, a crash
+    leaves only unreferenced files, which :meth:`heal` removes (the server calls it at start and
+    before each release). So a failed release is retried with the same bundle.
+    """
 
     def __init__(self, repo_dir: Path, online_keys_dir: Path | None) -> None:
         self.repo_dir = Path(repo_dir)
@@ -173,10 +152,16 @@ class Repository:
 
     @classmethod
     def open_or_create(cls, repo_dir: Path, keys_dir: Path) -> Repository:
-        """``fleet release --repo``: the keys directory holds root.json and the online keys too."""
+        """Open for writing (``fleet serve``, ``fleet release --repo``): created on first use, healed.
+
+        The keys directory holds root.json and the online keys.
+        """
         if (Path(repo_dir) / METADATA_DIR / "root.json").exists():
-            return cls(repo_dir, keys_dir)
-        return cls.create(repo_dir, (Path(keys_dir) / keymod.ROOT_FILE).read_bytes(), keys_dir)
+            repo = cls(repo_dir, keys_dir)
+        else:
+            repo = cls.create(repo_dir, (Path(keys_dir) / keymod.ROOT_FILE).read_bytes(), keys_dir)
+        repo.heal()
+        return repo
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -189,14 +174,48 @@ class Repository:
             return None
         return Metadata.from_bytes(path.read_bytes())
 
+    def published(
+        self,
+    ) -> tuple[Metadata[Timestamp] | None, Metadata[Snapshot] | None, Metadata[Targets] | None]:
+        """(timestamp, snapshot, targets) as a device sees them: the chain from ``timestamp.json``."""
+        ts = self._load("timestamp.json")
+        if ts is None:
+            return None, None, None
+        snap = self._load(f"{ts.signed.snapshot_meta.version}.snapshot.json")
+        if snap is None:
+            raise StoreError(
+                f"timestamp.json names snapshot v{ts.signed.snapshot_meta.version}, which is missing"
+            )
+        targets_meta = snap.signed.meta.get("targets.json")
+        targets = self._load(f"{targets_meta.version}.targets.json") if targets_meta else None
+        if targets_meta is not None and targets is None:
+            raise StoreError(
+                f"snapshot v{snap.signed.version} names targets v{targets_meta.version}, which is missing"
+            )
+        return ts, snap, targets
+
     def targets(self) -> Metadata[Targets] | None:
-        return self._load("targets.json")
+        return self.published()[2]
 
     def snapshot(self) -> Metadata[Snapshot] | None:
-        return self._load("snapshot.json")
+        return self.published()[1]
 
     def timestamp(self) -> Metadata[Timestamp] | None:
         return self._load("timestamp.json")
+
+    def metadata_file(self, name: str) -> Path:
+        """The file to serve for ``/tuf/metadata/{name}``.
+
+        ``targets.json`` and ``snapshot.json`` are the published versions (what timestamp.json
+        leads to), so a client never reads a version that is not (or no longer) published.
+        """
+        if name in ("targets.json", "snapshot.json"):
+            _, snap, targets = self.published()
+            md = snap if name == "snapshot.json" else targets
+            if md is None:
+                return self.metadata_dir / f".unpublished.{name}"  # does not exist: 404
+            return self.metadata_dir / f"{md.signed.version}.{name}"
+        return self.metadata_dir / name
 
     def releases(self) -> list[ReleaseInfo]:
         """Every release in the current targets metadata, oldest first by path order."""
@@ -222,17 +241,118 @@ class Repository:
 
     # -- writing ---------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # One writer at a time across threads (timestamp refresh vs upload) and processes
+        # (`fleet release --repo` beside a running server): flock locks per open file.
+        fd = os.open(self.repo_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def _online_signer(self, role: str) -> Signer:
         if self.online_keys_dir is None or not keymod.has_key(self.online_keys_dir, role):
-            raise ConfigError(f"the repository has no online {role} key (online_keys_dir)")
+            raise ConfigError(
+                f"the repository has no online {role} key: expected "
+                f"{keymod.private_key_path(self.online_keys_dir or Path('ONLINE_KEYS_DIR'), role)}"
+            )
         return keymod.load_signer(self.online_keys_dir, role)
 
-    def accept_release(self, signed_targets_json: bytes, files: dict[str, bytes]) -> ReleaseInfo:
-        """Verify a new targets version and its files, then publish them. VerificationError if not.
+    def heal(self) -> list[str]:
+        """Remove what a crashed release left (files ``timestamp.json`` does not lead to); fix the copies.
 
-        Order of writes (a crash anywhere leaves the served state consistent): target files,
-        then ``{N}.targets.json``, then ``{M}.snapshot.json``, then ``timestamp.json``.
+        Returns the removed paths (relative to the repository). Old published versions stay:
+        consistent snapshots keep every version a device may still be on.
         """
+        with self._locked():
+            return self._heal_locked()
+
+    def _heal_locked(self) -> list[str]:
+        _, snap, targets = self.published()
+        keep = {
+            "snapshot": snap.signed.version if snap else 0,
+            "targets": targets.signed.version if targets else 0,
+        }
+        removed: list[Path] = []
+        for p in list(self.metadata_dir.iterdir()):
+            m = _VERSIONED.fullmatch(p.name)
+            stale_tmp = p.name.startswith(".") and p.name.endswith(".tmp")
+            if (m and int(m.group(1)) > keep[m.group(2)]) or stale_tmp:
+                p.unlink()
+                removed.append(p)
+        referenced = (
+            {target_file_name(path, tf.hashes["sha256"]) for path, tf in targets.signed.targets.items()}
+            if targets
+            else set()
+        )
+        if self.targets_dir.is_dir():
+            for p in sorted(self.targets_dir.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+                if p.is_dir() and not p.is_symlink():
+                    if not any(p.iterdir()):
+                        p.rmdir()
+                elif p.relative_to(self.targets_dir).as_posix() not in referenced:
+                    p.unlink()
+                    removed.append(p)
+        for name, md in (("snapshot.json", snap), ("targets.json", targets)):
+            pointer = self.metadata_dir / name
+            if md is None:
+                if pointer.exists():
+                    pointer.unlink()
+                    removed.append(pointer)
+                continue
+            want = (self.metadata_dir / f"{md.signed.version}.{name}").read_bytes()
+            if not pointer.exists() or pointer.read_bytes() != want:
+                atomic_write_bytes(pointer, want)
+        if removed:
+            fsync_dir(self.metadata_dir)
+            log.warning("removed %d unpublished file(s) left by an interrupted release", len(removed))
+        return [p.relative_to(self.repo_dir).as_posix() for p in removed]
+
+    def accept_release(
+        self, signed_targets_json: bytes, files: dict[str, bytes], *, check_bundles: bool = True
+    ) -> ReleaseInfo:
+        """Verify a new targets version and its files, then publish them atomically.
+
+        VerificationError when the metadata is not acceptable, BundleRefusedError when a bundle
+        holds key material or would not run on a device (skipped with ``check_bundles=False`` by a
+        caller that has just checked the same bytes), ConfigError without the online keys,
+        StoreError when a write fails. In every failure case the repository is left as it was.
+        """
+        with self._locked():
+            self._heal_locked()
+            added, new = self._verify_release(signed_targets_json, files)
+            if check_bundles:
+                for (name, version), bundle in _bundles(added, files).items():
+                    check_release_files(bundle, name=name, version=version)
+            # Every signature is made before the first byte is written: a missing or unreadable
+            # online key refuses the release with the repository untouched.
+            data = new.to_bytes()
+            snap_bytes, snap_version, ts_bytes = self._sign_fresh(new.signed.version)
+            writes: list[tuple[Path, bytes]] = [
+                *(
+                    (self.targets_dir / target_file_name(p, tf.hashes["sha256"]), files[p])
+                    for p, tf in added.items()
+                ),
+                (self.metadata_dir / f"{new.signed.version}.targets.json", data),
+                (self.metadata_dir / "targets.json", data),
+                (self.metadata_dir / f"{snap_version}.snapshot.json", snap_bytes),
+                (self.metadata_dir / "snapshot.json", snap_bytes),
+                # The commit point: until timestamp.json is replaced, no client reaches anything above.
+                (self.metadata_dir / "timestamp.json", ts_bytes),
+            ]
+            self._write_all(writes, what="the release")
+        log.info("accepted targets v%d adding %s", new.signed.version, sorted(added))
+        name, version, _ = split_target_path(next(iter(added)))
+        for info in self.releases():
+            if (info.name, info.version) == (name, version):
+                return info
+        raise StoreError("the accepted release is not listed")  # cannot happen: just written
+
+    def _verify_release(
+        self, signed_targets_json: bytes, files: dict[str, bytes]
+    ) -> tuple[dict[str, TargetFile], Metadata[Targets]]:
         try:
             new = Metadata[Targets].from_bytes(signed_targets_json)
         except Exception as exc:
@@ -277,32 +397,54 @@ class Repository:
                 raise VerificationError(f"{path}: length or sha256 differs from the signed metadata")
         if not added:
             raise VerificationError("the release adds no targets")
+        return added, new
 
+    def _sign_fresh(self, targets_version: int) -> tuple[bytes, int, bytes]:
+        """A new snapshot naming ``targets_version`` and a new timestamp naming it, both signed."""
+        snap_signer, ts_signer = self._online_signer("snapshot"), self._online_signer("timestamp")
+        _, old_snap, _ = self.published()
+        version = old_snap.signed.version + 1 if old_snap else 1
+        snap = Metadata(
+            Snapshot(
+                version=version,
+                expires=keymod.expiry(self.expiry_days["snapshot"]),
+                meta={"targets.json": MetaFile(version=targets_version)},
+            )
+        )
+        snap.sign(snap_signer)
+        return snap.to_bytes(), version, self._timestamp_bytes(version, ts_signer)
+
+    def _timestamp_bytes(self, snapshot_version: int, signer: Signer) -> bytes:
+        old = self.timestamp()
+        ts = Metadata(
+            Timestamp(
+                version=old.signed.version + 1 if old else 1,
+                expires=keymod.expiry(self.expiry_days["timestamp"]),
+                snapshot_meta=MetaFile(version=snapshot_version),
+                # Signed: the devices' clock floor (edge_agent.trust), never their own clock.
+                unrecognized_fields=issued_fields(),
+            )
+        )
+        ts.sign(signer)
+        return ts.to_bytes()
+
+    def _write_all(self, writes: list[tuple[Path, bytes]], *, what: str) -> None:
+        """Write in order; on any error put the repository back as it was and raise StoreError."""
         undo = self._undo_point()
         try:
-            for path, tf in added.items():
-                atomic_write_bytes(
-                    self.targets_dir / target_file_name(path, tf.hashes["sha256"]), files[path]
-                )
-            data = new.to_bytes()
-            atomic_write_bytes(self.metadata_dir / f"{new.signed.version}.targets.json", data)
-            atomic_write_bytes(self.metadata_dir / "targets.json", data)
-            self._publish_snapshot(new.signed.version, data)
+            for path, data in writes:
+                atomic_write_bytes(path, data)
         except OSError as exc:
             # Disk full (or any write error) part way: put the repository back as it was, so
             # nothing half-written is ever served and the upload can simply be retried.
             self._undo(undo)
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise StoreError(
-                ("disk full" if full else "write failed")
-                + f" while storing the release: {exc.strerror or exc}"
+                ("disk full" if full else "write failed") + f" while storing {what}: {exc.strerror or exc}"
             ) from exc
-        log.info("accepted targets v%d adding %s", new.signed.version, sorted(added))
-        name, version, _ = split_target_path(next(iter(added)))
-        for info in self.releases():
-            if (info.name, info.version) == (name, version):
-                return info
-        raise StoreError("the accepted release is not listed")  # cannot happen: just written
+        except Exception:
+            self._undo(undo)
+            raise
 
     _POINTERS = ("targets.json", "snapshot.json", "timestamp.json")
 
@@ -335,96 +477,72 @@ class Repository:
             except OSError:
                 log.exception("cannot restore %s after a failed release", path)
 
-    def _publish_snapshot(self, targets_version: int, targets_bytes: bytes | None = None) -> None:
-        old = self.snapshot()
-        version = old.signed.version + 1 if old else 1
-        meta = {"targets.json": MetaFile(version=targets_version)}
-        snap = Metadata(
-            Snapshot(version=version, expires=keymod.expiry(self.expiry_days["snapshot"]), meta=meta)
-        )
-        snap.sign(self._online_signer("snapshot"))
-        sdata = snap.to_bytes()
-        atomic_write_bytes(self.metadata_dir / f"{version}.snapshot.json", sdata)
-        atomic_write_bytes(self.metadata_dir / "snapshot.json", sdata)
-        self._publish_timestamp(version)
+    def _publish_snapshot(self, targets_version: int) -> None:
+        """Publish ``{targets_version}.targets.json`` (already written) with a new snapshot and timestamp.
 
-    def _publish_timestamp(self, snapshot_version: int) -> None:
-        old = self.timestamp()
-        version = old.signed.version + 1 if old else 1
-        ts = Metadata(
-            Timestamp(
-                version=version,
-                expires=keymod.expiry(self.expiry_days["timestamp"]),
-                snapshot_meta=MetaFile(version=snapshot_version),
-                # Signed: the devices' clock floor (edge_agent.trust), never their own clock.
-                unrecognized_fields=issued_fields(),
+        For tests that hand-craft targets metadata; releases go through :meth:`accept_release`.
+        """
+        with self._locked():
+            snap_bytes, snap_version, ts_bytes = self._sign_fresh(targets_version)
+            self._write_all(
+                [
+                    (self.metadata_dir / f"{snap_version}.snapshot.json", snap_bytes),
+                    (self.metadata_dir / "snapshot.json", snap_bytes),
+                    (self.metadata_dir / "timestamp.json", ts_bytes),
+                ],
+                what="fresh metadata",
             )
-        )
-        ts.sign(self._online_signer("timestamp"))
-        atomic_write_bytes(self.metadata_dir / "timestamp.json", ts.to_bytes())
 
     def refresh_timestamp(self, *, if_expiring_within_s: float, now: datetime | None = None) -> bool:
         """Re-sign timestamp (and snapshot, when it too is close to expiry) before they expire."""
         now = now or datetime.now(UTC)
-        ts, snap, targets = self.timestamp(), self.snapshot(), self.targets()
-        if ts is None or snap is None or targets is None:
-            return False
-        horizon = now + timedelta(seconds=if_expiring_within_s)
-        if snap.signed.expires <= horizon:
-            self._publish_snapshot(targets.signed.version)
+        with self._locked():
+            ts, snap, targets = self.published()
+            if ts is None or snap is None or targets is None:
+                return False
+            horizon = now + timedelta(seconds=if_expiring_within_s)
+            if snap.signed.expires <= horizon:
+                snap_bytes, snap_version, ts_bytes = self._sign_fresh(targets.signed.version)
+                writes = [
+                    (self.metadata_dir / f"{snap_version}.snapshot.json", snap_bytes),
+                    (self.metadata_dir / "snapshot.json", snap_bytes),
+                    (self.metadata_dir / "timestamp.json", ts_bytes),
+                ]
+            elif ts.signed.expires <= horizon:
+                ts_bytes = self._timestamp_bytes(snap.signed.version, self._online_signer("timestamp"))
+                writes = [(self.metadata_dir / "timestamp.json", ts_bytes)]
+            else:
+                return False
+            self._write_all(writes, what="fresh metadata")
             return True
-        if ts.signed.expires <= horizon:
-            self._publish_timestamp(snap.signed.version)
-            return True
-        return False
 
-    def export(self, name: str, version: str, out_dir: Path) -> Path:
+    def export(
+        self,
+        name: str,
+        version: str,
+        out_dir: Path,
+        *,
+        expires: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> Export:
         """A self-contained signed local repository with that release's files (USB side-loading).
 
-        The metadata is the current signed metadata (all of it: the targets role is offline, so
-        it cannot be cut down here); only the release's target files are copied.
+        See :func:`fleet_server.tuf_export.export_release`.
         """
-        info = next((r for r in self.releases() if (r.name, r.version) == (name, version)), None)
-        if info is None:
-            raise ConfigError(f"{name}@{version} is not in the repository")
-        ts, snap, targets = self.timestamp(), self.snapshot(), self.targets()
-        if ts is None or snap is None or targets is None:
-            raise StoreError("the repository has no published metadata yet")
-        out_dir = Path(out_dir)
-        if out_dir.exists() and any(out_dir.iterdir()):
-            raise ConfigError(f"{out_dir} exists and is not empty")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
-            md = tmp / METADATA_DIR
-            md.mkdir()
-            for p in self.metadata_dir.glob("*.root.json"):
-                shutil.copy2(p, md / p.name)
-            shutil.copy2(self.metadata_dir / "root.json", md / "root.json")
-            for name_ in (
-                f"{targets.signed.version}.targets.json",
-                f"{snap.signed.version}.snapshot.json",
-                "timestamp.json",
-            ):
-                shutil.copy2(self.metadata_dir / name_, md / name_)
-            for f in info.files.values():
-                rel = target_file_name(f["path"], f["sha256"])
-                dest = tmp / TARGETS_DIR / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(self.targets_dir / rel, dest)
-            (tmp / "release.json").write_text(json.dumps(info.to_dict(), indent=2))
-            for p in tmp.rglob("*"):
-                if p.is_file():
-                    with p.open("rb") as fh:
-                        os.fsync(fh.fileno())
-            if out_dir.exists():
-                out_dir.rmdir()
-            tmp.rename(out_dir)
-            fsync_dir(out_dir.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
+        from fleet_server.tuf_export import export_release
+
+        return export_release(self, name, version, out_dir, expires=expires, now=now)
+
+
+def _bundles(
+    added: dict[str, TargetFile], files: dict[str, bytes]
+) -> dict[tuple[str, str], dict[str, bytes]]:
+    """The uploaded files grouped by release: ``{(NAME, VERSION): {FILE: bytes}}``."""
+    out: dict[tuple[str, str], dict[str, bytes]] = {}
+    for path in added:
+        name, version, file = split_target_path(path)
+        out.setdefault((name, version), {})[file] = files[path]
+    return out
 
 
 def release_local(
@@ -439,4 +557,5 @@ def release_local(
         expiry_days=keymod.load_expiry_days(keys_dir)["targets"],
         allow_downgrade=allow_downgrade,
     )
-    return repo.accept_release(signed, files)
+    # build_release_targets has just checked these very bytes.
+    return repo.accept_release(signed, files, check_bundles=False)
