@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge_agent import clitools
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
-from fleet_server.client import FleetClient
+from fleet_server.client import ApiError, FleetClient
 from fleet_server.enroll import FLEET_USER, CertificateAuthority, enroll, write_private
 
 _DESCRIPTION = """\
@@ -127,6 +127,15 @@ def _admin_client(server: str | None, token: str | None) -> FleetClient:
     return FleetClient(server, token)
 
 
+def _register(client: FleetClient, device: str) -> None:
+    """Enrolling against a server registers the device (so it can be grouped before it connects)."""
+    try:
+        client.add_device(device)
+    except ApiError as exc:
+        if exc.status != 409:  # 409: already registered (a re-enrollment), which is fine
+            raise
+
+
 def _issue_device_token(client: FleetClient, device: str) -> str:
     token: str = client.request("POST", f"/api/v1/devices/{device}/token")["token"]
     return token
@@ -171,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if server and not args.fleet_server:
         # Before any file is written: an unreachable server or a refused token changes nothing.
         with _admin_client(server, args.token) as client:
+            _register(client, name)
             http_token = _issue_device_token(client, name)
     ca = None
     if args.cert:

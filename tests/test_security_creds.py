@@ -228,6 +228,11 @@ def test_enroll_token_and_export_through_the_cli(tmp_path: Path, mosquitto: Mosq
         assert token_file == tmp_path / "enroll" / "robot-7.http-token"
         assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
         device_token = token_file.read_text().strip()
+        # ... and registers the robot, so it can be grouped before its first connection.
+        assert server.cli_json("devices", "show", "robot-7")["device_id"] == "robot-7"
+        # Enrolling it again (a replaced robot) is no error; its HTTP token is rotated.
+        again = server.cli_json("devices", "enroll", "robot-7", "--out", str(tmp_path / "enroll-again"))
+        device_token = Path(again["files"]["http_token"]).read_text().strip()
         # Export needs a token: without one, one line and a non-zero exit; nothing written.
         env = {k: v for k, v in os.environ.items() if k not in ("LINESIDE_SERVER", "LINESIDE_TOKEN")}
         cp = subprocess.run(
