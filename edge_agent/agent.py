@@ -33,6 +33,7 @@ from edge_agent import __version__
 from edge_agent.capture import CaptureThread, DropOldestQueue
 from edge_agent.commands import CommandDispatcher
 from edge_agent.config import AgentConfig
+from edge_agent.decision_id import DecisionIds
 from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
@@ -78,6 +79,8 @@ class Decision:
     dimensions_mm: tuple[float, float] | None
     latency_ms: float
     finite: bool
+    decision_id: str = ""  # unique on this device across restarts (edge_agent.decision_id)
+    model: str = ""  # name@version of the model that made it
 
 
 def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresholds:
@@ -94,6 +97,14 @@ def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresh
         if v is not None
     }
     return manifest.drift.model_copy(update=overrides) if overrides else manifest.drift
+
+
+class DecisionOutput(Protocol):
+    """A local consumer of every decision (edge_agent.local_output, edge_agent.opcua_server)."""
+
+    def offer(self, decision: Decision) -> None:
+        """Hand over one decision; never blocks (a bounded queue that drops the oldest, counted)."""
+        ...
 
 
 class Agent:
@@ -129,6 +140,9 @@ class Agent:
         self._swap_lock = threading.Lock()
         self._model_info: ModelInfo | None = None
         self._listeners: list[Callable[[Telemetry], None]] = []
+        self.decision_ids = DecisionIds()
+        # Local outputs (socket, OPC UA): offer() must never block the inference thread.
+        self.outputs: list[DecisionOutput] = []
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
         # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
@@ -336,6 +350,13 @@ class Agent:
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
         self.commands.stop()
+        for out in self.outputs:
+            stop_output = getattr(out, "stop", None)
+            if stop_output is not None:
+                try:
+                    stop_output()
+                except Exception:
+                    log.exception("stopping a local output failed")
         self.publisher.publish_state(self.offline_state())
         self.publisher.stop(self.config.telemetry.flush_timeout_s)
         self._running = False
@@ -373,6 +394,10 @@ class Agent:
         frames = self.frames
         publish = self.publisher.publish_decision if self.config.telemetry.decisions else None
         label_json = [json.dumps(x) for x in labels]
+        outputs = self.outputs
+        next_id = self.decision_ids.next
+        model_name = f"{runner.manifest.name}@{runner.manifest.version}"
+        model_json = json.dumps(model_name)
         perf = time.perf_counter
         wall = time.time
         stop = self._stop_inference
@@ -396,6 +421,8 @@ class Agent:
                 thresholds = effective_thresholds(runner.manifest, self.config)
                 labels = list(runner.manifest.labels)
                 label_json = [json.dumps(x) for x in labels]
+                model_name = f"{runner.manifest.name}@{runner.manifest.version}"
+                model_json = json.dumps(model_name)
                 window = TelemetryWindow(
                     labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
                 )
@@ -415,30 +442,38 @@ class Agent:
             latency = perf() - t0
             window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
             self.frames_total += 1
+            decision_id = next_id()
             if publish is not None:
                 dims = pred.dimensions_mm
                 publish(
                     (
-                        f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":{label_json[pred.label_index]},'
+                        f'{{"id":"{decision_id}","frame_id":{frame.index},"ts":{wall():.3f},'
+                        f'"label":{label_json[pred.label_index]},'
                         f'"confidence":{pred.confidence:.4f},"latency_ms":{latency * 1000:.3f},'
-                        f'"dimensions_mm":{"null" if dims is None else f"[{dims[0]:.1f},{dims[1]:.1f}]"}}}'
+                        f'"dimensions_mm":{"null" if dims is None else f"[{dims[0]:.1f},{dims[1]:.1f}]"},'
+                        f'"model":{model_json}}}'
                     ).encode()
                     if pred.finite
-                    else f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":null,"confidence":0}}'.encode()
+                    else f'{{"id":"{decision_id}","frame_id":{frame.index},"ts":{wall():.3f},"label":null,'
+                    f'"confidence":0,"model":{model_json}}}'.encode()
                 )
-            if self.on_decision is not None:
-                self.on_decision(
-                    Decision(
-                        frame.index,
-                        wall(),
-                        labels[pred.label_index],
-                        pred.label_index,
-                        pred.confidence,
-                        pred.dimensions_mm,
-                        latency * 1000,
-                        pred.finite,
-                    )
+            if self.on_decision is not None or outputs:
+                decision = Decision(
+                    frame.index,
+                    wall(),
+                    labels[pred.label_index],
+                    pred.label_index,
+                    pred.confidence,
+                    pred.dimensions_mm,
+                    latency * 1000,
+                    pred.finite,
+                    decision_id,
+                    model_name,
                 )
+                if self.on_decision is not None:
+                    self.on_decision(decision)
+                for out in outputs:
+                    out.offer(decision)
             if stop.is_set() and len(frames) == 0:
                 break
         # The last, partial window: what was served before the stop still counts.
