@@ -51,7 +51,7 @@ def parse_line_state(payload: bytes | str) -> LineReading:
     except UnicodeDecodeError as exc:
         raise LineStateError("line state is not UTF-8 text", reason="not_json") from exc
     value: Any
-    if text[:1] in ("{", '"'):
+    if text[:1] in ("{", '"', "["):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -75,7 +75,9 @@ def events(col: Collector, kind: str) -> list[dict[str, Any]]:
     return [e for e in col.payloads("/events") if e["kind"] == kind]
 
 
-async def opcua_session(url: str, seconds_after_stop: float, stop_broker: Callable[[], None]) -> dict[str, Any]:
+async def opcua_session(
+    url: str, seconds_after_stop: float, stop_broker: Callable[[], None]
+) -> dict[str, Any]:
     """Subscribe to result events, read the Result struct, stop the broker meanwhile; what was seen."""
     from asyncua import Client, ua
 
