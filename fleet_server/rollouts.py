@@ -491,6 +491,21 @@ class Rollout(BaseModel):
             p.deferred_total_s += max(0.0, now - p.deferred_since)
             p.deferred_since = None
 
+    def on_restart(self, device_id: str, since: float, now: float) -> bool:
+        """A DEFERRED device whose agent started (state ``since``) after it deferred has lost the
+        staged model (staging is not kept across restarts): send the deploy again. Without this a
+        restarted robot would stay DEFERRED for ever, since deferral never times out."""
+        p = self.devices.get(device_id)
+        if p is None or p.status != DeviceStatus.DEFERRED or p.deferred_since is None:
+            return False
+        if since <= p.deferred_since:
+            return False
+        self._leave_deferred(p, now)
+        p.status, p.updated_at = DeviceStatus.SENT, now
+        p.last_sent_at = now - self.policy.resend_after_s  # the next tick re-sends at once
+        p.reason = "the agent restarted while deferred; deploy re-sent"
+        return True
+
     def on_state(
         self, device_id: str, active_version: str | None, probation: bool, since: float, now: float
     ) -> bool:

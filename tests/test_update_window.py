@@ -147,3 +147,15 @@ def test_a_halted_rollout_rolls_back_a_deferred_device() -> None:
     actions = r.abort(2.0, rollback=True)
     assert [type(a).__name__ for a in actions] == ["SendRollback"]
     assert r.devices["d0"].status == DeviceStatus.ROLLED_BACK
+
+
+def test_an_agent_restarted_while_deferred_gets_the_deploy_again() -> None:
+    r = _rollout()
+    r.tick(0.0)
+    p = r.devices["d0"]
+    r.on_event("d0", "update.deferred", 10.0, cmd_id=p.cmd_id, reason="state_not_allowed")
+    assert not r.on_restart("d0", since=5.0, now=20.0)  # the state of the run that deferred
+    assert r.on_restart("d0", since=15.0, now=20.0)  # a newer run: its staged model is gone
+    assert p.status == DeviceStatus.SENT and p.deferred_total_s == pytest.approx(10.0)
+    actions = r.tick(20.0)
+    assert [type(a).__name__ for a in actions] == ["SendDeploy"] and p.sends == 2
