@@ -143,6 +143,7 @@ class Agent:
         self.decision_ids = DecisionIds()
         # Local outputs (socket, OPC UA): offer() must never block the inference thread.
         self.outputs: list[DecisionOutput] = []
+        self.closers: list[Callable[[], None]] = []  # run by stop(): local outputs, line-state readers
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
         # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
@@ -350,13 +351,11 @@ class Agent:
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
         self.commands.stop()
-        for out in self.outputs:
-            stop_output = getattr(out, "stop", None)
-            if stop_output is not None:
-                try:
-                    stop_output()
-                except Exception:
-                    log.exception("stopping a local output failed")
+        for close in self.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("stopping a local output failed")
         self.publisher.publish_state(self.offline_state())
         self.publisher.stop(self.config.telemetry.flush_timeout_s)
         self._running = False

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
@@ -260,12 +260,16 @@ class LineConfig(_Section):
     opt in). An unknown line state counts as not allowed. See edge_agent/update_window.py.
     """
 
-    source: Literal["none", "mqtt", "local"] = Field(
+    source: Literal["none", "mqtt", "local", "opcua"] = Field(
         default="none",
         description="where the line's state comes from: the plant broker (mqtt), "
-        "the local output socket (local), or nowhere (none)",
+        "the local output socket (local), an OPC UA node on the PLC (opcua), or nowhere (none)",
     )
     mqtt_topic: str | None = Field(default=None, description="default: {topic_root}/devices/{device_id}/line")
+    opcua_url: str | None = Field(default=None, description="the PLC's OPC UA server, opc.tcp://host:port")
+    opcua_node: str | None = Field(default=None, description='the state node, e.g. "ns=2;s=Line1.State"')
+    opcua_changeover_node: str | None = Field(default=None, description="an optional Boolean node")
+    opcua_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     allowed_states: list[str] | None = Field(
         default=None, description='PackML-like states a swap may happen in, e.g. ["idle", "stopped"]'
     )
@@ -289,6 +293,12 @@ class LineConfig(_Section):
         if bad:
             raise ValueError(f"unknown line state(s) {bad}; known: {', '.join(LINE_STATES)}")
         return out
+
+    @model_validator(mode="after")
+    def _opcua_source(self) -> LineConfig:
+        if self.source == "opcua" and (not self.opcua_url or not self.opcua_node):
+            raise ValueError('source = "opcua" needs opcua_url and opcua_node')
+        return self
 
 
 class LocalOutputConfig(_Section):

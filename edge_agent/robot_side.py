@@ -189,6 +189,7 @@ def _start_output(agent: Any, side: RobotSide, output: Any, kind: str, where: st
         return
     side.outputs.append(output)
     agent.outputs.append(output)
+    agent.closers.append(output.stop)
 
 
 def attach_robot_side(agent: Any, config: Any, updater: Any | None = None) -> RobotSide:
@@ -222,6 +223,41 @@ def attach_robot_side(agent: Any, config: Any, updater: Any | None = None) -> Ro
             )
         sink = _line_sink(side, emit, f"mqtt:{topic}")
         subscribe(topic, lambda _topic, payload: sink(payload))
+    if line.source == "opcua":
+        from edge_agent.line_state_opcua import OpcUaLineSource
+        from edge_agent.opcua_server import require_asyncua
+
+        require_asyncua()
+        where = f"opcua:{line.opcua_url}#{line.opcua_node}"
+        take = _line_sink(side, emit, where)
+        down = [False]  # one event per outage, not one per retry
+
+        def on_value(payload: bytes) -> None:
+            down[0] = False
+            take(payload)
+
+        def on_unreachable(why: str) -> None:
+            side.board.set_unknown(where)
+            if not down[0]:
+                down[0] = True
+                emit(
+                    "line.state",
+                    level="warning",
+                    message=f"line state node unreachable ({why}); state is unknown until it answers",
+                    data={"reason": "source_unreachable", "source": where, "state": UNKNOWN, "error": why},
+                )
+
+        reader = OpcUaLineSource(
+            str(line.opcua_url),
+            str(line.opcua_node),
+            changeover_node=line.opcua_changeover_node,
+            poll_s=line.opcua_poll_s,
+            on_value=on_value,
+            on_unreachable=on_unreachable,
+        )
+        reader.start()
+        side.outputs.append(reader)
+        agent.closers.append(reader.stop)
     on_line = _line_sink(side, emit, "local") if line.source == "local" else None
     if line.source == "local" and config.local_output.socket_path is None:
         raise ConfigError('line.source = "local" needs local_output.socket_path', field="line.source")

@@ -180,3 +180,174 @@ def test_a_socket_path_that_cannot_be_created_is_an_event_and_serving_continues(
         err = col.wait_for(lambda c: events(c, "error"), 30)[0]
         assert err["data"]["reason"] == "local_output.socket_path"
         col.wait_for(lambda c: len(c.messages("/decisions")) >= 30, 10)
+
+
+class PlcServer:
+    """A stand-in PLC: an asyncua server on its own thread with one String node, ns=2;s=Line.State."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._node: Any = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        from asyncua import Server, ua
+
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plc/")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        idx = await server.register_namespace("urn:test:plc")
+        assert idx == 2
+        line = await server.nodes.objects.add_object(idx, "Line")
+        self._node = await line.add_variable(ua.NodeId("Line.State", idx), "State", "Execute")
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        async with server:
+            self._ready.set()
+            await self._stop.wait()
+
+    def start(self) -> PlcServer:
+        self._thread.start()
+        assert self._ready.wait(30), "the stand-in PLC did not start"
+        return self
+
+    def set(self, value: str) -> None:
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._node.write_value(value), self._loop).result(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def test_line_state_from_an_opcua_node_unreachable_then_read(
+    tmp_path: Path,
+    bundle: Path,
+    recording: Path,
+    mosquitto: Mosquitto,
+    edge_agent_process: Callable[..., AgentProcess],
+) -> None:
+    pytest.importorskip("asyncua")
+    port = free_port()
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        bundle=bundle,
+        source=recording,
+        broker=mosquitto.url,
+        extra=(
+            f'[line]\nsource = "opcua"\nopcua_url = "opc.tcp://127.0.0.1:{port}/plc/"\n'
+            'opcua_node = "ns=2;s=Line.State"\nopcua_poll_s = 0.2\n'
+        ),
+    )
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/robot-1/#").start() as col:
+        edge_agent_process(cfg)
+        # Nothing listens yet: one clear event, the state is unknown, decisions keep coming.
+        down = col.wait_for(lambda c: events(c, "line.state"), 30)[0]
+        assert down["data"]["reason"] == "source_unreachable" and down["data"]["state"] == "unknown"
+        n = len(col.messages("/decisions"))
+        col.wait_for(lambda c: len(c.messages("/decisions")) >= n + 30, 10)
+        assert len(events(col, "line.state")) == 1, "one event per outage, not one per retry"
+
+        plc = PlcServer(port).start()
+        try:
+            col.wait_for(
+                lambda c: [e for e in events(c, "line.state") if e["data"].get("state") == "execute"], 30
+            )
+            plc.set("Idle")
+            col.wait_for(
+                lambda c: [e for e in events(c, "line.state") if e["data"].get("state") == "idle"], 10
+            )
+            plc.set("Warp speed")
+            bad = col.wait_for(
+                lambda c: [e for e in events(c, "line.state") if e["data"].get("reason") == "bad_value"], 10
+            )[0]
+            assert bad["data"]["state"] == "unknown"
+        finally:
+            plc.stop()
+
+
+def test_opcua_anonymous_is_refused_unless_configured(
+    tmp_path: Path,
+    bundle: Path,
+    recording: Path,
+    mosquitto: Mosquitto,
+    edge_agent_process: Callable[..., AgentProcess],
+) -> None:
+    pytest.importorskip("asyncua")
+    from asyncua import Client
+
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}/lineside/"
+    (tmp_path / "opcua-password").write_text("s3cret-line\n")
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        bundle=bundle,
+        source=recording,
+        broker=mosquitto.url,
+        extra=(
+            f'[opcua]\nenabled = true\nendpoint = "{url}"\nusername = "plc"\n'
+            f'password_file = "{tmp_path / "opcua-password"}"\nsecurity_policies = ["None"]\n'
+        ),
+    )
+    edge_agent_process(cfg)
+    wait_until(lambda: _listening(port), 30, what="the OPC UA server")
+
+    async def connect(user: str | None, password: str | None) -> str:
+        client = Client(url, timeout=5)
+        if user is not None:
+            client.set_user(user)
+            client.set_password(password or "")
+        try:
+            async with client:
+                idx = await client.get_namespace_index("urn:lineside:vision")
+                node = await client.nodes.objects.get_child([f"{idx}:Lineside", f"{idx}:Model"])
+                return str(await node.read_value())
+        except Exception as exc:
+            return f"refused: {type(exc).__name__}"
+
+    assert asyncio.run(connect(None, None)).startswith("refused")
+    assert asyncio.run(connect("plc", "wrong")).startswith("refused")
+    assert asyncio.run(connect("plc", "s3cret-line")) == "tiny@1.0.0"
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_opcua_enabled_without_the_extra_is_one_clear_config_error(
+    tmp_path: Path, bundle: Path, recording: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, edge_agent_command
+
+    shim = tmp_path / "shim"
+    (shim / "asyncua").mkdir(parents=True)
+    (shim / "asyncua" / "__init__.py").write_text("raise ImportError('asyncua is not installed')\n")
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        bundle=bundle,
+        source=recording,
+        broker="mqtt://127.0.0.1:1",
+        extra="[opcua]\nenabled = true\nallow_anonymous = true\n",
+    )
+    env = {"PYTHONPATH": f"{shim}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [*edge_agent_command(), "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode != 0 and sys.executable
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "opcua" in lines[0] and "Traceback" not in out.stderr, out.stderr
