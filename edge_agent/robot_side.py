@@ -108,11 +108,12 @@ class WindowGate:
 
     def _report(self, verdict: Defer, snap: LineSnapshot, ref: Any, model: Any, ctx: dict[str, Any]) -> None:
         allowed = sorted(self.policy.allowed_states or ())
-        text = {
-            "state_not_allowed": f"line is in {snap.state}; waiting for {', '.join(allowed)} or a changeover",
-            "state_unknown": "line state unknown; waiting (an unknown state never opens the window)",
-            "deadline_passed": f"still waiting after the {self.policy.deadline_s:g}s deadline (at_deadline = wait)",
-        }[verdict.reason]
+        if verdict.reason == "state_not_allowed":
+            text = f"line is in {snap.state}; waiting for {', '.join(allowed)} or a changeover"
+        elif verdict.reason == "state_unknown":
+            text = "line state unknown; waiting (an unknown state never opens the window)"
+        else:
+            text = f"still waiting after the {self.policy.deadline_s}s deadline (at_deadline = wait)"
         self.emit(
             "update.deferred",
             level="warning" if verdict.alert else "info",

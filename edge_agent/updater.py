@@ -881,6 +881,11 @@ class Updater:
         mtime = self.store.state_mtime_ns()
         if mtime == self._state_mtime:
             return False
+        gate = self.window_gate
+        if gate is not None and gate.waiting:
+            # The local operator changed the store (edge-agent install/rollback): their choice
+            # wins over a swap still waiting for the line.
+            gate.cancel("the local store was changed by edge-agent")
         with self._lock:
             self._state_mtime = mtime
             state = self.store.read_state()
