@@ -144,6 +144,7 @@ class Agent:
         # Local outputs (socket, OPC UA): offer() must never block the inference thread.
         self.outputs: list[DecisionOutput] = []
         self.closers: list[Callable[[], None]] = []  # run by stop(): local outputs, line-state readers
+        self.status_extras: list[Callable[[], dict[str, Any]]] = []  # more fields for status.json
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
         # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
@@ -574,6 +575,7 @@ class Agent:
             "spool_depth": len(self.spool),
             "spool_dropped": self.spool.dropped_total,
             "drifting": self.drifting,
+            **{k: v for extra in self.status_extras for k, v in extra().items()},
         }
 
     def status_line(self) -> str:

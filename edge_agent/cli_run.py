@@ -213,6 +213,8 @@ def _print_status(status: dict[str, Any]) -> None:
         ("broker", "connected" if status.get("broker_connected") else "disconnected"),
         ("spool", status.get("spool_depth")),
         ("drifting", status.get("drifting")),
+        ("line", status.get("line_state", "-") + (" (changeover)" if status.get("line_changeover") else "")),
+        ("swap deferred", status.get("update_deferred", False)),
         ("updated", status.get("updated_at")),
     ]
     for k, v in rows:

@@ -309,5 +309,27 @@ def attach_robot_side(agent: Any, config: Any, updater: Any | None = None) -> Ro
             emit,
         )
         updater.window_gate = side.gate
+
+    def status() -> dict[str, Any]:
+        snap = board.snapshot()
+        return {
+            "line_state": snap.state,
+            "line_changeover": snap.changeover,
+            "update_deferred": bool(side.gate is not None and side.gate.waiting),
+            "local_outputs": {
+                type(o).__name__: {
+                    "queue_dropped": o.queue.dropped,
+                    **(
+                        {"clients": o.clients, "clients_dropped": o.clients_dropped}
+                        if hasattr(o, "clients")
+                        else {}
+                    ),
+                }
+                for o in side.outputs
+                if hasattr(o, "queue")
+            },
+        }
+
+    agent.status_extras.append(status)
     agent.robot_side = side
     return side

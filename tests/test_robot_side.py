@@ -143,6 +143,8 @@ def test_decisions_flow_locally_with_the_plant_broker_stopped(
         assert bad["data"]["reason"] == "bad_value" and bad["data"]["state"] == "unknown"
         reader.send("Idle")
         col.wait_for(lambda c: [e for e in events(c, "line.state") if e["data"].get("state") == "idle"], 10)
+        status = tmp_path / "state" / "status.json"
+        wait_until(lambda: status.exists() and json.loads(status.read_text()).get("line_state") == "idle", 10)
 
         seen = asyncio.run(opcua_session(f"opc.tcp://127.0.0.1:{port}/lineside/", 2.0, mosquitto.stop))
         after = reader.read(60)  # two seconds of decisions at 30 fps, broker down
