@@ -159,3 +159,21 @@ def test_an_agent_restarted_while_deferred_gets_the_deploy_again() -> None:
     assert p.status == DeviceStatus.SENT and p.deferred_total_s == pytest.approx(10.0)
     actions = r.tick(20.0)
     assert [type(a).__name__ for a in actions] == ["SendDeploy"] and p.sends == 2
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ({"line": {"allowed_states": ["running"]}}, "line.allowed_states"),
+        ({"line": {"source": "opcua"}}, "line"),
+        ({"line": {"at_deadline": "maybe"}}, "line.at_deadline"),
+        ({"opcua": {"endpoint": "http://x"}}, "opcua.endpoint"),
+    ],
+)
+def test_bad_robot_side_config_names_the_field(section: dict[str, object], field: str) -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"device_id": "r", "source": {"uri": "/x"}, **section})
+    assert exc.value.field == field
