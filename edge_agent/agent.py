@@ -7,7 +7,13 @@ Threads, and what each owns::
                  → decisions (MQTT QoS 0 and/or a callback)
     telemetry    closed windows → Telemetry (seq, spool) → drift → listeners → status.json
     commands     cmd payloads → ping/pong, handlers             (commands.py)
-    mqtt         spool → broker, state, cmd in                  (publisher.py)
+    mqtt         spool → broker, state, cmd in, line state in   (publisher.py)
+    local-output decisions → Unix socket clients               (local_output.py)
+    opcua        decisions → OPC UA results and events          (opcua_server.py, asyncio)
+    updates      a deploy waiting for the line's update window  (robot_side.py, updater.py)
+
+Local outputs take each decision through ``offer()``: a bounded drop-oldest queue and a
+wake-up, never a block (:class:`DecisionOutput`).
 
 The inference thread does only per-frame work: it never builds pydantic
 objects, logs, or takes a lock beyond the frame queue's. Once per window it

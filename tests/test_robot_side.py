@@ -362,3 +362,25 @@ def test_opcua_enabled_without_the_extra_is_one_clear_config_error(
     assert out.returncode != 0 and sys.executable
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "opcua" in lines[0] and "Traceback" not in out.stderr, out.stderr
+
+
+def test_opcua_port_in_use_is_a_typed_error_not_a_hang() -> None:
+    need_asyncua()
+    from edge_agent.config import OpcUaConfig
+    from edge_agent.errors import LocalOutputError
+    from edge_agent.opcua_server import OpcUaOutput
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        cfg = OpcUaConfig(
+            enabled=True,
+            endpoint=f"opc.tcp://127.0.0.1:{port}/x/",
+            allow_anonymous=True,
+            security_policies=["None"],
+        )
+        out = OpcUaOutput(cfg, lambda: {})
+        with pytest.raises(LocalOutputError) as exc:
+            out.start()
+        assert exc.value.reason == "bind"
