@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import statistics
@@ -756,6 +757,9 @@ class Updater:
         failed_probation: bool = False,
     ) -> Outcome:
         ctx = {"cmd_id": cmd_id, "rollout_id": rollout_id}
+        gate = self.window_gate
+        if gate is not None and gate.waiting:
+            gate.cancel("rollback")  # an automatic rollback changes what the waiting swap replaces
         with self._lock:
             with self.store.locked():
                 state = self.store.read_state()
@@ -1004,30 +1008,32 @@ def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None =
 def attach_to_agent(agent: Any, updater: Updater) -> None:
     """Wire the updater into a running Agent: commands, telemetry windows, state message."""
 
-    update_worker: list[Any] = []
+    deploys: queue.Queue[Any] = queue.Queue()
+    worker: list[threading.Thread] = []
+
+    def run_deploys() -> None:
+        # Same reason as the command worker's nice value: installs yield to inference.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), agent.config.inference.update_nice)
+        while True:
+            cmd = deploys.get()
+            try:
+                updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+            except Exception:
+                log.exception("deploy %s@%s failed", cmd.name, cmd.version)
 
     def deploy(cmd: Any) -> None:
         if updater.window_gate is None:
             updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
             return
         # With an update window a deploy may wait for the line for a long time: it waits on its own
-        # worker so the command worker stays free for rollbacks (never deferred) and pings.
-        if not update_worker:
-            from concurrent.futures import ThreadPoolExecutor
-
-            nice = agent.config.inference.update_nice
-
-            def lower_priority() -> None:
-                # Same reason as the command worker's nice value: installs yield to inference.
-                with contextlib.suppress(OSError, AttributeError):
-                    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-
-            update_worker.append(
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="updates", initializer=lower_priority)
-            )
-        update_worker[0].submit(
-            updater.deploy, cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id
-        )
+        # worker so the command worker stays free for rollbacks (never deferred) and pings. A daemon
+        # thread: stopping the agent must not wait for the line (the fleet re-sends the deploy to
+        # an agent that restarted while deferred).
+        if not worker:
+            worker.append(threading.Thread(target=run_deploys, name="updates", daemon=True))
+            worker[0].start()
+        deploys.put(cmd)
 
     def rollback(cmd: Any) -> None:
         updater.rollback(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id, reason=cmd.reason)

@@ -146,3 +146,35 @@ def test_swaps_wait_for_the_line_and_the_deadline_choice_happens(
         rig.api("POST", "/rollback", json={"devices": ["line-1"], "reason": "test"})
         col.wait_for(lambda c: events(c, "line-1", "rollback"), 30)
         wait_until(lambda: rig.active()["line-1"] == "shapes@1.0.0", 30, what="line-1 back on 1.0.0")
+
+
+def test_an_agent_stopped_while_deferred_exits_cleanly_and_gets_the_deploy_again(
+    rig: WindowRig, mosquitto: Mosquitto
+) -> None:
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/line-1/events").start() as col:
+        rid = rig.api(
+            "POST",
+            "/rollouts",
+            json={"model": "shapes@2.0.0", "devices": ["line-1"], "stages": "100%", "soak": "0s"},
+        )["id"]
+        col.wait_for(lambda c: events(c, "line-1", "update.deferred"), 30)
+        wait_until(
+            lambda: rig.rollout_state(rid)["devices"]["line-1"]["status"] == "deferred", 20, what="deferred"
+        )
+        # Stopping does not wait for the line, and a stop is not a failed update.
+        assert rig.agents["line-1"].stop(timeout=15) == 0
+        assert not events(col, "line-1", "update.failed")
+        n = len(events(col, "line-1", "update.deferred"))
+        rig.start_agent("line-1")
+        # The restarted agent lost its staged model; the fleet sends the deploy again and it defers again.
+        col.wait_for(lambda c: len(events(c, "line-1", "update.deferred")) > n, 60)
+        p = wait_until(
+            lambda: (
+                (d := rig.rollout_state(rid)["devices"]["line-1"])["status"] == "deferred"
+                and d["sends"] == 2
+                and d
+            ),
+            20,
+            what="line-1 deferred again after a second deploy",
+        )
+        assert rig.rollout_state(rid)["state"] == "running" and p["reason"] == "state_not_allowed"
