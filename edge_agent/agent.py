@@ -7,7 +7,13 @@ Threads, and what each owns::
                  → decisions (MQTT QoS 0 and/or a callback)
     telemetry    closed windows → Telemetry (seq, spool) → drift → listeners → status.json
     commands     cmd payloads → ping/pong, handlers             (commands.py)
-    mqtt         spool → broker, state, cmd in                  (publisher.py)
+    mqtt         spool → broker, state, cmd in, line state in   (publisher.py)
+    local-output decisions → Unix socket clients               (local_output.py)
+    opcua        decisions → OPC UA results and events          (opcua_server.py, asyncio)
+    updates      a deploy waiting for the line's update window  (robot_side.py, updater.py)
+
+Local outputs take each decision through ``offer()``: a bounded drop-oldest queue and a
+wake-up, never a block (:class:`DecisionOutput`).
 
 The inference thread does only per-frame work: it never builds pydantic
 objects, logs, or takes a lock beyond the frame queue's. Once per window it
@@ -33,6 +39,7 @@ from edge_agent import __version__
 from edge_agent.capture import CaptureThread, DropOldestQueue
 from edge_agent.commands import CommandDispatcher
 from edge_agent.config import AgentConfig
+from edge_agent.decision_id import DecisionIds
 from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
@@ -78,6 +85,8 @@ class Decision:
     dimensions_mm: tuple[float, float] | None
     latency_ms: float
     finite: bool
+    decision_id: str = ""  # unique on this device across restarts (edge_agent.decision_id)
+    model: str = ""  # name@version of the model that made it
 
 
 def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresholds:
@@ -94,6 +103,14 @@ def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresh
         if v is not None
     }
     return manifest.drift.model_copy(update=overrides) if overrides else manifest.drift
+
+
+class DecisionOutput(Protocol):
+    """A local consumer of every decision (edge_agent.local_output, edge_agent.opcua_server)."""
+
+    def offer(self, decision: Decision) -> None:
+        """Hand over one decision; never blocks (a bounded queue that drops the oldest, counted)."""
+        ...
 
 
 class Agent:
@@ -130,6 +147,11 @@ class Agent:
         self._model_info: ModelInfo | None = None
         self._published_state: bytes | None = None  # the retained state last handed to MQTT
         self._listeners: list[Callable[[Telemetry], None]] = []
+        self.decision_ids = DecisionIds()
+        # Local outputs (socket, OPC UA): offer() must never block the inference thread.
+        self.outputs: list[DecisionOutput] = []
+        self.closers: list[Callable[[], None]] = []  # run by stop(): local outputs, line-state readers
+        self.status_extras: list[Callable[[], dict[str, Any]]] = []  # more fields for status.json
         self._event_lock = threading.Lock()
         self.commands = CommandDispatcher(self._emit_kw, nice=config.inference.update_nice)
         # Drop-oldest keeps a live camera's latency bounded; a replay that is not paced
@@ -351,6 +373,11 @@ class Agent:
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
         self.commands.stop()
+        for close in self.closers:
+            try:
+                close()
+            except Exception:
+                log.exception("stopping a local output failed")
         self.publisher.publish_state(self.offline_state())
         self.publisher.stop(self.config.telemetry.flush_timeout_s)
         self._running = False
@@ -388,6 +415,10 @@ class Agent:
         frames = self.frames
         publish = self.publisher.publish_decision if self.config.telemetry.decisions else None
         label_json = [json.dumps(x) for x in labels]
+        outputs = self.outputs
+        next_id = self.decision_ids.next
+        model_name = f"{runner.manifest.name}@{runner.manifest.version}"
+        model_json = json.dumps(model_name)
         perf = time.perf_counter
         wall = time.time
         stop = self._stop_inference
@@ -411,6 +442,8 @@ class Agent:
                 thresholds = effective_thresholds(runner.manifest, self.config)
                 labels = list(runner.manifest.labels)
                 label_json = [json.dumps(x) for x in labels]
+                model_name = f"{runner.manifest.name}@{runner.manifest.version}"
+                model_json = json.dumps(model_name)
                 window = TelemetryWindow(
                     labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
                 )
@@ -430,30 +463,38 @@ class Agent:
             latency = perf() - t0
             window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
             self.frames_total += 1
+            decision_id = next_id()
             if publish is not None:
                 dims = pred.dimensions_mm
                 publish(
                     (
-                        f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":{label_json[pred.label_index]},'
+                        f'{{"id":"{decision_id}","frame_id":{frame.index},"ts":{wall():.3f},'
+                        f'"label":{label_json[pred.label_index]},'
                         f'"confidence":{pred.confidence:.4f},"latency_ms":{latency * 1000:.3f},'
-                        f'"dimensions_mm":{"null" if dims is None else f"[{dims[0]:.1f},{dims[1]:.1f}]"}}}'
+                        f'"dimensions_mm":{"null" if dims is None else f"[{dims[0]:.1f},{dims[1]:.1f}]"},'
+                        f'"model":{model_json}}}'
                     ).encode()
                     if pred.finite
-                    else f'{{"frame_id":{frame.index},"ts":{wall():.3f},"label":null,"confidence":0}}'.encode()
+                    else f'{{"id":"{decision_id}","frame_id":{frame.index},"ts":{wall():.3f},"label":null,'
+                    f'"confidence":0,"model":{model_json}}}'.encode()
                 )
-            if self.on_decision is not None:
-                self.on_decision(
-                    Decision(
-                        frame.index,
-                        wall(),
-                        labels[pred.label_index],
-                        pred.label_index,
-                        pred.confidence,
-                        pred.dimensions_mm,
-                        latency * 1000,
-                        pred.finite,
-                    )
+            if self.on_decision is not None or outputs:
+                decision = Decision(
+                    frame.index,
+                    wall(),
+                    labels[pred.label_index],
+                    pred.label_index,
+                    pred.confidence,
+                    pred.dimensions_mm,
+                    latency * 1000,
+                    pred.finite,
+                    decision_id,
+                    model_name,
                 )
+                if self.on_decision is not None:
+                    self.on_decision(decision)
+                for out in outputs:
+                    out.offer(decision)
             if stop.is_set() and len(frames) == 0:
                 break
         # The last, partial window: what was served before the stop still counts.
@@ -556,6 +597,7 @@ class Agent:
             "spool_depth": len(self.spool),
             "spool_dropped": self.spool.dropped_total,
             "drifting": self.drifting,
+            **{k: v for extra in self.status_extras for k, v in extra().items()},
         }
 
     def status_line(self) -> str:

@@ -141,6 +141,9 @@ def build_agent(config: AgentConfig) -> Any:
         config.broker, device_id=config.device_id, client_id=config.client_id, spool=spool, will_payload=will
     )
     agent = Agent(config, source, publisher, runner, spool=spool)
+    from edge_agent.robot_side import attach_robot_side
+
+    attach_robot_side(agent, config, updater)
     if updater is not None:
         from edge_agent.updater import attach_to_agent
 
@@ -226,6 +229,8 @@ def _print_status(status: dict[str, Any]) -> None:
         ("broker", "connected" if status.get("broker_connected") else "disconnected"),
         ("spool", status.get("spool_depth")),
         ("drifting", status.get("drifting")),
+        ("line", status.get("line_state", "-") + (" (changeover)" if status.get("line_changeover") else "")),
+        ("swap deferred", status.get("update_deferred", False)),
         ("updated", status.get("updated_at")),
     ]
     for k, v in rows:

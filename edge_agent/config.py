@@ -286,6 +286,102 @@ class UpdatesConfig(_Section):
         return v
 
 
+class LineConfig(_Section):
+    """The line's state and the update window: when a staged model may be swapped in.
+
+    Without ``allowed_states`` a swap happens in any state (nothing changes for lines that don't
+    opt in). An unknown line state counts as not allowed. See edge_agent/update_window.py.
+    """
+
+    source: Literal["none", "mqtt", "local", "opcua"] = Field(
+        default="none",
+        description="where the line's state comes from: the plant broker (mqtt), "
+        "the local output socket (local), an OPC UA node on the PLC (opcua), or nowhere (none)",
+    )
+    mqtt_topic: str | None = Field(default=None, description="default: {topic_root}/devices/{device_id}/line")
+    opcua_url: str | None = Field(default=None, description="the PLC's OPC UA server, opc.tcp://host:port")
+    opcua_node: str | None = Field(default=None, description='the state node, e.g. "ns=2;s=Line1.State"')
+    opcua_changeover_node: str | None = Field(default=None, description="an optional Boolean node")
+    opcua_poll_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    allowed_states: list[str] | None = Field(
+        default=None, description='PackML-like states a swap may happen in, e.g. ["idle", "stopped"]'
+    )
+    changeover_allowed: bool = Field(default=True, description="a changeover opens the window too")
+    deadline_s: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="how long a staged model waits for the window (None: forever)"
+    )
+    at_deadline: Literal["wait", "proceed"] = Field(
+        default="wait", description="at the deadline: keep waiting and alert, or swap anyway"
+    )
+
+    @field_validator("allowed_states")
+    @classmethod
+    def _states(cls, v: list[str] | None) -> list[str] | None:
+        from edge_agent.update_window import LINE_STATES
+
+        if v is None:
+            return None
+        out = [s.strip().lower() for s in v]
+        bad = [s for s in out if s not in LINE_STATES]
+        if bad:
+            raise ValueError(f"unknown line state(s) {bad}; known: {', '.join(LINE_STATES)}")
+        return out
+
+    @model_validator(mode="after")
+    def _opcua_source(self) -> LineConfig:
+        if self.source == "opcua" and (not self.opcua_url or not self.opcua_node):
+            raise ValueError('source = "opcua" needs opcua_url and opcua_node')
+        return self
+
+
+class LocalOutputConfig(_Section):
+    """Decisions for a program on the same box: a Unix socket, newline-delimited JSON."""
+
+    socket_path: Path | None = Field(
+        default=None, description="e.g. /run/lineside/decisions.sock (systemd RuntimeDirectory); None: off"
+    )
+    socket_mode: Annotated[int, Field(ge=0, le=0o777)] = Field(
+        default=0o660, description="permissions of the socket file (who may connect)"
+    )
+    max_clients: Annotated[int, Field(ge=1, le=1024)] = 16
+    client_buffer_bytes: Annotated[int, Field(ge=4096)] = Field(
+        default=1_048_576, description="a client this far behind is disconnected (it never blocks serving)"
+    )
+    queue_size: Annotated[int, Field(ge=1)] = Field(
+        default=4096, description="decisions between inference and the output thread; the oldest is dropped"
+    )
+
+
+OpcUaPolicy = Literal["None", "Basic256Sha256_Sign", "Basic256Sha256_SignAndEncrypt"]
+_DEFAULT_OPCUA_POLICY: OpcUaPolicy = "Basic256Sha256_SignAndEncrypt"
+
+
+class OpcUaConfig(_Section):
+    """An OPC UA server in the agent (needs the ``opcua`` extra); off by default.
+
+    Security as OPC UA defines it: anonymous access is off unless ``allow_anonymous``; users log in
+    with ``username``/``password_file``; ``certificate``/``private_key`` enable the signed and
+    encrypted policies listed in ``security_policies``.
+    """
+
+    enabled: bool = False
+    endpoint: str = "opc.tcp://127.0.0.1:4840/lineside/"
+    allow_anonymous: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    security_policies: list[OpcUaPolicy] = Field(default_factory=lambda: [_DEFAULT_OPCUA_POLICY])
+    queue_size: Annotated[int, Field(ge=1)] = 4096
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if urlsplit(v).scheme != "opc.tcp":
+            raise ValueError("must look like opc.tcp://host:port/path")
+        return v
+
+
 class AgentConfig(_Section):
     """The whole agent config file."""
 
@@ -299,6 +395,9 @@ class AgentConfig(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     updates: UpdatesConfig | None = None
+    line: LineConfig = Field(default_factory=LineConfig)
+    local_output: LocalOutputConfig = Field(default_factory=LocalOutputConfig)
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
     watchdog_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
     )

@@ -6,7 +6,8 @@
     │   ├── IncompatibleModelError valid, but not for this device / agent version
     │   ├── MessageError           an MQTT payload that does not parse or validate
     │   ├── VerificationError      TUF verification failed (signature, version, expiry, hash, length)
-    │   └── SelftestError          the model does not reproduce selftest.npz on this device
+    │   ├── SelftestError          the model does not reproduce selftest.npz on this device
+    │   └── LineStateError         a line-state value that is not a known PackML-like state
     ├── TransportError             the network or broker failed; retry later
     │   └── FetchError             downloading metadata or a target failed
     └── LocalError                 something on this machine is wrong
@@ -15,7 +16,8 @@
         │   └── SourceLostError    a live source went away (reconnect with backoff)
         ├── ModelLoadError         ONNX Runtime could not load or run the model
         ├── ProviderError          an execution provider failed to initialise
-        └── StoreError             the model store is missing, corrupt or out of space
+        ├── StoreError             the model store is missing, corrupt or out of space
+        └── LocalOutputError       a local decision output (socket, OPC UA server) cannot start
 
 Foreign errors (onnxruntime, paho, tuf, OSError) are translated at the boundary
 with ``raise OurError(...) from exc``.
@@ -72,6 +74,14 @@ class SelftestError(UntrustedInputError):
         self.max_abs_diff = max_abs_diff
 
 
+class LineStateError(UntrustedInputError):
+    """A line-state message we cannot read; ``reason`` is ``not_json``, ``bad_value`` or ``bad_shape``."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class TransportError(LinesideError):
     """The network or the broker failed; the operation may succeed later."""
 
@@ -114,3 +124,11 @@ class ProviderError(LocalError):
 
 class StoreError(LocalError):
     """The model store is missing, corrupt or out of space."""
+
+
+class LocalOutputError(LocalError):
+    """A local output cannot start; ``reason`` is e.g. ``socket_path``, ``bind``, ``missing_extra``."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -10,6 +10,7 @@ Topics (root configurable, default ``lineside/v1``)::
     {root}/devices/{id}/events      agent → fleet  QoS 1
     {root}/devices/{id}/cmd         fleet → agent  QoS 1
     {root}/devices/{id}/decisions   agent → robot  QoS 0 (local output)
+    {root}/devices/{id}/line        line → agent   QoS 1, retained: the line's PackML-like state
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ DEFAULT_TOPIC_ROOT = "lineside/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-Channel = Literal["state", "telemetry", "events", "cmd", "decisions"]
-CHANNELS: tuple[Channel, ...] = ("state", "telemetry", "events", "cmd", "decisions")
+Channel = Literal["state", "telemetry", "events", "cmd", "decisions", "line"]
+CHANNELS: tuple[Channel, ...] = ("state", "telemetry", "events", "cmd", "decisions", "line")
 
 
 def valid_device_id(device_id: str) -> bool:
@@ -145,10 +146,12 @@ EventKind = Literal[
     "update.installed",
     "update.failed",
     "update.rejected",
+    "update.deferred",
     "probation.started",
     "probation.passed",
     "rollback",
     "capture",
+    "line.state",
     "error",
 ]
 

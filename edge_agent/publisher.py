@@ -124,6 +124,7 @@ class MqttPublisher:
         self._decisions: collections.deque[bytes] = collections.deque()
         self.decisions_max_pending = 1000
         self.connects = 0
+        self._extra_subs: dict[str, CommandSink] = {}  # topic -> sink (the line state)
 
     # -- the Publisher interface (any thread)
     @property
@@ -137,6 +138,11 @@ class MqttPublisher:
 
     def notify(self) -> None:
         self._inbox.put(("spooled",))
+
+    def subscribe(self, topic: str, sink: CommandSink) -> None:
+        """Also subscribe to ``topic`` (QoS 1, on every connect); its messages go to ``sink(topic, payload)``
+        on the worker thread instead of the command sink. Call before :meth:`start`."""
+        self._extra_subs[topic] = sink
 
     def publish_state(self, payload: bytes) -> None:
         self._state_acked.clear()
@@ -243,7 +249,8 @@ class MqttPublisher:
                 self.spool.remove(order)
         elif kind == "message":
             try:
-                self._on_command(item[2], item[3])
+                sink = self._extra_subs.get(item[2], self._on_command)
+                sink(item[2], item[3])
             except Exception:  # a bad command handler must not take MQTT down
                 log.exception("command sink failed")
 
@@ -301,6 +308,8 @@ class MqttPublisher:
         self._backoff.reset()
         log.info("connected to %s", self.config.url)
         client.subscribe(self._topic["cmd"], qos=1)
+        for topic in self._extra_subs:
+            client.subscribe(topic, qos=1)
         self._inflight.clear()
         self._cursor = -1  # re-send the whole spool: anything not PUBACKed may not have arrived
         self._send_state()

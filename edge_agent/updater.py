@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import statistics
@@ -269,6 +270,8 @@ class Updater:
         self.events: list[tuple[str, dict[str, Any]]] = []  # what was emitted (CLI output, tests)
         self.meter: DecisionMeter | None = None  # set when attached to an agent
         self.sleep: Callable[[float], None] = time.sleep  # backoff between fetch retries (a test seam)
+        # The update window (edge_agent/robot_side.WindowGate): a staged model waits for the line.
+        self.window_gate: Any = None
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -620,6 +623,7 @@ class Updater:
                 # Build, warm and self-test the new session beside the serving one.
                 new_runner = self.load_runner(self.store.bundle_dir(ref))
                 max_diff = run_selftest(new_runner, self.store.bundle_dir(ref), manifest)
+                window = self._await_window(ref, ctx)
                 with self.store.locked():
                     state = self.store.read_state()
                     new_state = store_rules.install(state, ref, cmd_id=cmd_id, rollout_id=rollout_id)
@@ -638,6 +642,7 @@ class Updater:
                         "probation": new_state.probation,
                         "swap": swap,
                         "fetch_retries": retries,
+                        **({"window": window} if window else {}),
                     },
                     **ctx,
                 )
@@ -670,6 +675,24 @@ class Updater:
             if new_runner is not None:
                 with contextlib.suppress(Exception):
                     new_runner.close()
+
+    def _await_window(self, ref: BundleRef, ctx: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the line's update window (if one is configured) with the updater's lock released,
+        so a rollback can run meanwhile (rollbacks are never deferred) and cancel this swap."""
+        gate = self.window_gate
+        if gate is None or self.host is None:
+            return {}
+        from edge_agent.robot_side import WindowCancelledError
+
+        self._lock.release()
+        try:
+            return dict(gate.wait(ref, _ref_msg(ref), ctx))
+        except WindowCancelledError as exc:
+            raise _Rejected(
+                "update.failed", "cancelled", f"swap cancelled while deferred: {exc.reason}"
+            ) from exc
+        finally:
+            self._lock.acquire()
 
     def _committed_without_probation(self, ref: Any, why: str, ctx: dict[str, Any]) -> None:
         """Tell a rollout that waits for a probation verdict that this device is settled on ``ref``.
@@ -745,6 +768,20 @@ class Updater:
         if not self._begin(cmd_id):
             return Outcome("duplicate", f"command {cmd_id} was already handled")
         try:
+            gate = self.window_gate
+            if gate is not None and gate.waiting:
+                # The new model never served: undoing it means dropping the deferred swap, not
+                # stepping back past the model that serves now.
+                gate.cancel("rollback")
+                self.emit(
+                    "rollback",
+                    message="rollback: the deferred swap is cancelled; the serving model is unchanged",
+                    model=_ref_msg(self.store.read_state().active),
+                    data={"reason": "deferred_cancelled", "requested": reason},
+                    cmd_id=cmd_id,
+                    rollout_id=rollout_id,
+                )
+                return Outcome("cancelled", "the deferred swap was cancelled")
             return self._rollback(
                 cmd_id=cmd_id,
                 rollout_id=rollout_id,
@@ -765,6 +802,9 @@ class Updater:
         failed_probation: bool = False,
     ) -> Outcome:
         ctx = {"cmd_id": cmd_id, "rollout_id": rollout_id}
+        gate = self.window_gate
+        if gate is not None and gate.waiting:
+            gate.cancel("rollback")  # an automatic rollback changes what the waiting swap replaces
         with self._lock:
             with self.store.locked():
                 state = self.store.read_state()
@@ -902,6 +942,11 @@ class Updater:
         mtime = self.store.state_mtime_ns()
         if mtime == self._state_mtime:
             return False
+        gate = self.window_gate
+        if gate is not None and gate.waiting:
+            # The local operator changed the store (edge-agent install/rollback): their choice
+            # wins over a swap still waiting for the line.
+            gate.cancel("the local store was changed by edge-agent")
         with self._lock:
             self._state_mtime = mtime
             state = self.store.read_state()
@@ -1048,8 +1093,32 @@ def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None =
 def attach_to_agent(agent: Any, updater: Updater) -> None:
     """Wire the updater into a running Agent: commands, telemetry windows, state message."""
 
+    deploys: queue.Queue[Any] = queue.Queue()
+    worker: list[threading.Thread] = []
+
+    def run_deploys() -> None:
+        # Same reason as the command worker's nice value: installs yield to inference.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), agent.config.inference.update_nice)
+        while True:
+            cmd = deploys.get()
+            try:
+                updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+            except Exception:
+                log.exception("deploy %s@%s failed", cmd.name, cmd.version)
+
     def deploy(cmd: Any) -> None:
-        updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+        if updater.window_gate is None:
+            updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+            return
+        # With an update window a deploy may wait for the line for a long time: it waits on its own
+        # worker so the command worker stays free for rollbacks (never deferred) and pings. A daemon
+        # thread: stopping the agent must not wait for the line (the fleet re-sends the deploy to
+        # an agent that restarted while deferred).
+        if not worker:
+            worker.append(threading.Thread(target=run_deploys, name="updates", daemon=True))
+            worker[0].start()
+        deploys.put(cmd)
 
     def rollback(cmd: Any) -> None:
         updater.rollback(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id, reason=cmd.reason)

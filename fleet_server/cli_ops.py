@@ -285,7 +285,17 @@ def devices_tag(args: argparse.Namespace) -> int:
 
 def _status_table(r: dict[str, Any]) -> Table:
     t = Table(title=f"rollout {r['id']}  {r['ref']}  [bold]{r['state']}[/]", title_justify="left")
-    for c in ("stage", "size", "devices", "passed", "in flight", "failed", "rolled back", "progress"):
+    for c in (
+        "stage",
+        "size",
+        "devices",
+        "passed",
+        "in flight",
+        "deferred",
+        "failed",
+        "rolled back",
+        "progress",
+    ):
         t.add_column(c)
     for st in r["stages"]:
         counts = st["counts"]
@@ -294,6 +304,7 @@ def _status_table(r: dict[str, Any]) -> Table:
         failed = counts.get("failed", 0)
         rolled = counts.get("rolled_back", 0)
         flight = sum(counts.get(k, 0) for k in ("sent", "installing", "probation"))
+        deferred = counts.get("deferred", 0)  # staged, waiting for the line's update window
         done = passed + failed + rolled
         width = 20
         filled = round(width * done / n) if n else width
@@ -305,6 +316,7 @@ def _status_table(r: dict[str, Any]) -> Table:
             str(n),
             str(passed),
             str(flight),
+            str(deferred),
             str(failed),
             str(rolled),
             f"{bar} {done}/{n}",
@@ -317,7 +329,7 @@ def _status_text(r: dict[str, Any]) -> str:
     if r.get("reason"):
         lines.append(f"reason: {r['reason']}")
     for p in r["devices"].values():
-        if p["status"] in ("failed", "rolled_back"):
+        if p["status"] in ("failed", "rolled_back", "deferred"):
             lines.append(f"  {p['device_id']}: {p['status']} — {p['reason']}")
     if r.get("history"):
         lines.append(f"last: {r['history'][-1]['text']}")

@@ -33,6 +33,7 @@ from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, Telemetry
 from fleet_server.rollouts import (
     IN_FLIGHT,
     Action,
+    DeviceStatus,
     Policy,
     QualityReport,
     RaiseAlert,
@@ -276,6 +277,13 @@ class RolloutController:
             if r.on_event(ev.device_id, ev.kind, min(now, at), cmd_id=ev.cmd_id, reason=reason):
                 log.info("rollout %s: %s %s", r.id, ev.device_id, ev.kind)
         self._cursor[r.id] = cursor
+        deferred = [d for d, p in r.devices.items() if p.status == DeviceStatus.DEFERRED]
+        if deferred:
+            for device_id, since in s.execute(
+                select(DeviceRow.device_id, DeviceRow.state_since).where(DeviceRow.device_id.in_(deferred))
+            ).all():
+                if since is not None and r.on_restart(device_id, since.timestamp(), now):
+                    log.info("rollout %s: %s restarted while deferred; re-sending", r.id, device_id)
         waiting = [d for d, p in r.devices.items() if p.status in IN_FLIGHT]
         if waiting:
             rows = s.execute(

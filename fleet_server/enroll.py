@@ -124,6 +124,9 @@ def device_acl(device_id: str, topic_root: str = DEFAULT_TOPIC_ROOT) -> str:
     lines = [f"# lineside device {device_id}", f"user {device_id}"]
     lines += [f"topic write {base}/{ch}" for ch in DEVICE_WRITE_CHANNELS]
     lines += [f"topic read {base}/{ch}" for ch in DEVICE_READ_CHANNELS]
+    # The line's state, published (retained) by the line controller's own broker user, which needs
+    # "topic write {root}/devices/+/line" (or the robots of its line); see docs/robot-side.md.
+    lines.append(f"topic read {base}/line")
     return "\n".join(lines) + "\n"
 
 

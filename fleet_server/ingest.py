@@ -222,7 +222,10 @@ class Ingest:
                 tel.append(_telemetry_row(p.msg, at))
             else:
                 events.append(_event_row(p.msg, at))
-                if p.msg.kind in ALERT_EVENT_KINDS:
+                if p.msg.kind in ALERT_EVENT_KINDS or (
+                    # A swap still deferred at its deadline (at_deadline = "wait") asks for a person.
+                    p.msg.kind == "update.deferred" and p.msg.data.get("alert") is True
+                ):
                     alert_events.append(p.msg)
             seen[p.device_id] = max(at, seen.get(p.device_id, at))
         done = IngestCounts()
@@ -285,6 +288,7 @@ class Ingest:
             else f"{e.device_id} rolled back its model: {reason or 'no reason given'}",
             "camera.lost": f"{e.device_id}: camera lost — {e.message}",
             "update.failed": f"{e.device_id}: update failed — {reason}",
+            "update.deferred": f"{e.device_id}: model swap still deferred past its deadline — {e.message}",
             "error": f"{e.device_id}: {e.message}",
         }[e.kind]
         self.alerts.raise_alert(

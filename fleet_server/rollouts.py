@@ -7,6 +7,12 @@ canary, then a quarter, then everyone; sizes are cumulative). For each stage::
                                        │  (re-sent after resend_after_s, up to max_sends)      │
                                        └──────── update.failed / update.rejected / rollback ───┴─▶ FAILED
                                                                         probation.passed ───────▶ PASSED
+    SENT / INSTALLING ──update.deferred──▶ DEFERRED ──update.installed / probation.*──▶ (on)
+
+A DEFERRED device has a verified model staged and waits for its line's update window (the
+agent's ``[line]`` policy). It neither fails nor times out while deferred: ``device_timeout_s``
+counts only the time outside DEFERRED. Its stage does not settle until it moves on; a halt or
+abort sends it a rollback (the agent then drops the staged model; rollbacks are never deferred).
 
 When every device of the stage has settled (PASSED or FAILED) the stage soaks for ``soak_s``,
 then the gates decide:
@@ -54,6 +60,7 @@ class DeviceStatus(StrEnum):
     PENDING = "pending"  # its stage started; deploy not sent yet
     SENT = "sent"
     INSTALLING = "installing"
+    DEFERRED = "deferred"  # staged, waiting for the line's update window
     PROBATION = "probation"
     PASSED = "passed"
     FAILED = "failed"
@@ -65,10 +72,13 @@ _RANK = {
     DeviceStatus.PENDING: 0,
     DeviceStatus.SENT: 1,
     DeviceStatus.INSTALLING: 2,
+    DeviceStatus.DEFERRED: 2,
     DeviceStatus.PROBATION: 3,
     DeviceStatus.PASSED: 4,
 }
-IN_FLIGHT = frozenset({DeviceStatus.SENT, DeviceStatus.INSTALLING, DeviceStatus.PROBATION})
+IN_FLIGHT = frozenset(
+    {DeviceStatus.SENT, DeviceStatus.INSTALLING, DeviceStatus.DEFERRED, DeviceStatus.PROBATION}
+)
 SETTLED = frozenset({DeviceStatus.PASSED, DeviceStatus.FAILED, DeviceStatus.ROLLED_BACK})
 FAILURE_EVENTS = frozenset({"update.failed", "update.rejected", "rollback"})
 PROGRESS_EVENTS = {
@@ -290,6 +300,8 @@ class DeviceProgress(BaseModel):
     updated_at: float | None = None
     last_event: str | None = None
     reason: str = ""
+    deferred_since: float | None = None  # set while DEFERRED
+    deferred_total_s: float = 0.0  # time spent DEFERRED before now: not counted by device_timeout_s
 
 
 class HistoryEntry(BaseModel):
@@ -435,7 +447,27 @@ class Rollout(BaseModel):
             return False
         if p.status in (DeviceStatus.WAITING, DeviceStatus.PENDING, DeviceStatus.ROLLED_BACK):
             return False
-        if kind in FAILURE_EVENTS:
+        if kind == "update.deferred":
+            if p.status not in (DeviceStatus.SENT, DeviceStatus.INSTALLING, DeviceStatus.DEFERRED):
+                return False  # late or duplicate: it already moved on
+            if p.status != DeviceStatus.DEFERRED:
+                p.status, p.deferred_since = DeviceStatus.DEFERRED, now
+            elif p.reason == (reason or kind):
+                return False
+            p.reason = reason or kind
+        elif p.status == DeviceStatus.DEFERRED and (kind in FAILURE_EVENTS or kind in PROGRESS_EVENTS):
+            if kind in ("update.started", "update.verified"):
+                return False  # a re-delivered earlier step: still waiting
+            self._leave_deferred(p, now)
+            if kind in FAILURE_EVENTS:
+                p.status, p.reason = DeviceStatus.FAILED, reason or kind
+            else:
+                target = PROGRESS_EVENTS[kind]
+                p.status = target if _RANK[target] > _RANK[DeviceStatus.DEFERRED] else DeviceStatus.INSTALLING
+                p.reason = ""
+                if target == DeviceStatus.PASSED:
+                    p.passed_at = now
+        elif kind in FAILURE_EVENTS:
             if p.status == DeviceStatus.FAILED:
                 return False
             p.status = DeviceStatus.FAILED
@@ -451,6 +483,27 @@ class Rollout(BaseModel):
             return False
         p.last_event = kind
         p.updated_at = now
+        return True
+
+    @staticmethod
+    def _leave_deferred(p: DeviceProgress, now: float) -> None:
+        if p.deferred_since is not None:
+            p.deferred_total_s += max(0.0, now - p.deferred_since)
+            p.deferred_since = None
+
+    def on_restart(self, device_id: str, since: float, now: float) -> bool:
+        """A DEFERRED device whose agent started (state ``since``) after it deferred has lost the
+        staged model (staging is not kept across restarts): send the deploy again. Without this a
+        restarted robot would stay DEFERRED for ever, since deferral never times out."""
+        p = self.devices.get(device_id)
+        if p is None or p.status != DeviceStatus.DEFERRED or p.deferred_since is None:
+            return False
+        if since <= p.deferred_since:
+            return False
+        self._leave_deferred(p, now)
+        p.status, p.updated_at = DeviceStatus.SENT, now
+        p.last_sent_at = now - self.policy.resend_after_s  # the next tick re-sends at once
+        p.reason = "the agent restarted while deferred; deploy re-sent"
         return True
 
     def on_state(
@@ -494,7 +547,8 @@ class Rollout(BaseModel):
                     actions.append(SendDeploy(p.device_id, p.cmd_id))
             if (
                 p.status in IN_FLIGHT
-                and now - (p.first_sent_at if p.first_sent_at is not None else now)
+                and p.status != DeviceStatus.DEFERRED  # waiting for the line is not being late
+                and now - (p.first_sent_at if p.first_sent_at is not None else now) - p.deferred_total_s
                 >= self.policy.device_timeout_s
             ):
                 p.status, p.reason, p.updated_at = (

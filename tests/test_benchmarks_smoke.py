@@ -49,6 +49,12 @@ def test_realtime_reports_30_and_60_fps(ctx: Context) -> None:
     assert any("30 fps" in c.name for c in s.checks)
 
 
+def test_local_output_reports_socket_and_opcua_latency(ctx: Context) -> None:
+    s = BENCHMARKS["local_output"](ctx)
+    assert [r[0] for r in s.rows] == ["decision callback (baseline)", "unix socket", "OPC UA result events"]
+    assert all(int(r[1]) > 0 for r in s.rows)
+
+
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
     assert len(s.rows) == 3 and s.rows[0][0] == "flat out (unpaced)"

@@ -540,11 +540,12 @@ function stageBar(stage, index, current) {
   const c = stage.counts || {};
   const passed = c.passed || 0;
   const failed = (c.failed || 0) + (c.rolled_back || 0);
-  const inflight = (c.sent || 0) + (c.installing || 0) + (c.probation || 0);
+  const inflight = (c.sent || 0) + (c.installing || 0) + (c.probation || 0) + (c.deferred || 0);
+  const deferred = c.deferred || 0;
   const n = stage.devices || 1;
   const W = 200;
   const w = (k) => ((k / n) * W).toFixed(1);
-  const label = `Stage ${index + 1} (${stage.size}): ${passed} of ${stage.devices} passed, ${inflight} in progress, ${failed} failed`;
+  const label = `Stage ${index + 1} (${stage.size}): ${passed} of ${stage.devices} passed, ${inflight} in progress (${deferred} deferred), ${failed} failed`;
   return h(
     "li",
     { class: index === current ? "current" : null, "data-stage": index },
@@ -557,7 +558,7 @@ function stageBar(stage, index, current) {
       s("rect", { x: w(passed), y: 0, width: w(inflight), height: 10, class: "bar-inflight" }),
       s("rect", { x: w(passed + inflight), y: 0, width: w(failed), height: 10, class: "bar-failed" }),
     ),
-    h("span", { class: "stage-counts" }, `${passed}/${stage.devices} passed`, inflight ? `, ${inflight} in progress` : "", failed ? `, ${failed} failed` : ""),
+    h("span", { class: "stage-counts" }, `${passed}/${stage.devices} passed`, inflight ? `, ${inflight} in progress` : "", deferred ? h("span", { "data-role": "deferred" }, ` (${deferred} deferred: waiting for the line)`) : "", failed ? `, ${failed} failed` : ""),
   );
 }
 
