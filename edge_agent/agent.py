@@ -37,7 +37,7 @@ from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
 from edge_agent.publisher import Publisher
-from edge_agent.runtime import ModelRunner
+from edge_agent.runtime import ModelRunner, runtime_builds
 from edge_agent.service import SystemdNotifier, write_status
 from edge_agent.sources import FrameSource
 from edge_agent.spool import Spool
@@ -123,6 +123,8 @@ class Agent:
         self.on_decision = on_decision
         self.agent_version = agent_version
         self.device_id = config.device_id
+        # Which onnxruntime build(s) this environment has: reported, and two at once is warned about.
+        self.runtime = runtime_builds()
         self._runner = runner
         self._pending_runner: ModelRunner | None = None
         self._adopted = threading.Event()
@@ -265,6 +267,8 @@ class Agent:
             previous_model=previous,
             probation=probation,
             execution_provider=self._runner.provider,
+            runtime_build=self.runtime.serving,
+            provider_timings_ms=dict(self._runner.choice.timings_ms),
             source=self.source.description,
         )
 
@@ -530,6 +534,10 @@ class Agent:
             "stopped": stopped,
             "model": runner.model_ref().model_dump(),
             "provider": runner.provider,
+            "provider_timings_ms": dict(runner.choice.timings_ms),
+            "runtime_build": self.runtime.serving,
+            "runtime_builds_installed": list(self.runtime.installed),
+            "runtime_conflict": self.runtime.conflict,
             "source": self.source.description,
             "source_state": self.capture.state,
             "frames": self.frames_total,

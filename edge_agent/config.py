@@ -160,6 +160,11 @@ class InferenceConfig(_Section):
         description="preference order (names or aliases: tensorrt, cuda, openvino, coreml, directml, cpu); "
         "default: all, most capable first, filtered by what onnxruntime has",
     )
+    pin_provider: bool = Field(
+        default=False,
+        description="serve the first available of `providers` without timing; otherwise, with several "
+        "candidates, each one's self-test is timed at load and the fastest that passes serves",
+    )
     device_id: Annotated[int, Field(ge=0)] = 0
     trt_engine_cache_dir: Path | None = None
     fp16: bool = False

@@ -179,10 +179,25 @@ class DriftThresholds(_Strict):
     sustain_windows: Annotated[int, Field(ge=1)] = 2
 
 
+class SelftestTolerance(_Strict):
+    """How far one execution provider's outputs may be from the golden ones."""
+
+    atol: Annotated[float, Field(ge=0)] = 1e-3
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+
+
 class SelftestSpec(_Strict):
     file: str = SELFTEST_FILE
     atol: Annotated[float, Field(ge=0)] = 1e-3
     rtol: Annotated[float, Field(ge=0)] = 1e-3
+    # Providers differ numerically (fused kernels, FP16, reordered sums): a producer that validated
+    # on, say, OpenVINO declares its tolerance there. Optional: without it, atol/rtol apply to all.
+    providers: dict[str, SelftestTolerance] = Field(default_factory=dict)
+
+    def tolerance_for(self, provider: str) -> tuple[float, float]:
+        """(atol, rtol) for ``provider``: its own entry, else the bundle-wide one."""
+        own = self.providers.get(provider)
+        return (own.atol, own.rtol) if own is not None else (self.atol, self.rtol)
 
 
 class Manifest(_Strict):
