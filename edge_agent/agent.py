@@ -365,6 +365,9 @@ class Agent:
 
     # -- the inference thread
     def _inference_loop(self) -> None:
+        cores = self.config.inference.cpu_affinity
+        if cores:
+            _pin_this_thread(cores)
         clock = self.clock
         runner = self._runner
         thresholds = effective_thresholds(runner.manifest, self.config)
@@ -561,3 +564,12 @@ class Agent:
             write_status(self.config.state_dir, self.status(stopped=stopped))
         except OSError as exc:
             log.warning("could not write status.json: %s", exc)
+
+
+def _pin_this_thread(cores: list[int]) -> None:
+    """Pin the calling thread (Linux: pid 0 is the calling thread) to ``cores``; warn if it cannot."""
+    try:
+        os.sched_setaffinity(0, cores)
+    except (OSError, AttributeError, ValueError) as exc:
+        # A core the cgroup or the machine does not have: serve unpinned rather than not at all.
+        log.warning("cannot pin the inference thread to cores %s: %s", cores, exc)

@@ -181,6 +181,11 @@ class InferenceConfig(_Section):
         description="Python's GIL switch interval while the agent runs (interpreter default 5 ms): "
         "bounds how long update or telemetry work can keep the inference thread waiting; None keeps it",
     )
+    cpu_affinity: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="pin the inference thread to these CPU cores (Linux); None: the scheduler decides. "
+        "Pair it with the systemd unit's CPUAffinity= for the whole process (BENCHMARKS.md: its effect)",
+    )
     update_nice: Annotated[int, Field(ge=0, le=19)] = Field(
         default=10, description="nice value of the thread that installs updates (0: same as inference)"
     )

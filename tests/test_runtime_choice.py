@@ -96,3 +96,29 @@ def test_per_provider_tolerance_with_default() -> None:
 def test_cpu_only_build_serves_on_cpu_without_timing() -> None:
     runner = ModelRunner.load(SHAPES, inference=InferenceConfig())
     assert runner.provider == CPU and not runner.choice.measured and runner.choice.timings_ms == {}
+
+
+def test_cpu_affinity_pins_only_the_inference_thread(tmp_path: Path) -> None:
+    import os
+
+    from edge_agent.agent import Agent
+    from edge_agent.spool import Spool
+    from tests.agent_fakes import ListSource, SpoolDrainingPublisher, agent_config, images
+    from tests.mqtt import wait_until
+
+    allowed = os.sched_getaffinity(0)
+    core = max(allowed)
+    config = agent_config(tmp_path / "state", **{"inference.cpu_affinity": [core]})
+    spool = Spool(config.state_dir / "spool")
+    agent = Agent(
+        config, ListSource(images(20)), SpoolDrainingPublisher(spool), ModelRunner.load(SHAPES), spool=spool
+    )
+    agent.start()
+    try:
+        wait_until(lambda: agent.frames_total == 20, 20, what="frames decided")
+        thread_id = agent._inference_thread.native_id
+        assert thread_id is not None
+        assert os.sched_getaffinity(thread_id) == {core}
+        assert os.sched_getaffinity(0) == allowed  # the process (this thread) is untouched
+    finally:
+        agent.stop()
