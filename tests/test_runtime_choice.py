@@ -122,3 +122,13 @@ def test_cpu_affinity_pins_only_the_inference_thread(tmp_path: Path) -> None:
         assert os.sched_getaffinity(0) == allowed  # the process (this thread) is untouched
     finally:
         agent.stop()
+
+
+def test_openvino_thread_count_follows_the_config() -> None:
+    from edge_agent.runtime import provider_options
+
+    assert provider_options(OV, InferenceConfig(intra_op_num_threads=1))["num_of_threads"] == "1"
+    assert "num_of_threads" not in provider_options(OV, InferenceConfig(intra_op_num_threads=0))
+    # An explicit option in config wins.
+    cfg = InferenceConfig(provider_options={OV: {"num_of_threads": "2"}})
+    assert provider_options(OV, cfg)["num_of_threads"] == "2"
