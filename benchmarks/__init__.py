@@ -17,6 +17,7 @@ __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": pipeline.run,
     "realtime": realtime.run,
+    "camerarate": realtime.run_camera_rate,
     "swap": swap.run,
     "quantisation": quant.run,
     "fleet": fleet.run,

@@ -211,3 +211,15 @@ def test_providers_compare_every_peer_at_both_precisions(ctx: Context) -> None:
         assert {r[0] for r in rows} == peers  # measured, or a row saying why not
         cpu = next(r for r in rows if r[0] == "ORT CPU provider")
         assert int(cpu[2]) > 0 and cpu[6] == "1.00"
+
+
+def test_camera_rate_puts_the_agent_beside_the_minimal_loop_at_30_fps(ctx: Context) -> None:
+    s = BENCHMARKS["camerarate"](ctx)
+    assert s.error is None
+    assert [r[0] for r in s.rows] == [
+        "agent (full-colour decode)",
+        "minimal loop (full-colour decode)",
+        "minimal loop, grey decode at 1/4 scale",
+    ]
+    assert all(int(r[2]) > 0 for r in s.rows) and s.rows[1][4] == "1.00"
+    assert [c.name for c in s.checks] == ["agent at 30 fps <= 0.7x the minimal loop's CPU at the same rate"]
