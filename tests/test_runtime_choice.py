@@ -132,3 +132,13 @@ def test_openvino_thread_count_follows_the_config() -> None:
     # An explicit option in config wins.
     cfg = InferenceConfig(provider_options={OV: {"num_of_threads": "2"}})
     assert provider_options(OV, cfg)["num_of_threads"] == "2"
+
+
+def test_install_event_carries_the_provider_choice() -> None:
+    from edge_agent.updater import _provider_choice
+
+    runner = ModelRunner.load(SHAPES, inference=InferenceConfig())
+    assert _provider_choice(runner) == {"provider": CPU, "provider_timings_ms": {}}
+    runner.choice.timings_ms = {OV: 0.5, CPU: 0.4}
+    assert _provider_choice(runner)["provider_timings_ms"] == {OV: 0.5, CPU: 0.4}
+    assert _provider_choice(object()) == {}  # a runner that does not choose (a plain session)
