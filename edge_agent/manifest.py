@@ -98,6 +98,12 @@ class InputSpec(_Strict):
     scale: float = 1.0 / 255.0
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # Besides full colour (always accepted), the JPEG decode paths the model's accuracy was
+    # validated with (edge_agent.decode): a GRAY model may then be fed a greyscale frame decoded
+    # at reduced scale. Optional: older manifests keep the full-colour path only.
+    validated_decodes: list[Literal["gray_reduced_2", "gray_reduced_4", "gray_reduced_8"]] = Field(
+        default_factory=list
+    )
 
     @property
     def channels(self) -> int:
@@ -121,6 +127,8 @@ class InputSpec(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
+        if self.validated_decodes and self.color_order != "GRAY":
+            raise ValueError("validated_decodes (greyscale decode paths) needs color_order GRAY")
         return self
 
 
