@@ -76,6 +76,14 @@ class ScheduledSource:
             self._n += 1
         return frame
 
+    def set_decode(self, decode: str) -> None:
+        """The agent picks the decode its model was validated with (edge_agent.decode)."""
+        self.inner.set_decode(decode)
+
+    @property
+    def decode(self) -> str:
+        return self.inner.decode
+
     def reopen(self) -> None:
         self.inner.reopen()
 
