@@ -298,7 +298,7 @@ def run_camera_rate(ctx: Context) -> Section:
         f"{decode_ms['pre_reduced']:.2f} from the reduced one."
     )
     section.notes.append(
-        f"{blocks} blocks of {duration:g} s per peer, interleaved (agent, minimal, minimal reduced) so the "
+        f"{blocks} blocks of {duration:g} s per peer, interleaved (agent, agent reduced, minimal, minimal reduced) so the "
         "shared machine's background falls on all alike; CPU is the process's CPU time over the block's "
         "wall time. The agent is in process (RecordingSource(realtime=True), null publisher, 1 s "
         "telemetry windows); the minimal loops sleep until each frame is due, as a camera would pace them."
