@@ -170,3 +170,39 @@ def test_per_provider_tolerance_in_the_manifest_rules_a_provider_out(
             timeout=10,
         )[0]
         assert fallback["data"]["provider"] == OV
+
+
+def test_two_builds_installed_at_once_are_reported_by_a_running_agent(
+    mosquitto: Mosquitto, recording: Path, tmp_path: Path
+) -> None:
+    """This environment's CPU build plus a second build's metadata on the path, as a botched swap leaves."""
+    import sys
+
+    site = tmp_path / "site"
+    info = site / "onnxruntime_gpu-1.24.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.24.1\n")
+    (info / "RECORD").write_text(f"onnxruntime/__init__.py,,\n{info.name}/METADATA,,\n")
+    device = "two-builds"
+    cfg = _config(tmp_path, device, SHAPES, recording, mosquitto.url, 'providers = ["cpu"]')
+    env = {"PYTHONPATH": f"{site}:{REPO}"}
+    agent = AgentProcess(cfg, tmp_path / "agent.log", [], env)
+    agent.args = [sys.executable, "-m", "edge_agent.cli", "-v", "run", "--config", str(cfg)]
+    with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/#") as c:
+        agent.start()
+        try:
+            _serving_state(c, device)
+            conflict = c.wait_for(
+                lambda c: [e for e in c.payloads(f"{device}/events") if e["kind"] == "runtime.conflict"],
+                timeout=10,
+            )[0]
+            assert conflict["level"] == "warning"
+            assert "onnxruntime-gpu==1.24.1" in conflict["data"]["installed"]
+            out = subprocess.run(
+                [sys.executable, "-m", "edge_agent.cli", "status", "--json", "--state-dir", str(tmp_path / device)],
+                capture_output=True, text=True, check=False, cwd=REPO, env={**agent.env},
+            )  # fmt: skip
+            status = json.loads(out.stdout)
+            assert status["runtime_conflict"] is True and len(status["runtime_builds_installed"]) == 2
+        finally:
+            agent.stop()
