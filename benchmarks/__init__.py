@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, local_output, pipeline, quant, realtime, startup, swap
+from benchmarks import fleet, local_output, pipeline, providers, quant, realtime, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -17,10 +17,12 @@ __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": pipeline.run,
     "realtime": realtime.run,
+    "camerarate": realtime.run_camera_rate,
     "swap": swap.run,
     "quantisation": quant.run,
     "fleet": fleet.run,
     "startup": startup.run,
     "accelerators": pipeline.run_accelerators,
     "local_output": local_output.run,
+    "providers": providers.run,
 }

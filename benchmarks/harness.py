@@ -76,6 +76,14 @@ class ScheduledSource:
             self._n += 1
         return frame
 
+    def set_decode(self, decode: str) -> None:
+        """The agent picks the decode its model was validated with (edge_agent.decode)."""
+        self.inner.set_decode(decode)
+
+    @property
+    def decode(self) -> str:
+        return self.inner.decode
+
     def reopen(self) -> None:
         self.inner.reopen()
 
@@ -111,6 +119,7 @@ def agent_config(
     realtime: bool,
     providers: list[str] | None = None,
     queue_size: int = 4,
+    cpu_affinity: list[int] | None = None,
 ) -> AgentConfig:
     """The config ``edge-agent run`` would build for this replay (offline broker, 1 s windows)."""
     return AgentConfig(
@@ -120,7 +129,9 @@ def agent_config(
         source=SourceConfig(uri=str(recording), realtime=realtime, queue_size=queue_size),
         broker=BrokerConfig(url=None),
         telemetry=TelemetryConfig(window_s=1.0),
-        inference=InferenceConfig(intra_op_num_threads=threads, providers=providers),
+        inference=InferenceConfig(
+            intra_op_num_threads=threads, providers=providers, cpu_affinity=cpu_affinity
+        ),
     )
 
 
@@ -137,10 +148,17 @@ class AgentRun:
         fps: float | None = None,
         providers: list[str] | None = None,
         runner: ModelRunner | None = None,
+        cpu_affinity: list[int] | None = None,
     ) -> None:
         realtime = fps is not None
         self.config = agent_config(
-            recording, state_dir, bundle, threads=threads, realtime=realtime, providers=providers
+            recording,
+            state_dir,
+            bundle,
+            threads=threads,
+            realtime=realtime,
+            providers=providers,
+            cpu_affinity=cpu_affinity,
         )
         self.runner = runner or ModelRunner.load(bundle, inference=self.config.inference)
         inner = RecordingSource(recording, realtime=realtime, fps=fps)

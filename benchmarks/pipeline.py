@@ -72,9 +72,15 @@ def _session(bundle: Path, threads: int, provider: str) -> ort.InferenceSession:
     providers: list[Any] = [(provider, provider_options(provider, inference))]
     if provider != CPU:
         providers.append(CPU)
-    return ort.InferenceSession(
+    sess = ort.InferenceSession(
         (bundle / "model.onnx").read_bytes(), sess_options=session_options(inference), providers=providers
     )
+    # ONNX Runtime drops a provider that fails to initialise and carries on with CPU: a figure
+    # labelled CUDA or TensorRT must not be a CPU figure.
+    serving = sess.get_providers()[0]
+    if serving != provider:
+        raise RuntimeError(f"{provider} did not initialise (ONNX Runtime chose {serving})")
+    return sess
 
 
 def run_agent(recording: Path, bundle: Path, threads: int, provider: str, workdir: Path) -> Measure:

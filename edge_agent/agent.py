@@ -35,18 +35,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import numpy as np
+
 from edge_agent import __version__
 from edge_agent.capture import CaptureThread, DropOldestQueue
 from edge_agent.commands import CommandDispatcher
 from edge_agent.config import AgentConfig
 from edge_agent.decision_id import DecisionIds
+from edge_agent.decode import COLOR, Decode, accepts, decode_jpeg, serving_decode
 from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
 from edge_agent.publisher import Publisher
-from edge_agent.runtime import ModelRunner
+from edge_agent.runtime import ModelRunner, runtime_builds
 from edge_agent.service import SystemdNotifier, write_status
-from edge_agent.sources import FrameSource
+from edge_agent.sources import Frame, FrameSource
 from edge_agent.spool import Spool
 from edge_agent.telemetry import TelemetryWindow, WindowStats
 
@@ -140,6 +143,8 @@ class Agent:
         self.on_decision = on_decision
         self.agent_version = agent_version
         self.device_id = config.device_id
+        # Which onnxruntime build(s) this environment has: reported, and two at once is warned about.
+        self.runtime = runtime_builds()
         self._runner = runner
         self._pending_runner: ModelRunner | None = None
         self._adopted = threading.Event()
@@ -288,6 +293,8 @@ class Agent:
             previous_model=previous,
             probation=probation,
             execution_provider=self._runner.provider,
+            runtime_build=self.runtime.serving,
+            provider_timings_ms=dict(self._runner.choice.timings_ms),
             source=self.source.description,
         )
 
@@ -402,7 +409,24 @@ class Agent:
         log.info("the source has no more frames; the agent keeps reporting until stopped")
 
     # -- the inference thread
+    def _apply_decode(self, runner: ModelRunner) -> list[Decode]:
+        """Tell the source the cheapest decode every frame consumer accepts; the model's validated list.
+
+        The serving model is the only consumer of frames today; a shadow model or a frame sampler
+        adds its own list here, and one without a reduced path keeps the decode in full colour.
+        """
+        validated: list[Decode] = list(runner.manifest.input.validated_decodes)
+        set_decode = getattr(self.source, "set_decode", None)
+        if set_decode is not None:
+            decode = serving_decode([validated])
+            set_decode(decode)
+            log.info("frames decoded as %s for %s", decode, runner.manifest.ref)
+        return validated
+
     def _inference_loop(self) -> None:
+        cores = self.config.inference.cpu_affinity
+        if cores:
+            _pin_this_thread(cores)
         clock = self.clock
         runner = self._runner
         thresholds = effective_thresholds(runner.manifest, self.config)
@@ -414,6 +438,7 @@ class Agent:
         window_end = start + window_s
         frames = self.frames
         publish = self.publisher.publish_decision if self.config.telemetry.decisions else None
+        validated = self._apply_decode(runner)
         label_json = [json.dumps(x) for x in labels]
         outputs = self.outputs
         next_id = self.decision_ids.next
@@ -448,6 +473,7 @@ class Agent:
                     labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
                 )
                 window.reset(clock.now(), now)
+                validated = self._apply_decode(runner)
                 self._adopted.set()
             if frame is None:
                 if stop.is_set():
@@ -455,7 +481,12 @@ class Agent:
                 continue
             t0 = perf()
             try:
-                pred = runner.predict(frame.image)
+                image = frame.image
+                if not accepts(validated, frame.decode):
+                    # Decoded for the model before a swap (still in the queue): decode it again
+                    # in full colour rather than feed this model a path it was not validated on.
+                    image = _full_colour(frame)
+                pred = runner.predict(image)
             except Exception:
                 window.add_error()
                 self.errors_total += 1
@@ -587,6 +618,10 @@ class Agent:
             "stopped": stopped,
             "model": runner.model_ref().model_dump(),
             "provider": runner.provider,
+            "provider_timings_ms": dict(runner.choice.timings_ms),
+            "runtime_build": self.runtime.serving,
+            "runtime_builds_installed": list(self.runtime.installed),
+            "runtime_conflict": self.runtime.conflict,
             "source": self.source.description,
             "source_state": self.capture.state,
             "frames": self.frames_total,
@@ -611,3 +646,19 @@ class Agent:
             write_status(self.config.state_dir, self.status(stopped=stopped))
         except OSError as exc:
             log.warning("could not write status.json: %s", exc)
+
+
+def _full_colour(frame: Frame) -> np.ndarray:
+    image = decode_jpeg(frame.encoded, COLOR) if frame.encoded is not None else None
+    if image is None:
+        raise ValueError(f"frame {frame.index} has no full-colour decode")
+    return image
+
+
+def _pin_this_thread(cores: list[int]) -> None:
+    """Pin the calling thread (Linux: pid 0 is the calling thread) to ``cores``; warn if it cannot."""
+    try:
+        os.sched_setaffinity(0, cores)
+    except (OSError, AttributeError, ValueError) as exc:
+        # A core the cgroup or the machine does not have: serve unpinned rather than not at all.
+        log.warning("cannot pin the inference thread to cores %s: %s", cores, exc)

@@ -148,6 +148,15 @@ def build_agent(config: AgentConfig) -> Any:
         from edge_agent.updater import attach_to_agent
 
         attach_to_agent(agent, updater)
+    if agent.runtime.conflict:
+        builds = ", ".join(agent.runtime.installed)
+        log.warning("several onnxruntime builds are installed at once (%s): keep exactly one", builds)
+        agent.emit_event(
+            "runtime.conflict",
+            level="warning",
+            message=f"several onnxruntime builds installed at once ({builds}); keep exactly one",
+            data={"installed": list(agent.runtime.installed), "serving": agent.runtime.serving},
+        )
     for provider, reason in fallbacks:
         agent.emit_event(
             "provider.fallback",
@@ -222,6 +231,7 @@ def _print_status(status: dict[str, Any]) -> None:
         ("pid", status.get("pid")),
         ("model", f"{model.get('name')}@{model.get('version')}" if model else "-"),
         ("provider", status.get("provider")),
+        ("runtime", status.get("runtime_build")),
         ("source", f"{status.get('source')} ({status.get('source_state')})"),
         ("frames", status.get("frames")),
         ("fps", status.get("fps")),
@@ -235,6 +245,12 @@ def _print_status(status: dict[str, Any]) -> None:
     ]
     for k, v in rows:
         table.add_row(k, str(v))
+    timings = status.get("provider_timings_ms") or {}
+    if timings:
+        table.add_row("self-test ms", ", ".join(f"{p}: {ms}" for p, ms in timings.items()))
+    if status.get("runtime_conflict"):
+        installed = ", ".join(status.get("runtime_builds_installed") or [])
+        table.add_row("warning", f"[red]several onnxruntime builds installed ({installed}): keep one[/]")
     if status.get("error"):
         table.add_row("error", str(status["error"]))
     Console().print(table)

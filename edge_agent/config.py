@@ -192,6 +192,11 @@ class InferenceConfig(_Section):
         description="preference order (names or aliases: tensorrt, cuda, openvino, coreml, directml, cpu); "
         "default: all, most capable first, filtered by what onnxruntime has",
     )
+    pin_provider: bool = Field(
+        default=False,
+        description="serve the first available of `providers` without timing; otherwise, with several "
+        "candidates, each one's self-test is timed at load and the fastest that passes serves",
+    )
     device_id: Annotated[int, Field(ge=0)] = 0
     trt_engine_cache_dir: Path | None = None
     fp16: bool = False
@@ -207,6 +212,11 @@ class InferenceConfig(_Section):
         default=1.0,
         description="Python's GIL switch interval while the agent runs (interpreter default 5 ms): "
         "bounds how long update or telemetry work can keep the inference thread waiting; None keeps it",
+    )
+    cpu_affinity: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None,
+        description="pin the inference thread to these CPU cores (Linux); None: the scheduler decides. "
+        "Pair it with the systemd unit's CPUAffinity= for the whole process (BENCHMARKS.md: its effect)",
     )
     update_nice: Annotated[int, Field(ge=0, le=19)] = Field(
         default=10, description="nice value of the thread that installs updates (0: same as inference)"

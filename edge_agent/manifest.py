@@ -144,6 +144,12 @@ class InputSpec(_Strict):
     )
     mean: list[float] = Field(default_factory=lambda: [0.0, 0.0, 0.0])
     std: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0])
+    # Besides full colour (always accepted), the JPEG decode paths the model's accuracy was
+    # validated with (edge_agent.decode): a GRAY model may then be fed a greyscale frame decoded
+    # at reduced scale. Optional: older manifests keep the full-colour path only.
+    validated_decodes: list[Literal["gray_reduced_2", "gray_reduced_4", "gray_reduced_8"]] = Field(
+        default_factory=list
+    )
 
     @property
     def channels(self) -> int:
@@ -178,6 +184,8 @@ class InputSpec(_Strict):
             raise ValueError("a per-channel scale needs one value per channel")
         if any(s == 0 for s in self.std):
             raise ValueError("std must not contain 0")
+        if self.validated_decodes and self.color_order != "GRAY":
+            raise ValueError("validated_decodes (greyscale decode paths) needs color_order GRAY")
         return self
 
 
@@ -236,10 +244,25 @@ class DriftThresholds(_Strict):
     sustain_windows: Annotated[int, Field(ge=1)] = 2
 
 
+class SelftestTolerance(_Strict):
+    """How far one execution provider's outputs may be from the golden ones."""
+
+    atol: Annotated[float, Field(ge=0)] = 1e-3
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+
+
 class SelftestSpec(_Strict):
     file: str = SELFTEST_FILE
     atol: Annotated[float, Field(ge=0)] = 1e-3
     rtol: Annotated[float, Field(ge=0)] = 1e-3
+    # Providers differ numerically (fused kernels, FP16, reordered sums): a producer that validated
+    # on, say, OpenVINO declares its tolerance there. Optional: without it, atol/rtol apply to all.
+    providers: dict[str, SelftestTolerance] = Field(default_factory=dict)
+
+    def tolerance_for(self, provider: str) -> tuple[float, float]:
+        """(atol, rtol) for ``provider``: its own entry, else the bundle-wide one."""
+        own = self.providers.get(provider)
+        return (own.atol, own.rtol) if own is not None else (self.atol, self.rtol)
 
 
 class Manifest(_Strict):

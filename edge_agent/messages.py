@@ -90,6 +90,10 @@ class DeviceState(_Msg):
     previous_model: ModelRef | None = None
     probation: bool = False
     execution_provider: str = ""
+    # Which onnxruntime build serves ("onnxruntime-openvino==1.24.1"), and the self-test time per
+    # candidate provider when the provider was chosen by measurement (empty for a pin).
+    runtime_build: str = ""
+    provider_timings_ms: dict[str, float] = Field(default_factory=dict)
     source: str = ""
 
 
@@ -141,6 +145,7 @@ EventKind = Literal[
     "camera.lost",
     "camera.restored",
     "provider.fallback",
+    "runtime.conflict",
     "update.started",
     "update.verified",
     "update.installed",

@@ -23,7 +23,7 @@ _INTERPOLATION = {
 
 
 class Preprocessor:
-    """Callable: BGR uint8 frame (H, W, 3) → input tensor with a batch dimension of 1."""
+    """Callable: BGR uint8 frame (H, W, 3) -- or grey (H, W) for a GRAY model -- → input tensor, batch of 1."""
 
     def __init__(self, spec: InputSpec) -> None:
         self.spec = spec
@@ -69,7 +69,8 @@ class Preprocessor:
         if order == "RGB":
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         elif order == "GRAY":
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
+            # A frame decoded straight to grey (edge_agent.decode) is already one channel.
+            img = img[:, :, None] if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[:, :, None]
         if self._dtype == np.uint8:
             x = img
         else:

@@ -28,10 +28,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_agent.decode import COLOR, FLAGS, decode_jpeg
 from edge_agent.errors import SourceError
 from edge_agent.sources import Frame
 
@@ -155,10 +155,13 @@ class MjpegAviReader:
         self._f.seek(offset)
         return self._f.read(size)
 
-    def read(self, index: int) -> np.ndarray:
-        """Frame ``index`` decoded to BGR uint8; SourceError if its JPEG is corrupt."""
-        data = np.frombuffer(self.read_bytes(index), dtype=np.uint8)
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    def read(self, index: int, decode: str = COLOR) -> np.ndarray:
+        """Frame ``index`` decoded to BGR uint8 (or as ``decode`` says); SourceError if corrupt."""
+        return self.decode_bytes(index, self.read_bytes(index), decode)
+
+    def decode_bytes(self, index: int, data: bytes, decode: str = COLOR) -> np.ndarray:
+        """Frame ``index``'s JPEG ``data`` decoded; SourceError if it does not decode."""
+        image = decode_jpeg(data, decode)
         if image is None:
             raise SourceError(f"corrupt video {self.path}: frame {index} does not decode")
         return image
@@ -217,6 +220,14 @@ class RecordingSource:
         self._pos = 0
         self._delivered = 0
         self._t0: float | None = None
+        # How frames are decoded (edge_agent.decode); the agent sets it from what its model accepts.
+        self.decode: str = COLOR
+
+    def set_decode(self, decode: str) -> None:
+        """Decode the next frames as ``decode`` (``color`` or a reduced greyscale path)."""
+        if decode not in FLAGS:
+            raise ValueError(f"unknown decode path {decode!r}")
+        self.decode = decode
 
     @property
     def fps(self) -> float | None:
@@ -247,8 +258,13 @@ class RecordingSource:
             due = self._t0 + self._delivered / self._fps
             if due > now:
                 self._sleep(due - now)
-        image = self._reader.read(self._pos)
-        frame = Frame(index=self._pos, captured_at=self._clock(), image=image)
+        decode = self.decode  # one read: the agent may change it between frames
+        if decode == COLOR:
+            frame = Frame(index=self._pos, captured_at=self._clock(), image=self._reader.read(self._pos))
+        else:
+            data = self._reader.read_bytes(self._pos)
+            image = self._reader.decode_bytes(self._pos, data, decode)
+            frame = Frame(self._pos, self._clock(), image, decode=decode, encoded=data)
         self._pos += 1
         self._delivered += 1
         return frame

@@ -1,17 +1,29 @@
 """The inference runtime: one model bundle loaded into ONNX Runtime, warmed up, ready to serve.
 
-``ModelRunner.load`` picks the execution provider (an ordered preference
-filtered by what this onnxruntime build has; a provider that fails to
-initialise falls back to the next with a ``on_fallback(provider, reason)``
-call), applies the session options from config, checks that the manifest
-matches the model's inputs and outputs, and warms up before returning.
+``ModelRunner.load`` picks the execution provider, applies the session
+options from config, checks that the manifest matches the model's inputs and
+outputs, and warms up before returning. The candidates are the configured (or
+default) preference filtered by what this onnxruntime build has. With more than
+one candidate and no pin, each is loaded, its self-test is timed, and the
+fastest one that passes serves (:func:`choose_provider`): a preference list
+says what may serve, a measurement says what is fastest on this device. A
+provider that fails to initialise or fails its self-test is skipped with an
+``on_fallback(provider, reason)`` call.
+
+:func:`runtime_builds` names the onnxruntime distributions installed: the
+builds (``onnxruntime``, ``onnxruntime-gpu``, ``onnxruntime-openvino``, ...)
+install the same ``onnxruntime`` module, so two at once means one silently
+overwrote the other's files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +31,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent.config import DEFAULT_PROVIDER_PREFERENCE, InferenceConfig
-from edge_agent.errors import ManifestError, ModelLoadError, ProviderError
+from edge_agent.errors import ManifestError, ModelLoadError, ProviderError, SelftestError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, parse_manifest
 from edge_agent.messages import ModelRef
 from edge_agent.preprocess import Postprocessor, Prediction, Preprocessor
+from edge_agent.selftest import run_selftest
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,84 @@ def provider_candidates(inference: InferenceConfig, available: list[str]) -> lis
     return out
 
 
+@dataclass(frozen=True)
+class RuntimeBuild:
+    """The onnxruntime builds installed in this environment (``name==version`` each).
+
+    ``serving`` is the one whose module is imported (by its version); ``conflict``
+    is true when more than one build is installed at once.
+    """
+
+    installed: tuple[str, ...]
+    serving: str
+
+    @property
+    def conflict(self) -> bool:
+        """Two builds share the ``onnxruntime`` module: whichever installed last won, files mixed."""
+        return len(self.installed) > 1
+
+
+def _installs_onnxruntime_module(dist: metadata.Distribution) -> bool:
+    files = dist.files or []
+    return any(str(f).replace("\\", "/") == "onnxruntime/__init__.py" for f in files)
+
+
+def runtime_builds() -> RuntimeBuild:
+    """Which onnxruntime distributions are installed here, and which one serves."""
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        # Cheap filter first (every build is named onnxruntime-*, ort-nightly*), then the files.
+        if not (name.startswith("onnxruntime") or name.startswith("ort-")):
+            continue
+        if _installs_onnxruntime_module(dist):
+            found[name] = dist.version
+    installed = tuple(f"{n}=={v}" for n, v in sorted(found.items()))
+    return RuntimeBuild(installed=installed, serving=serving_build(installed, ort.__version__))
+
+
+def serving_build(installed: tuple[str, ...], module_version: str) -> str:
+    """The build whose version matches the imported module's (the first such); the module's version else."""
+    for item in installed:
+        if item.split("==", 1)[1] == module_version:
+            return item
+    return f"onnxruntime=={module_version}"
+
+
+@dataclass
+class ProviderTrial:
+    """One candidate's outcome when choosing by measurement: self-test time or why it cannot serve."""
+
+    provider: str
+    selftest_ms: float | None = None
+    failed: str | None = None
+
+
+@dataclass
+class ProviderChoice:
+    """What ``ModelRunner.load`` decided: the serving provider and every candidate's timing (ms)."""
+
+    provider: str
+    measured: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def choose_provider(trials: list[ProviderTrial]) -> str | None:
+    """The fastest candidate whose self-test passed; ties go to the earlier (preferred) one."""
+    best: ProviderTrial | None = None
+    for t in trials:
+        if t.failed is not None or t.selftest_ms is None:
+            continue
+        if best is None or best.selftest_ms is None or t.selftest_ms < best.selftest_ms:
+            best = t
+    return best.provider if best is not None else None
+
+
+def is_pinned(inference: InferenceConfig, candidates: list[str]) -> bool:
+    """A pin serves without timing: ``pin_provider = true`` or a single candidate."""
+    return inference.pin_provider or len(candidates) <= 1
+
+
 def provider_options(name: str, inference: InferenceConfig) -> dict[str, Any]:
     """Options ONNX Runtime takes for provider ``name``: device id, TensorRT cache, FP16, extras."""
     opts: dict[str, Any] = {}
@@ -49,8 +140,13 @@ def provider_options(name: str, inference: InferenceConfig) -> dict[str, Any]:
             opts["trt_engine_cache_path"] = str(inference.trt_engine_cache_dir)
         if inference.fp16:
             opts["trt_fp16_enable"] = True
-    if name == "OpenVINOExecutionProvider" and inference.fp16:
-        opts["precision"] = "FP16"
+    if name == "OpenVINOExecutionProvider":
+        if inference.fp16:
+            opts["precision"] = "FP16"
+        if inference.intra_op_num_threads > 0:
+            # OpenVINO keeps its own thread pool, deaf to intra_op_num_threads: without this it ran
+            # 2 threads here and cost 0.26 ms CPU per call against 0.14 ms with 1 (BENCHMARKS.md).
+            opts["num_of_threads"] = str(inference.intra_op_num_threads)
     opts.update(inference.provider_options.get(name, {}))
     return opts
 
@@ -72,7 +168,8 @@ class ModelRunner:
 
     Attributes: ``manifest``, ``bundle_dir``, ``provider`` (the execution
     provider that serves), ``output_names`` (the order of ``run_tensor``'s
-    outputs), ``sha256`` (of manifest.json's bytes).
+    outputs), ``sha256`` (of manifest.json's bytes), ``choice`` (how the
+    provider was chosen, with the self-test timings when measured).
     """
 
     manifest: Manifest
@@ -80,6 +177,7 @@ class ModelRunner:
     provider: str
     output_names: list[str]
     sha256: str
+    choice: ProviderChoice
 
     def __init__(
         self,
@@ -100,6 +198,7 @@ class ModelRunner:
         self._pre = Preprocessor(manifest.input)
         self._post = Postprocessor(manifest.outputs, self.output_names)
         self._ref = ModelRef(name=manifest.name, version=manifest.version, sha256=sha256)
+        self.choice = ProviderChoice(provider=provider, measured=False)
 
     @classmethod
     def load(
@@ -134,21 +233,50 @@ class ModelRunner:
         sha256 = hashlib.sha256(manifest_bytes).hexdigest()
         candidates = provider_candidates(inference, ort.get_available_providers())
         so = session_options(inference)
+        measure = not is_pinned(inference, candidates) and (bundle_dir / manifest.selftest.file).is_file()
+        trials: list[ProviderTrial] = []
+        runners: dict[str, ModelRunner] = {}
         last_error: Exception | None = None
         for name in candidates:
             try:
                 runner = cls._try_provider(name, model_bytes, so, inference, manifest, bundle_dir, sha256)
+                if measure:
+                    trials.append(
+                        ProviderTrial(name, selftest_ms=_time_selftest(runner, bundle_dir, manifest))
+                    )
             except ModelLoadError:
+                for other in runners.values():
+                    other.close()
                 raise
-            except ProviderError as exc:
+            except (ProviderError, SelftestError) as exc:
                 last_error = exc
-                log.warning("execution provider %s failed: %s", name, exc)
+                trials.append(ProviderTrial(name, failed=str(exc)))
+                log.warning("execution provider %s cannot serve: %s", name, exc)
                 if on_fallback is not None:
                     on_fallback(name, str(exc))
                 continue
-            log.info("loaded %s from %s on %s", manifest.ref, bundle_dir, runner.provider)
-            return runner
-        raise ModelLoadError(f"no execution provider could run {model_path}: {last_error}")
+            if not measure:
+                runner.choice = ProviderChoice(provider=name, measured=False)
+                log.info("loaded %s from %s on %s", manifest.ref, bundle_dir, runner.provider)
+                return runner
+            runners[name] = runner
+        chosen = choose_provider(trials) if measure else None
+        if chosen is None:
+            raise ModelLoadError(f"no execution provider could run {model_path}: {last_error}")
+        for name, other in runners.items():
+            if name != chosen:
+                other.close()
+        runner = runners[chosen]
+        runner.choice = ProviderChoice(
+            provider=chosen,
+            measured=True,
+            timings_ms={t.provider: t.selftest_ms for t in trials if t.selftest_ms is not None},
+        )
+        log.info(
+            "loaded %s from %s on %s (self-test ms by provider: %s)",
+            manifest.ref, bundle_dir, chosen, runner.choice.timings_ms,
+        )  # fmt: skip
+        return runner
 
     @classmethod
     def _try_provider(
@@ -220,6 +348,21 @@ class ModelRunner:
 
     def __repr__(self) -> str:
         return f"ModelRunner({self.manifest.ref}, {self.provider})"
+
+
+# Self-test rounds when timing a provider: the first also checks the outputs; the best counts
+# (a shared CPU's background only ever adds time).
+TIMING_ROUNDS = 3
+
+
+def _time_selftest(runner: ModelRunner, bundle_dir: Path, manifest: Manifest) -> float:
+    """Run the self-test (SelftestError if it fails) and return its best time in milliseconds."""
+    best = float("inf")
+    for _ in range(TIMING_ROUNDS):
+        t0 = time.perf_counter()
+        run_selftest(runner, bundle_dir, manifest)
+        best = min(best, (time.perf_counter() - t0) * 1000.0)
+    return round(best, 3)
 
 
 def _check_io(session: ort.InferenceSession, manifest: Manifest, bundle_dir: Path) -> None:

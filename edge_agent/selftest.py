@@ -2,7 +2,8 @@
 
 ``selftest.npz`` holds ``inputs`` (N, *input.shape[1:]) and one ``out_<output name>`` per output
 (N, ...). Every input runs through the model on this device's execution provider; any output
-outside ``atol``/``rtol`` (the manifest's ``selftest`` section) rejects the model. NaN where the
+outside ``atol``/``rtol`` (the manifest's ``selftest`` section, per provider where it says so)
+rejects the model. NaN where the
 golden output has NaN counts as reproduced: the bundle is what its producer released, and a model
 that emits NaN is caught by probation's non-finite gate, with evidence, instead.
 """
@@ -44,7 +45,8 @@ def run_selftest(runner: TensorRunner, bundle_dir: Path, manifest: Manifest) -> 
     checked = [n for n in runner.output_names if n in expected]
     if not checked:
         raise SelftestError(f"{path.name} has no golden output for any of {runner.output_names}")
-    atol, rtol = manifest.selftest.atol, manifest.selftest.rtol
+    # A runner without a ``provider`` attribute (a plain CPU session) is judged as CPU.
+    atol, rtol = manifest.selftest.tolerance_for(getattr(runner, "provider", "CPUExecutionProvider"))
     worst = 0.0
     for i, x in enumerate(inputs[:MAX_SELFTEST_CASES]):
         try:

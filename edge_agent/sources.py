@@ -26,11 +26,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One captured frame: BGR uint8 (H, W, 3)."""
+    """One captured frame: BGR uint8 (H, W, 3), or grey (H, W) when ``decode`` says so.
+
+    ``decode`` is how the source decoded it (edge_agent.decode); a reduced decode keeps the
+    JPEG bytes in ``encoded`` so a consumer that needs full colour can decode again.
+    """
 
     index: int  # position in the stream, from 0, gap-free as delivered by the source
     captured_at: float  # time.monotonic() when the source produced it
     image: np.ndarray
+    decode: str = "color"
+    encoded: bytes | None = None
 
 
 @runtime_checkable

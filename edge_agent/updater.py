@@ -630,6 +630,7 @@ class Updater:
                     self.store.write_state(new_state)
                     self._state_mtime = self.store.state_mtime_ns()
                 self._fault("after_state_write")
+                choice = _provider_choice(new_runner)
                 swap = self._swap_in(new_runner)
                 new_runner = None
                 self.emit(
@@ -643,6 +644,7 @@ class Updater:
                         "swap": swap,
                         "fetch_retries": retries,
                         **({"window": window} if window else {}),
+                        **choice,
                     },
                     **ctx,
                 )
@@ -1075,6 +1077,14 @@ def settings_from_config(config: Any) -> UpdaterSettings:
             max_bundle_bytes=up.max_bundle_bytes,
         )
     return UpdaterSettings(**base)
+
+
+def _provider_choice(runner: Any) -> dict[str, Any]:
+    """The serving provider and, when chosen by measurement, every candidate's self-test ms."""
+    choice = getattr(runner, "choice", None)
+    if choice is None:
+        return {}
+    return {"provider": choice.provider, "provider_timings_ms": dict(choice.timings_ms)}
 
 
 def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None = None) -> Updater:

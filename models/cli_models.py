@@ -56,6 +56,13 @@ def register(sub: Any) -> None:
     e.add_argument("--frames", type=int, default=1200, help="frames to render (default 1200)")
     e.add_argument("--seed", type=int, default=9000, help="render seed (default 9000: held out)")
     e.add_argument("--types", help="comma-separated package types (default: the model's labels)")
+    e.add_argument(
+        "--decode",
+        choices=["color", "gray_reduced_2", "gray_reduced_4", "gray_reduced_8"],
+        help="JPEG-encode each frame at the camera's quality and decode it this way first: the path the "
+        "agent would serve (a manifest may declare a reduced greyscale path in input.validated_decodes "
+        "once it is validated here)",
+    )
     e.add_argument("--json", action="store_true", help="print the full report as JSON")
     e.add_argument("--out", type=Path, help="also write the JSON report to this file")
     e.add_argument("--gate", type=Path, help="TOML with min_accuracy / max_dimension_mae_mm / max_ece")
@@ -226,7 +233,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     frames, total = _frames(args, bundle.manifest.labels)
     with _bar(total, f"evaluate {bundle.manifest.ref}", args.json) as (bar, task):
-        report = evaluate_bundle(bundle, frames, progress=lambda k: bar.advance(task, k))
+        report = evaluate_bundle(bundle, frames, progress=lambda k: bar.advance(task, k), decode=args.decode)
     report["source"] = (
         {"dataset": str(args.dataset)}
         if args.dataset

@@ -13,12 +13,26 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import cv2
 import numpy as np
 
+from edge_agent.decode import decode_jpeg
 from edge_agent.preprocess import Postprocessor, Preprocessor
 from models.bundle import Bundle, agent_session, output_names
 from models.data import LabelledFrame
 from models.metrics import classification_report, confidence_summary, percentiles
+
+# The simulated camera's MJPG quality (sim.render.RenderConfig.jpeg_quality's default).
+CAMERA_JPEG_QUALITY = 85
+
+
+def through_decode(image: np.ndarray, decode: str) -> np.ndarray:
+    """``image`` as the agent gets it from a camera's JPEG decoded as ``decode`` (edge_agent.decode)."""
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, CAMERA_JPEG_QUALITY])
+    out = decode_jpeg(buf, decode) if ok else None
+    if out is None:
+        raise ValueError(f"frame does not round-trip through the {decode} decode")
+    return out
 
 
 def evaluate_bundle(
@@ -26,8 +40,14 @@ def evaluate_bundle(
     frames: Iterable[LabelledFrame],
     *,
     progress: Callable[[int], None] | None = None,
+    decode: str | None = None,
 ) -> dict[str, Any]:
-    """Run every frame through the agent's path; the full report (see :mod:`models.metrics`)."""
+    """Run every frame through the agent's path; the full report (see :mod:`models.metrics`).
+
+    ``decode``: each frame is first JPEG-encoded at the camera's quality and decoded that way
+    (``color``, or a reduced greyscale path a manifest may declare in ``input.validated_decodes``),
+    so a decode path is validated on the same pixels the agent would serve; None: frames as given.
+    """
     manifest = bundle.manifest
     labels = manifest.labels
     index_of = {label: i for i, label in enumerate(labels)}
@@ -48,7 +68,7 @@ def evaluate_bundle(
     latency_ms: list[float] = []
     nonfinite = 0
     for frame in frames:
-        x = pre(frame.image)
+        x = pre(frame.image if decode is None else through_decode(frame.image, decode))
         t0 = time.perf_counter()
         outs = session.run(names, {in_name: x})
         latency_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -71,6 +91,7 @@ def evaluate_bundle(
     report: dict[str, Any] = {
         "model": manifest.ref,
         "labels": labels,
+        "decode": decode or "as given",
         **classification_report(
             np.array(y_true, dtype=np.int64),
             np.array(y_pred, dtype=np.int64),

@@ -57,11 +57,22 @@ def test_local_output_reports_socket_and_opcua_latency(ctx: Context) -> None:
 
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
-    assert len(s.rows) == 3 and s.rows[0][0] == "flat out (unpaced)"
-    assert all(int(r[1]) > 0 for r in s.rows)
-    assert s.rows[0][2] == 0  # unpaced: the frame queue waits, it never drops
-    assert len([c for c in s.checks if "dropped" in c.name]) == 2  # the paced rates
-    assert len([c for c in s.checks if "decision gap" in c.name]) == 3  # every rate
+    rates = [r[0] for r in s.rows]
+    assert len(s.rows) == 5 and rates[0] == rates[1] == "flat out (unpaced)" and rates[4] == "30 (camera)"
+    # Flat out and at 50 % load, each unpinned and with the inference thread pinned to a core.
+    assert [r[1] == "unpinned" for r in s.rows] == [True, False, True, False, True]
+    assert all(int(r[3]) > 0 for r in s.rows)  # frames were decided
+    assert s.rows[0][4] == 0 and s.rows[1][4] == 0  # unpaced: the frame queue waits, it never drops
+    assert len([c for c in s.checks if "dropped" in c.name]) == 3  # the paced rates
+    gap_checks = [c for c in s.checks if "largest swap gap" in c.name]
+    assert len(gap_checks) == 5 and all("median of" in c.name for c in gap_checks)
+
+
+def test_swap_gap_bound_is_the_larger_of_frame_time_and_background() -> None:
+    from benchmarks.swap import gap_bound
+
+    assert gap_bound(1.0, 1.0) == 3.0
+    assert gap_bound(1.0, 4.0) == 6.0
 
 
 def test_quantisation_compares_int8_with_fp32(ctx: Context) -> None:
@@ -199,3 +210,30 @@ def test_agent_blocks_only_for_an_unpaced_replay(tmp_path: Path, realtime: bool,
         finally:
             agent.stop()
         assert agent.frames_total == 3 and agent.frames.dropped_total == 0
+
+
+def test_providers_compare_every_peer_at_both_precisions(ctx: Context) -> None:
+    s = BENCHMARKS["providers"](ctx)
+    assert s.error is None
+    peers = {"ORT CPU provider", "ORT OpenVINO provider", "OpenVINO runtime", "cv2.dnn"}
+    for precision in ("FP32", "INT8"):
+        rows = [r for r in s.rows if r[1] == precision]
+        assert {r[0] for r in rows} == peers  # measured, or a row saying why not
+        cpu = next(r for r in rows if r[0] == "ORT CPU provider")
+        assert int(cpu[2]) > 0 and cpu[6] == "1.00"
+
+
+def test_camera_rate_puts_the_agent_beside_the_minimal_loop_at_30_fps(ctx: Context) -> None:
+    s = BENCHMARKS["camerarate"](ctx)
+    assert s.error is None
+    assert [r[0] for r in s.rows] == [
+        "agent (full-colour decode)",
+        "agent, validated grey decode at 1/4 scale",
+        "minimal loop (full-colour decode)",
+        "minimal loop, grey decode at 1/4 scale",
+    ]
+    assert all(int(r[2]) > 0 for r in s.rows) and s.rows[2][4] == "1.00"
+    assert [c.name for c in s.checks] == [
+        "agent at 30 fps <= 0.7x the minimal loop's CPU at the same rate",
+        "accuracy on held-out frames unchanged by the reduced decode",
+    ]

@@ -62,7 +62,7 @@ class SocketReader:
     def __init__(self, path: Path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(str(path))
-        self.sock.settimeout(5.0)
+        self.sock.settimeout(30.0)  # a deadline: the agent may still be starting on a loaded machine
         self.buf = b""
 
     def read(self, n: int) -> list[dict[str, Any]]:
