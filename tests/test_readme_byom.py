@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import cv2
 import numpy as np
@@ -123,7 +124,7 @@ def _run(words: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _unreachable(what: str) -> None:
+def _unreachable(what: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI=true: {what}", pytrace=False)
     pytest.skip(what)
