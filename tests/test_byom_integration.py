@@ -64,10 +64,12 @@ def test_a_foreign_classifier_is_packaged_released_rolled_out_and_right(
         write_frames(camera, CAMERA, seed=2000)
         device = "byom-1"
         first = make_bundle(tmp_path / "shapes-1.0.0", name="shapes", version="1.0.0")
+        token_file = tmp_path / f"{device}.http-token"  # model files need the robot's own token
+        server.cli("devices", "token", device, "--out", str(token_file))
         config = agent_toml(
             tmp_path / "agent.toml", device=device, state=tmp_path / "state", source=camera,
             broker=mosquitto.url, bundle=first, window_s=0.5, source_extra={"fps": 20.0},
-            updates={"root_json": keys / "root.json", "repository_url": server.url,
+            updates={"root_json": keys / "root.json", "repository_url": server.url, "token_file": token_file,
                      "fetch_backoff_s": 0.2, "fetch_backoff_max_s": 1.0},
         )  # fmt: skip
         with Collector(mosquitto.host, mosquitto.port, f"{ROOT}/devices/{device}/#") as c:
