@@ -196,6 +196,17 @@ class InferenceConfig(_Section):
         return out
 
 
+class ShadowConfig(_Section):
+    """How much a model running in shadow (a shadow deploy, probation's reverse shadow) may take.
+
+    It never delays a serving decision: it runs on its own thread, on every ``every_n``-th
+    frame, and skips frames while its CPU time is over ``max_cpu_share`` of the wall time.
+    """
+
+    every_n: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_cpu_share: Annotated[float, Field(gt=0, le=4)] = 0.25
+
+
 class ThresholdsConfig(_Section):
     """Local overrides of the manifest's drift thresholds (None: use the manifest's)."""
 
@@ -262,6 +273,7 @@ class AgentConfig(_Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     thresholds: ThresholdsConfig = Field(default_factory=ThresholdsConfig)
     updates: UpdatesConfig | None = None
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     watchdog_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
     )

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_agent.errors import MessageError
+from edge_agent.errors import MessageError, UnknownCommandFieldError
 
 DEFAULT_TOPIC_ROOT = "lineside/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -106,8 +106,45 @@ class DimensionSummary(_Msg):
     height_mm_std: float = 0.0
 
 
+class ShadowBlock(_Msg):
+    """A telemetry window's comparison of two models on the same frames (:mod:`edge_agent.agreement`).
+
+    ``role`` says which model ran in shadow: ``candidate`` (a shadow deploy: the serving model is
+    the baseline) or ``baseline`` (probation's reverse shadow: the previous model). ``confusion``
+    is baseline label × candidate label → frames.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: str = "candidate"
+    candidate: ModelRef | None = None
+    baseline: ModelRef | None = None
+    frames: int = 0
+    compared: int = 0
+    agree: int = 0
+    confident_compared: int = 0
+    confident_agree: int = 0
+    candidate_only: int = 0
+    baseline_only: int = 0
+    intended: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    skipped: int = 0
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    candidate_confidence_mean: float = 0.0
+    candidate_confidence_p50: float = 0.0
+    dimension_diff_mm_mean: float | None = None
+    dimension_diff_mm_p95: float | None = None
+
+
 class Telemetry(_Msg):
-    """One aggregation window (default 5 s)."""
+    """One aggregation window (default 5 s).
+
+    Fields a newer agent adds are kept (``extra="allow"``): the server stores the payload as
+    received, so nothing a newer agent reports is dropped (the contract's growth rule).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     device_id: str
     seq: Annotated[int, Field(ge=0)]
@@ -128,6 +165,7 @@ class Telemetry(_Msg):
     dimensions: DimensionSummary | None = None
     model: ModelRef | None = None
     spool_dropped: int = 0
+    shadow: ShadowBlock | None = None
 
 
 EventKind = Literal[
@@ -150,7 +188,10 @@ EventKind = Literal[
     "rollback",
     "capture",
     "error",
+    "shadow.started",
+    "shadow.stopped",
 ]
+_EVENT_KIND = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 
 
 class Event(_Msg):
@@ -158,7 +199,9 @@ class Event(_Msg):
 
     device_id: str
     seq: Annotated[int, Field(ge=0)]
-    kind: EventKind
+    # Any well-formed kind, not only this agent's EventKind: a server stores the kinds a newer
+    # agent reports instead of dropping its events (the contract's growth rule).
+    kind: Annotated[str, Field(min_length=1, max_length=64, pattern=_EVENT_KIND)]
     at: datetime = Field(default_factory=utcnow)
     level: Literal["info", "warning", "error"] = "info"
     message: str = ""
@@ -169,6 +212,8 @@ class Event(_Msg):
 
 
 class _Cmd(BaseModel):
+    # A command with a field this agent does not know is refused (command.rejected), never
+    # half-understood: a shadow deploy must never be taken for a real one by an older agent.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cmd_id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -186,6 +231,16 @@ class DeployCommand(_Cmd):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     version: Annotated[str, Field(min_length=1, max_length=64)]
     rollout_id: str | None = None
+    # "shadow": verify and stage exactly like an install, then run beside the serving model on
+    # a share of frames without ever acting on it (edge_agent.shadow).
+    mode: Literal["install", "shadow"] = "install"
+
+
+class StopShadowCommand(_Cmd):
+    """End a shadow run: the candidate is closed and its staged files are deleted."""
+
+    type: Literal["stop_shadow"] = "stop_shadow"
+    rollout_id: str | None = None
 
 
 class RollbackCommand(_Cmd):
@@ -199,10 +254,9 @@ class CaptureCommand(_Cmd):
     count: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
-Command = Annotated[
-    PingCommand | DeployCommand | RollbackCommand | CaptureCommand, Field(discriminator="type")
-]
-_COMMAND: TypeAdapter[PingCommand | DeployCommand | RollbackCommand | CaptureCommand] = TypeAdapter(Command)
+AnyCommand = PingCommand | DeployCommand | RollbackCommand | CaptureCommand | StopShadowCommand
+Command = Annotated[AnyCommand, Field(discriminator="type")]
+_COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -255,14 +309,23 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
-def parse_command(
-    payload: bytes, topic: str | None = None
-) -> PingCommand | DeployCommand | RollbackCommand | CaptureCommand:
+def parse_command(payload: bytes, topic: str | None = None) -> AnyCommand:
     """Validate a ``cmd`` payload; raise MessageError (never anything else) when it is not one."""
     raw = _load(payload, topic)
     try:
         return _COMMAND.validate_python(raw)
     except ValidationError as exc:
+        unknown = sorted(
+            ".".join(str(p) for p in e["loc"][1:]) for e in exc.errors() if e["type"] == "extra_forbidden"
+        )
+        if unknown and isinstance(raw, dict) and isinstance(raw.get("cmd_id"), str):
+            raise UnknownCommandFieldError(
+                f"command has fields this agent does not know: {', '.join(unknown)}",
+                topic=topic,
+                cmd_id=raw["cmd_id"][:64],
+                command_type=str(raw.get("type", ""))[:32],
+                fields=tuple(unknown),
+            ) from exc
         raise MessageError(f"invalid command: {_first_error(exc)}", topic=topic) from exc
 
 
