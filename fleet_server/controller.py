@@ -26,8 +26,9 @@ from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 
+from edge_agent.agreement import merge_blocks
 from edge_agent.errors import ConfigError
-from edge_agent.messages import DeployCommand, RollbackCommand, Topics, dump
+from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
 from fleet_server.rollouts import (
@@ -40,9 +41,12 @@ from fleet_server.rollouts import (
     RolloutState,
     SendDeploy,
     SendRollback,
+    SendShadowDeploy,
+    SendStopShadow,
     StageSize,
     summarize,
 )
+from fleet_server.shadow_phase import ShadowGates
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +117,35 @@ class RolloutController:
     # -- API operations -------------------------------------------------------------------------
 
     def create(
-        self, name: str, version: str, device_ids: list[str], stages: list[StageSize], policy: Policy
+        self,
+        name: str,
+        version: str,
+        device_ids: list[str],
+        stages: list[StageSize],
+        policy: Policy,
+        *,
+        shadow: StageSize | None = None,
+        shadow_soak_s: float = 0.0,
+        shadow_gates: ShadowGates | None = None,
     ) -> dict[str, Any]:
+        """Create and start a rollout; with ``shadow`` (a share of ``device_ids``) it opens with a
+        shadow phase on the first devices of the list (see :mod:`fleet_server.shadow_phase`)."""
         now = self.clock()
         rid = "r" + uuid.uuid4().hex[:10]
-        r = Rollout.create(rid, name, version, device_ids, stages, policy, now)
+        shadow_ids = device_ids[: shadow.devices(len(device_ids))] if shadow is not None else []
+        r = Rollout.create(
+            rid,
+            name,
+            version,
+            device_ids,
+            stages,
+            policy,
+            now,
+            shadow_devices=shadow_ids,
+            shadow_size=str(shadow) if shadow is not None else "",
+            shadow_soak_s=shadow_soak_s,
+            shadow_gates=shadow_gates,
+        )
         with self._lock:
             with self.db.session() as s:
                 busy = s.scalars(select(RolloutRow).where(RolloutRow.state.in_(["running", "paused"]))).all()
@@ -194,8 +222,9 @@ class RolloutController:
     def pause(self, rollout_id: str) -> dict[str, Any]:
         return self._mutate(rollout_id, lambda r, now: r.pause(now))
 
-    def resume(self, rollout_id: str) -> dict[str, Any]:
-        return self._mutate(rollout_id, lambda r, now: r.resume(now))
+    def resume(self, rollout_id: str, *, by: str = "", why: str = "") -> dict[str, Any]:
+        """Resume; past an inconclusive verdict this is an override (ConfigError without ``why``)."""
+        return self._mutate(rollout_id, lambda r, now: r.resume(now, by=by, why=why))
 
     def abort(self, rollout_id: str, *, rollback: bool = False) -> dict[str, Any]:
         return self._mutate(rollout_id, lambda r, now: r.abort(now, rollback=rollback))
@@ -256,7 +285,8 @@ class RolloutController:
             now = self.clock()
             self._apply_events(s, r, now)
             quality = self._measure(s, r) if r.awaiting_gate(now) else None
-            actions = r.tick(now, quality)
+            shadow = self._measure_shadow(s, r) if r.awaiting_shadow_verdict(now) else None
+            actions = r.tick(now, quality, shadow)
             self._execute(r, actions)
             self._store(row, r, now)
 
@@ -318,6 +348,27 @@ class RolloutController:
             current=summarize((int(a), float(b), int(c)) for a, b, c in cur_rows),
         )
 
+    def _measure_shadow(self, s: Any, r: Rollout) -> dict[str, Any]:
+        """The shadow blocks the phase's running devices reported for this candidate, merged."""
+        assert r.shadow is not None
+        ids = r.shadow.running()
+        rows = s.execute(
+            select(TelemetryRow.payload)
+            .where(TelemetryRow.device_id.in_(ids))
+            .where(TelemetryRow.received_at >= _dt(r.shadow.started_at))
+        ).all()
+        blocks = []
+        for (payload,) in rows:
+            b = (payload or {}).get("shadow") or {}
+            cand = b.get("candidate") or {}
+            if (
+                b.get("role") == "candidate"
+                and cand.get("name") == r.name
+                and cand.get("version") == r.version
+            ):
+                blocks.append(b)
+        return merge_blocks(blocks)
+
     def _publish(self, device_id: str, payload: bytes) -> None:
         if self.publisher is None:
             log.warning("no MQTT link: command for %s not sent", device_id)
@@ -337,12 +388,29 @@ class RolloutController:
                     cmd_id=a.cmd_id, reason=a.reason[:500], rollout_id=r.id, issued_at=issued
                 )
                 self._publish(a.device_id, dump(cmd_rb))
+            elif isinstance(a, SendShadowDeploy):
+                cmd_sh = DeployCommand(
+                    cmd_id=a.cmd_id,
+                    name=r.name,
+                    version=r.version,
+                    rollout_id=r.id,
+                    issued_at=issued,
+                    mode="shadow",
+                )
+                self._publish(a.device_id, dump(cmd_sh))
+            elif isinstance(a, SendStopShadow):
+                self._publish(
+                    a.device_id, dump(StopShadowCommand(cmd_id=a.cmd_id, rollout_id=r.id, issued_at=issued))
+                )
             elif isinstance(a, RaiseAlert):
+                halted = a.kind == "rollout.halted"
                 self.alerts.raise_alert(
-                    "rollout.halted",
+                    a.kind,
                     a.message,
-                    severity="error",
+                    severity="error" if halted else "warning",
                     rollout_id=r.id,
                     data=a.data,
-                    dedup_key=f"rollout-halt:{r.id}",
+                    dedup_key=f"rollout-halt:{r.id}"
+                    if halted
+                    else f"{a.kind}:{r.id}:{a.data.get('gate', '')}",
                 )
