@@ -501,7 +501,10 @@ class Rollout(BaseModel):
     def on_event(
         self, device_id: str, kind: str, now: float, *, cmd_id: str | None = None, reason: str = ""
     ) -> bool:
-        """Apply one device event; True when it changed anything. Events from strangers are ignored."""
+        """Apply one device event; True when it changed anything. Events from strangers are ignored,
+        and so is everything once the rollout has ended (a late duplicate must not rewrite history)."""
+        if not self.active:
+            return False
         if self.shadow is not None and cmd_id is not None and self.shadow.by_cmd_id(cmd_id) is not None:
             changed = self.shadow.on_event(device_id, kind, now, cmd_id=cmd_id, reason=reason)
             if changed:
@@ -610,7 +613,7 @@ class Rollout(BaseModel):
                     )
                 return actions
             if quality.baseline.frames < max(1, self.policy.min_gate_frames):
-                gate = f"stage-{self.stage + 1}"
+                gate = "baseline"  # one verdict for the whole rollout: an override covers every stage
                 why = (
                     f"no baseline: {quality.baseline.frames} frames of telemetry before the rollout "
                     f"(< {self.policy.min_gate_frames})"

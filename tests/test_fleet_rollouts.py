@@ -264,15 +264,15 @@ def test_no_baseline_is_inconclusive_pauses_with_an_alert_and_resumes_only_with_
     _pass(r, ["d0"], 1.0)
     r.tick(1.0)
     acts = r.tick(11.0, QualityReport(QualityStats(), GOOD))
-    assert r.state == RolloutState.PAUSED and r.awaiting_override == "stage-1"
+    assert r.state == RolloutState.PAUSED and r.awaiting_override == "baseline"
     [alert] = acts
     assert isinstance(alert, RaiseAlert) and alert.kind == "rollout.inconclusive"
-    assert [(v.gate, v.metric, v.verdict) for v in r.verdicts] == [("stage-1", "baseline", "inconclusive")]
+    assert [(v.gate, v.metric, v.verdict) for v in r.verdicts] == [("baseline", "baseline", "inconclusive")]
     with pytest.raises(ConfigError):
         r.resume(12.0)
     assert r.state == RolloutState.PAUSED
     assert r.resume(12.0, by="alice", why="new line, no history yet")
-    assert [(o.gate, o.by) for o in r.overrides] == [("stage-1", "alice")]
+    assert [(o.gate, o.by) for o in r.overrides] == [("baseline", "alice")]
     assert r.tick(13.0, QualityReport(QualityStats(), GOOD)) == []  # the same verdict: no second pause
     assert r.state == RolloutState.SUCCEEDED
 
