@@ -10,6 +10,18 @@ Topics (root configurable, default ``lineside/v1``)::
     {root}/devices/{id}/events      agent → fleet  QoS 1
     {root}/devices/{id}/cmd         fleet → agent  QoS 1
     {root}/devices/{id}/decisions   agent → robot  QoS 0 (local output)
+
+How the contract grows (the rule every new field and kind follows):
+
+- fleet → agent: a command with a field this agent does not know is refused with a
+  ``command.rejected`` event carrying its ``cmd_id`` and ``reason: unknown_fields`` — never
+  half-understood (a ``deploy`` with ``mode: shadow`` must never run as an install on an agent
+  that predates shadows). New command *types* are refused the same way (no handler).
+- agent → fleet: the server stores what a newer agent sends — ``Event.kind`` is any well-formed
+  dotted name, ``Telemetry`` keeps unknown fields (``extra="allow"``) and the payload is stored
+  as received — so nothing a newer agent reports is dropped.
+- manifests: an older agent refuses a newer manifest clearly (unknown fields are forbidden,
+  ``schema_version`` and ``min_agent_version`` are checked), never half-understands it.
 """
 
 from __future__ import annotations

@@ -31,9 +31,11 @@ from edge_agent.errors import ConfigError
 from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
+from fleet_server.quality_verdicts import WindowSample
 from fleet_server.rollouts import (
     IN_FLIGHT,
     Action,
+    DeviceStatus,
     Policy,
     QualityReport,
     RaiseAlert,
@@ -326,26 +328,65 @@ class RolloutController:
                     )
 
     def _measure(self, s: Any, r: Rollout) -> QualityReport:
+        """The gate's telemetry: the canary on the new version, and a baseline — concurrent (rollout
+        devices not yet sent the release, over the same period) when it holds enough frames, else
+        the same devices before the rollout."""
         devices = r.gate_devices()
         ids = [p.device_id for p in devices]
         since = min(p.passed_at if p.passed_at is not None else r.started_at for p in devices)
-        base_rows = s.execute(
-            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
-            .where(TelemetryRow.device_id.in_(ids))
-            .where(TelemetryRow.received_at < _dt(r.started_at))
-            .where(
-                TelemetryRow.received_at >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)
-            )
-        ).all()
+        cols = (
+            TelemetryRow.frames,
+            TelemetryRow.confidence_p50,
+            TelemetryRow.low_confidence,
+            TelemetryRow.errors,
+        )
         cur_rows = s.execute(
-            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
+            select(*cols)
             .where(TelemetryRow.device_id.in_(ids))
             .where(TelemetryRow.model_version == r.version)
             .where(TelemetryRow.received_at >= _dt(since))
         ).all()
+        waiting = [
+            d for d, p in r.devices.items() if p.status in (DeviceStatus.WAITING, DeviceStatus.PENDING)
+        ]
+        conc_rows = (
+            s.execute(
+                select(*cols)
+                .where(TelemetryRow.device_id.in_(waiting))
+                .where(TelemetryRow.model_version != r.version)
+                .where(TelemetryRow.received_at >= _dt(since))
+            ).all()
+            if waiting
+            else []
+        )
+        kind = "concurrent"
+        base_rows = conc_rows
+        if sum(int(row[0]) for row in conc_rows) < max(1, r.policy.min_gate_frames):
+            kind = "before"
+            base_rows = s.execute(
+                select(*cols)
+                .where(TelemetryRow.device_id.in_(ids))
+                .where(TelemetryRow.received_at < _dt(r.started_at))
+                .where(
+                    TelemetryRow.received_at
+                    >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)
+                )
+            ).all()
+
+        def samples(rows: Any) -> tuple[WindowSample, ...]:
+            return tuple(
+                WindowSample(
+                    frames=int(a), confidence_p50=float(b), low_confidence=int(c), errors=int(e or 0)
+                )
+                for a, b, c, e in rows
+            )
+
         return QualityReport(
-            baseline=summarize((int(a), float(b), int(c)) for a, b, c in base_rows),
-            current=summarize((int(a), float(b), int(c)) for a, b, c in cur_rows),
+            baseline=summarize((int(a), float(b), int(c)) for a, b, c, _ in base_rows),
+            current=summarize((int(a), float(b), int(c)) for a, b, c, _ in cur_rows),
+            baseline_windows=samples(base_rows),
+            current_windows=samples(cur_rows),
+            baseline_kind=kind,
         )
 
     def _measure_shadow(self, s: Any, r: Rollout) -> dict[str, Any]:

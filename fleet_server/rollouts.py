@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from edge_agent.errors import ConfigError
 from edge_agent.verdicts import Verdict, combine
+from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.shadow_phase import (
     ShadowGates,
     ShadowPhase,
@@ -210,7 +211,9 @@ class Policy(BaseModel):
     max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
     max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
     max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
+    max_error_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.01
     min_gate_frames: Annotated[int, Field(ge=0)] = 50
+    min_gate_windows: Annotated[int, Field(ge=1)] = 3
     baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
     resend_after_s: Annotated[float, Field(gt=0)] = 30.0
     max_sends: Annotated[int, Field(ge=1)] = 5
@@ -292,10 +295,18 @@ Action = SendDeploy | SendRollback | RaiseAlert | SendShadowDeploy | SendStopSha
 
 @dataclass(frozen=True)
 class QualityReport:
-    """What the shell measured for ``Rollout.gate_devices()``: before the rollout and on the new version."""
+    """What the shell measured for ``Rollout.gate_devices()``: the baseline and the new version.
+
+    With per-window samples the gate is statistical (:mod:`fleet_server.quality_verdicts`); a
+    report of aggregates alone is judged by the thresholds of :func:`quality_gate`, recorded as
+    test ``threshold``.
+    """
 
     baseline: QualityStats
     current: QualityStats
+    baseline_windows: tuple[WindowSample, ...] = ()
+    current_windows: tuple[WindowSample, ...] = ()
+    baseline_kind: str = "before"  # "concurrent": devices still on the old version, same period
 
 
 # -- the rollout --------------------------------------------------------------------------------
@@ -603,7 +614,9 @@ class Rollout(BaseModel):
         if self.gate_devices():
             if quality is None:
                 return actions  # the shell measures on the next tick
-            self.last_quality = quality
+            self.last_quality = QualityReport(
+                quality.baseline, quality.current, baseline_kind=quality.baseline_kind
+            )
             if quality.current.frames < max(1, self.policy.min_gate_frames):
                 if now >= self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s:
                     return actions + self.halt(
@@ -626,8 +639,44 @@ class Rollout(BaseModel):
                 elif not self._overridden(gate):
                     self._record(gate, [Verdict("baseline", "inconclusive", "none", 0, why)], now)
                     return actions + self._pause_inconclusive(gate, why, now)
+            elif quality.current_windows:
+                gate = f"stage-{self.stage + 1}"
+                verdicts = quality_verdicts(
+                    self.policy,
+                    quality.baseline_windows,
+                    quality.current_windows,
+                    baseline_kind=quality.baseline_kind,
+                )
+                outcome = combine(verdicts)
+                deadline = self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s
+                if outcome == "inconclusive" and now < deadline and not self._overridden(gate):
+                    return actions  # more windows are coming: judge again on the next tick
+                self._record(gate, verdicts, now)
+                if outcome == "fail":
+                    why = "; ".join(
+                        f"{v.metric.replace('_', ' ')} {v.reason} ({v.test})"
+                        for v in verdicts
+                        if v.value == "fail"
+                    )
+                    return actions + self.halt(f"{why}, against a {quality.baseline_kind} baseline", now)
+                if outcome == "inconclusive" and not self._overridden(gate):
+                    why = "; ".join(f"{v.metric}: {v.reason}" for v in verdicts if v.value == "inconclusive")
+                    return actions + self._pause_inconclusive(gate, why, now)
             else:
                 reason = quality_gate(self.policy, quality.baseline, quality.current)
+                self._record(
+                    f"stage-{self.stage + 1}",
+                    [
+                        Verdict(
+                            "quality",
+                            "fail" if reason else "pass",
+                            "threshold",
+                            quality.current.frames,
+                            reason or "within the thresholds",
+                        )
+                    ],
+                    now,
+                )
                 if reason is not None:
                     return actions + self.halt(reason, now)
         if self.stage + 1 >= len(self.stages):

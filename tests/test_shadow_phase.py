@@ -8,9 +8,12 @@ import pytest
 
 from edge_agent.agreement import AgreementTally, merge_blocks
 from edge_agent.errors import ConfigError
+from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.rollouts import (
     DeviceStatus,
     Policy,
+    QualityReport,
+    QualityStats,
     RaiseAlert,
     Rollout,
     RolloutState,
@@ -132,3 +135,72 @@ def test_the_document_round_trips() -> None:
     r.tick(12.0, shadow_report=_report(agree=False))
     again = Rollout.model_validate(r.model_dump(mode="json"))
     assert again == r
+
+
+# -- the serving stages' statistical quality gate ------------------------------------------------
+
+
+def _windows(p50s: list[float], low: int = 0, frames: int = 100) -> tuple[WindowSample, ...]:
+    return tuple(WindowSample(frames=frames, confidence_p50=p, low_confidence=low) for p in p50s)
+
+
+def test_quality_verdicts_name_their_tests_and_need_enough_windows() -> None:
+    p = Policy(min_gate_frames=100, min_gate_windows=3)
+    base = _windows([0.95, 0.96, 0.94, 0.95, 0.97, 0.96])
+    good = quality_verdicts(p, base, _windows([0.95, 0.96, 0.95, 0.94]), baseline_kind="concurrent")
+    assert [(v.metric, v.test, v.value) for v in good] == [
+        ("confidence_p50", "mann_whitney_u", "pass"),
+        ("low_confidence_rate", "newcombe", "pass"),
+        ("error_rate", "newcombe", "pass"),
+    ]
+    assert good[0].evidence["baseline_kind"] == "concurrent"
+    worse = quality_verdicts(p, base, _windows([0.5, 0.55, 0.52, 0.5], low=60), baseline_kind="before")
+    assert [v.value for v in worse][:2] == ["fail", "fail"]
+    few = quality_verdicts(p, base, _windows([0.95, 0.96]), baseline_kind="before")
+    assert few[0].value == "inconclusive"
+
+
+def _at_gate(r: Rollout) -> None:
+    r.tick(0.0)
+    for kind in ("update.started", "probation.started", "probation.passed"):
+        r.on_event("d0", kind, 1.0, cmd_id=r.devices["d0"].cmd_id)
+    r.tick(1.0)
+
+
+def _plain(n: int = 2) -> Rollout:
+    ids = [f"d{i}" for i in range(n)]
+    policy = Policy(soak_s=1.0, gate_timeout_s=30.0, min_gate_frames=100, min_gate_windows=3)
+    return Rollout.create("r2", "shapes", "2.0.0", ids, parse_stages("1,100%"), policy, 0.0)
+
+
+def _quality(base: tuple[WindowSample, ...], cur: tuple[WindowSample, ...]) -> QualityReport:
+    def stats(ws: tuple[WindowSample, ...]) -> QualityStats:
+        f = sum(w.frames for w in ws)
+        return QualityStats(
+            frames=f, windows=len(ws), confidence_p50=sum(w.confidence_p50 for w in ws) / len(ws)
+        )
+
+    return QualityReport(stats(base), stats(cur), base, cur, "concurrent")
+
+
+def test_a_statistical_fail_halts_and_is_recorded() -> None:
+    r = _plain()
+    _at_gate(r)
+    base = _windows([0.95, 0.96, 0.94, 0.95, 0.97])
+    r.tick(2.0, _quality(base, _windows([0.4, 0.45, 0.42, 0.41], low=80)))
+    assert r.state == RolloutState.HALTED and "mann_whitney_u" in r.reason
+    assert {v.metric: v.verdict for v in r.verdicts if v.gate == "stage-1"}["confidence_p50"] == "fail"
+
+
+def test_an_inconclusive_gate_waits_for_windows_then_pauses_and_an_override_passes_it() -> None:
+    r = _plain()
+    _at_gate(r)
+    base = _windows([0.95, 0.96, 0.94, 0.95, 0.97])
+    short = _windows([0.95, 0.96])
+    assert r.tick(2.0, _quality(base, short)) == [] and r.state == RolloutState.RUNNING
+    acts = r.tick(40.0, _quality(base, short))
+    assert r.state == RolloutState.PAUSED and r.awaiting_override == "stage-1"
+    assert [a.kind for a in acts if isinstance(a, RaiseAlert)] == ["rollout.inconclusive"]
+    assert r.resume(41.0, by="dana", why="two windows looked fine")
+    r.tick(42.0, _quality(base, short))
+    assert r.stage == 1 and r.state == RolloutState.RUNNING
