@@ -7,7 +7,8 @@ correctly. Per frame, with ``b`` the baseline's label and ``c`` the candidate's:
 
 - ``b`` unknown to the candidate (a label it dropped): not compared (``baseline_only``);
 - ``b`` among the candidate manifest's declared ``intended_changes`` and ``c`` one of the labels
-  declared for it: an intended change, not compared (``intended``);
+  declared for it (``"*"`` declares labels any old answer may become: the new package types a
+  release exists for): an intended change, not compared (``intended``);
 - ``c`` unknown to the baseline (a new package type): a disagreement when the baseline was
   confident about ``b`` (a known type called something else), else reported apart
   (``candidate_only``) and not compared;
@@ -92,7 +93,9 @@ class AgreementTally:
         if b_label not in self._c_set:
             self.baseline_only += 1
             return
-        if c_label != b_label and c_label in self.intended.get(b_label, ()):
+        if c_label != b_label and (
+            c_label in self.intended.get(b_label, ()) or c_label in self.intended.get("*", ())
+        ):
             self.intended_frames += 1
             return
         if c_label not in self._b_set and not confident:

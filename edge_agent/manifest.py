@@ -186,7 +186,9 @@ class AgreementGates(_Strict):
     over at least ``min_frames`` compared frames (:mod:`edge_agent.agreement`). A release meant
     to change answers declares it in ``intended_changes``: ``{"square-80": ["square-80-lid"]}``
     says frames the old model called ``square-80`` may now be called ``square-80-lid``; those
-    frames are reported apart and judged on nothing else.
+    frames are reported apart and judged on nothing else. ``{"*": ["hexagon-100"]}`` says any
+    old answer may now be ``hexagon-100`` (a release that adds package types the old model
+    confidently mistook for known ones).
     """
 
     min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.9

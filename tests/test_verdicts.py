@@ -216,3 +216,12 @@ def test_merge_adds_counts_and_confusions() -> None:
     b = {"frames": 3, "compared": 3, "agree": 3, "confusion": {"x": {"x": 3}}}
     m = merge_blocks([a, b])
     assert (m["frames"], m["compared"], m["agree"]) == (5, 5, 4) and m["confusion"] == {"x": {"x": 4, "y": 1}}
+
+
+def test_a_wildcard_intended_change_covers_new_types_from_any_old_label() -> None:
+    new = [*OLD, "hexagon-90"]
+    t = AgreementTally(OLD, new, confident=0.7, intended_changes={"*": ["hexagon-90"]})
+    t.add("circle-80", 0.99, None, "hexagon-90", 0.9, None)  # the old model was sure, and wrong
+    t.add("circle-80", 0.99, None, "square-80", 0.9, None)  # not declared: a disagreement
+    b = t.block("candidate")
+    assert (b["intended"], b["compared"], b["agree"]) == (1, 1, 0)
