@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, pipeline, quant, realtime, startup, swap
+from benchmarks import fleet, pipeline, quant, realtime, shadow, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -22,4 +22,5 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "fleet": fleet.run,
     "startup": startup.run,
     "accelerators": pipeline.run_accelerators,
+    "shadow": shadow.run,
 }

@@ -75,6 +75,7 @@ class ShadowRunner:
         self._offered = 0
         self._skipped = 0
         self._busy_s = 0.0
+        self.ran_total = 0  # frames the shadow model ran on since it started (all windows)
         self._clock = clock
         self._started = clock()
         self._on_close = on_close
@@ -116,6 +117,7 @@ class ShadowRunner:
                 continue
             finally:
                 self._busy_s += self._clock() - t0
+                self.ran_total += 1
             s_label = self._serving_labels[served.label_index]
             h_label = self._shadow_labels[shadow.label_index]
             with self._lock:
@@ -150,7 +152,8 @@ class ShadowRunner:
             self._tally.reset()
         block["candidate"] = self.candidate_ref.model_dump()
         block["baseline"] = self.baseline_ref.model_dump()
-        block["shadow_cpu_s"] = round(self._busy_s, 4)
+        block["shadow_cpu_s"] = round(self._busy_s, 4)  # since the shadow started
+        block["shadow_frames_total"] = self.ran_total
         return block
 
     def close(self) -> None:
