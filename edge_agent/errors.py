@@ -122,3 +122,11 @@ class ProviderError(LocalError):
 
 class StoreError(LocalError):
     """The model store is missing, corrupt or out of space."""
+
+
+class ShadowCandidateError(StoreError):
+    """A side-loaded shadow candidate's file changed at rest since it was verified (``file``)."""
+
+    def __init__(self, message: str, *, file: str) -> None:
+        super().__init__(message)
+        self.file = file

@@ -67,6 +67,7 @@ from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.probation import ProbationResult, judge, relevant_windows
 from edge_agent.selftest import run_selftest
 from edge_agent.shadow_control import ShadowControl, probation_agreement
+from edge_agent.shadow_sideload import publish_request, read_request, shadow_paths
 from edge_agent.store import ModelStore
 from edge_agent.store_rules import BundleRef, StoreState
 from edge_agent.trust import FetchLimits, TrustedRepository, UpdateVerificationError, VerifiedRelease
@@ -266,6 +267,8 @@ class Updater:
         self.sleep: Callable[[float], None] = time.sleep  # backoff between fetch retries (a test seam)
         self.shadows = ShadowControl()
         self._reverse_shadow = False  # this probation runs the previous model in shadow
+        self._shadow_request_mtime = 0  # the `edge-agent install --shadow` request last acted on
+        self._sideload_shadow = False
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -902,6 +905,105 @@ class Updater:
         )
         return Outcome("verified", "shadow stopped")
 
+    def install_shadow_from_dir(
+        self, repo_dir: Path, *, name: str | None = None, version: str | None = None
+    ) -> Outcome:
+        """``edge-agent install DIR --shadow``: verify like an install, hand the candidate to the
+        daemon to run in shadow (:mod:`edge_agent.shadow_sideload`). Nothing is installed."""
+        repo_dir = Path(repo_dir)
+        ctx: dict[str, Any] = {"cmd_id": None, "rollout_id": None}
+        name = name or ""
+        version = version or ""
+        staged: Path | None = None
+        try:
+            if not name or not version:
+                name, version = self._pick_release(repo_dir)
+            state = self.store.read_state()
+            staged, release, _ = self._stage_with_retries(
+                lambda: self._dir_repository(repo_dir), name, version
+            )
+            manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
+            manifest = parse_manifest(manifest_bytes)
+            check_release(
+                manifest,
+                signed_name=name,
+                signed_version=version,
+                signed_custom=release.custom,
+                device=self._facts(state),
+            )
+            runner = self.load_runner(staged)
+            try:
+                run_selftest(runner, staged, manifest)
+            finally:
+                runner.close()
+            files = {f: (t.length, t.hashes["sha256"]) for f, t in release.targets.items()}
+            with self.store.locked():
+                publish_request(self.store.root, staged, name, version, files)
+            staged = None
+            ref = BundleRef(hashlib.sha256(manifest_bytes).hexdigest(), name, version)
+            return Outcome(
+                "verified",
+                f"{ref.ref} verified; the running agent runs it in shadow from its next telemetry window",
+                ref,
+                data={"mode": "shadow"},
+            )
+        except _Rejected as exc:
+            return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
+            return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
+        except (FetchError, StoreError, ModelLoadError, OSError) as exc:
+            return self._reject("update.failed", _reason_of(exc), str(exc), ctx, name, version)
+        finally:
+            if staged is not None:
+                self.store.discard_staging(staged)
+
+    def check_shadow_request(self) -> bool:
+        """Daemon side of ``install --shadow``: start or stop the side-loaded shadow. True if changed."""
+        if not self.shadows.available:
+            return False
+        _, cand, req = shadow_paths(self.store.root)
+        try:
+            mtime = req.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        if mtime == self._shadow_request_mtime:
+            return False
+        self._shadow_request_mtime = mtime
+        if mtime == 0:
+            if self._sideload_shadow:
+                stopped = self.shadows.stop("candidate")
+                self._sideload_shadow = False
+                ref = stopped.candidate_ref if stopped is not None else None
+                self.emit(
+                    "shadow.stopped",
+                    message="the side-loaded shadow was withdrawn (edge-agent install --shadow-stop)",
+                    model=ref,
+                    data={"source": "cli", "was_running": stopped is not None},
+                )
+            return True
+        try:
+            request = read_request(self.store.root)
+            if request is None:
+                return False
+            runner = self.load_runner(cand)
+        except (ValueError, KeyError, OSError, LinesideError) as exc:
+            self.emit(
+                "update.rejected",
+                level="error",
+                message=f"side-loaded shadow refused: {exc}",
+                data={"reason": "shadow_files", "source": "cli"},
+            )
+            return False
+        self.shadows.start(runner, role="candidate", confident=runner.manifest.drift.low_confidence)
+        self._sideload_shadow = True
+        self.emit(
+            "shadow.started",
+            message=f"{request['name']}@{request['version']} runs in shadow (side-loaded, never acting)",
+            model=ModelRef(name=request["name"], version=request["version"], sha256=request["sha256"]),
+            data={"source": "cli", "every_n": self.shadows.every_n},
+        )
+        return True
+
     def _end_reverse_shadow(self) -> None:
         if self._reverse_shadow:
             self.shadows.stop("baseline")
@@ -958,6 +1060,7 @@ class Updater:
         """Agent window listener: judge probation, notice external store changes."""
         try:
             self.check_external_change()
+            self.check_shadow_request()
             self._judge(telemetry)
         except Exception:  # a listener must never kill the telemetry thread
             log.exception("updater window handling failed")

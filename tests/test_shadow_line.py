@@ -72,6 +72,36 @@ def test_side_loaded_rotated_labels_roll_back_in_probation_with_the_confusion_co
     assert sum(b["compared"] for b in blocks) > 0 and sum(b["agree"] for b in blocks) == 0
 
 
+def test_install_shadow_side_loads_a_candidate_that_runs_beside_and_never_serves(line: ShadowLine) -> None:
+    dev = line.device_ids[0]
+    line.release_variant("1.2.0", "new_types")
+    repo = str(line.server.data_dir / "repo")
+    out = line.edge_agent_cli(dev, "install", repo, "--model", "shapes@1.2.0", "--shadow", "--json")
+    assert out.returncode == 0, out.stderr
+    wait_until(
+        lambda: line.events(dev, "shadow.started"), 60, what="the daemon started the side-loaded shadow"
+    )
+    started = line.events(dev, "shadow.started")[0]
+    assert started["data"]["source"] == "cli" and started["model"]["version"] == "1.2.0"
+
+    def compared() -> int:
+        blocks = [
+            b
+            for b in line.shadow_blocks(dev)
+            if b["role"] == "candidate" and b["candidate"]["version"] == "1.2.0"
+        ]
+        assert all(b["agree"] == b["compared"] for b in blocks), blocks  # same answers on the known labels
+        return sum(b["compared"] for b in blocks)
+
+    wait_until(lambda: compared() >= 20, 60, what="20 frames compared in shadow")
+    state = ModelStore(store_dir(line.state_dir(dev))).read_state()
+    assert state.active is not None and state.active.version == "1.0.0" and state.previous is None
+    assert line.events(dev, "update.installed") == []
+    stop = line.edge_agent_cli(dev, "install", "--shadow-stop")
+    assert stop.returncode == 0, stop.stderr
+    wait_until(lambda: line.events(dev, "shadow.stopped"), 60, what="the daemon stopped the shadow")
+
+
 def _rollout(line: ShadowLine, version: str, **over: object) -> str:
     body: dict[str, object] = {
         "model": f"shapes@{version}",
