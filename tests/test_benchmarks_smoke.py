@@ -48,6 +48,14 @@ def test_realtime_reports_30_and_60_fps(ctx: Context) -> None:
     assert any("30 fps" in c.name for c in s.checks)
 
 
+def test_shadow_runs_beside_serving_and_counts_its_frames(ctx: Context) -> None:
+    s = BENCHMARKS["shadow"](ctx)
+    assert s.error is None
+    assert [r[0] for r in s.rows] == ["off", "every 3", "every 1"]
+    assert s.rows[0][7] == 0 and int(s.rows[2][7]) > 0  # frames shadowed: none off, some on
+    assert any("dropped" in c.name for c in s.checks)
+
+
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
     assert len(s.rows) == 3 and s.rows[0][0] == "flat out (unpaced)"
