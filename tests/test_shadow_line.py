@@ -208,3 +208,7 @@ def test_no_baseline_is_inconclusive_pauses_with_an_alert_and_resumes_as_an_over
     assert [(o["gate"], o["by"], o["why"]) for o in r["overrides"]] == [
         ("baseline", "carol", "first rollout on this line")
     ]
+    shown = pair.server.cli_json("rollout", "status", rid)
+    assert [(v["gate"], v["verdict"]) for v in shown["verdicts"]] == [("baseline", "inconclusive")]
+    assert shown["overrides"] == r["overrides"]
+    assert pair.server.cli("rollout", "status", rid).returncode == 0  # the table with the verdict lines
