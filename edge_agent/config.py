@@ -205,6 +205,9 @@ class ShadowConfig(_Section):
 
     every_n: Annotated[int, Field(ge=1, le=1000)] = 3
     max_cpu_share: Annotated[float, Field(gt=0, le=4)] = 0.25
+    nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=10, description="nice value of the shadow's thread: on a busy CPU serving goes first"
+    )
 
 
 class ThresholdsConfig(_Section):

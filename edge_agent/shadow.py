@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -48,6 +49,7 @@ class ShadowRunner:
         role: Role,
         every_n: int = 3,
         max_cpu_share: float = 0.25,
+        nice: int = 10,
         confident: float = 0.7,
         on_close: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -57,6 +59,7 @@ class ShadowRunner:
         self.serving_sha256 = serving.sha256
         self.every_n = max(1, every_n)
         self.max_cpu_share = max_cpu_share
+        self.nice = nice
         self._serving_labels = list(serving.manifest.labels)
         shadow_labels = list(runner.manifest.labels)
         candidate = runner if role == "candidate" else serving
@@ -103,6 +106,13 @@ class ShadowRunner:
 
     # -- the shadow thread
     def _loop(self) -> None:
+        if self.nice:
+            # On a busy CPU the kernel must prefer the inference thread: the shadow yields (Linux
+            # threads have their own nice value; elsewhere this is a no-op).
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (OSError, AttributeError) as exc:
+                log.info("could not lower the shadow thread's priority: %s", exc)
         while True:
             item = self._queue.get()
             if item is None or self._closed:

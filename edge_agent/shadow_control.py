@@ -29,10 +29,11 @@ log = logging.getLogger(__name__)
 class ShadowControl:
     """Starts and stops the host's shadow runner. ``host`` is the running Agent (or None: no shadow)."""
 
-    def __init__(self, *, every_n: int = 3, max_cpu_share: float = 0.25) -> None:
+    def __init__(self, *, every_n: int = 3, max_cpu_share: float = 0.25, nice: int = 10) -> None:
         self.host: Any = None
         self.every_n = every_n
         self.max_cpu_share = max_cpu_share
+        self.nice = nice
         self._lock = threading.Lock()
 
     @property
@@ -62,6 +63,7 @@ class ShadowControl:
             role=role,
             every_n=self.every_n,
             max_cpu_share=self.max_cpu_share,
+            nice=self.nice,
             confident=confident,
             on_close=on_close,
         )

@@ -1243,6 +1243,7 @@ def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None =
     if shadow is not None:
         updater.shadows.every_n = shadow.every_n
         updater.shadows.max_cpu_share = shadow.max_cpu_share
+        updater.shadows.nice = shadow.nice
     return updater
 
 
