@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, local_output, pipeline, providers, quant, realtime, startup, swap
+from benchmarks import fleet, local_output, pipeline, providers, quant, realtime, shadow, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -25,4 +25,5 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "accelerators": pipeline.run_accelerators,
     "local_output": local_output.run,
     "providers": providers.run,
+    "shadow": shadow.run,
 }

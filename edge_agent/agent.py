@@ -45,10 +45,11 @@ from edge_agent.decision_id import DecisionIds
 from edge_agent.decode import COLOR, Decode, accepts, decode_jpeg, serving_decode
 from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
-from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
+from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, ShadowBlock, Telemetry, dump
 from edge_agent.publisher import Publisher
 from edge_agent.runtime import ModelRunner, runtime_builds
 from edge_agent.service import SystemdNotifier, write_status
+from edge_agent.shadow import ShadowRunner
 from edge_agent.sources import Frame, FrameSource
 from edge_agent.spool import Spool
 from edge_agent.telemetry import TelemetryWindow, WindowStats
@@ -147,6 +148,7 @@ class Agent:
         self.runtime = runtime_builds()
         self._runner = runner
         self._pending_runner: ModelRunner | None = None
+        self._shadow: ShadowRunner | None = None
         self._adopted = threading.Event()
         self._swap_lock = threading.Lock()
         self._model_info: ModelInfo | None = None
@@ -221,6 +223,19 @@ class Agent:
                         f"the inference loop did not adopt {runner.manifest.ref} in {timeout_s}s"
                     )
         self.publish_state()
+        return old
+
+    @property
+    def shadow(self) -> ShadowRunner | None:
+        """The model running in shadow beside the serving one, if any."""
+        return self._shadow
+
+    def set_shadow(self, shadow: ShadowRunner | None) -> ShadowRunner | None:
+        """Run ``shadow`` beside the serving model from the next frame on (None: stop); return the old one.
+
+        The caller closes the old one. The inference thread reads the attribute once per frame.
+        """
+        old, self._shadow = self._shadow, shadow
         return old
 
     def add_window_listener(self, cb: Callable[[Telemetry], None]) -> None:
@@ -376,6 +391,9 @@ class Agent:
         self._stop_inference.set()
         self.frames.wake()
         self._inference_thread.join(timeout=10)
+        shadow = self.set_shadow(None)
+        if shadow is not None:
+            shadow.close()
         self.emit_event("agent.stopping", message="shutting down", model=self._runner.model_ref())
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
@@ -495,6 +513,11 @@ class Agent:
             window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
             self.frames_total += 1
             decision_id = next_id()
+            shadow = self._shadow
+            if shadow is not None:
+                # The frame as decoded for the serving model; the shadow thread decodes it again
+                # in full colour if its own model was not validated on that decode.
+                shadow.offer(runner.sha256, image, pred, decode=frame.decode, encoded=frame.encoded)
             if publish is not None:
                 dims = pred.dimensions_mm
                 publish(
@@ -550,8 +573,13 @@ class Agent:
         spool_dropped = self.spool.take_dropped()
         built: list[Telemetry] = []
 
+        shadow = self._shadow
+        block = shadow.take_block() if shadow is not None else None
+
         def make(seq: int) -> bytes:
             t = stats.to_telemetry(self.device_id, seq, spool_dropped=spool_dropped)
+            if block is not None:
+                t = t.model_copy(update={"shadow": ShadowBlock.model_validate(block)})
             built.append(t)
             return dump(t)
 

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Install a release from a local TUF repository (from `fleet release --repo` or "
         "`fleet export`), with the same verification as over the network.",
     )
-    ins.add_argument("dir", help="the repository directory")
+    ins.add_argument("dir", nargs="?", help="the repository directory (not with --shadow-stop)")
     ins.add_argument("--model", help="NAME@VERSION when the directory holds several releases")
     ins.add_argument(
         "--force",
@@ -40,6 +40,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="install even a downgrade or a version that failed probation here",
     )
     _common(ins)
+    ins.add_argument(
+        "--shadow",
+        action="store_true",
+        help="verify it like an install, then run it in shadow beside the serving model (never acting)",
+    )
+    ins.add_argument("--shadow-stop", action="store_true", help="withdraw a side-loaded shadow candidate")
     ins.set_defaults(func=_install)
 
     ver = sub.add_parser(
@@ -136,9 +142,25 @@ def _repo_dir(raw: str) -> Path:
 
 
 def _install(args: argparse.Namespace) -> int:
-    args.dir = _repo_dir(args.dir)
+    if not args.shadow_stop:
+        if args.dir is None:
+            raise CommandError(
+                "give the release directory (DIR): the folder written by `fleet export`",
+                exit_code=EXIT_USAGE,
+                reason="usage",
+            )
+        args.dir = _repo_dir(args.dir)
     name, version = _split(args.model)
     u = _updater(args)
+    if args.shadow_stop:
+        from edge_agent.shadow_sideload import withdraw_request
+
+        with u.store.locked():
+            had = withdraw_request(u.store.root)
+        sys.stdout.write("shadow candidate withdrawn\n" if had else "no shadow candidate was side-loaded\n")
+        return 0
+    if args.shadow:
+        return _report(args, u.install_shadow_from_dir(args.dir, name=name, version=version))
     with u.store.locked():
         u.store.recover()
     return _report(args, u.install_from_dir(args.dir, name=name, version=version, force=args.force))

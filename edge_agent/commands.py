@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.errors import LinesideError, MessageError
+from edge_agent.errors import LinesideError, MessageError, UnknownCommandFieldError
 from edge_agent.messages import (
     CaptureCommand,
     DeployCommand,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 AnyCommand = PingCommand | DeployCommand | RollbackCommand | CaptureCommand
 CommandHandler = Callable[[Any], None]
-HANDLED_TYPES = ("deploy", "rollback", "capture")
+HANDLED_TYPES = ("deploy", "rollback", "capture", "stop_shadow")
 # emit(kind, level=..., message=..., cmd_id=..., rollout_id=..., data=...)
 Emit = Callable[..., object]
 
@@ -94,6 +94,17 @@ class CommandDispatcher:
         """Parse and act on one payload, synchronously (the worker calls this; tests may too)."""
         try:
             cmd = parse_command(payload, topic)
+        except UnknownCommandFieldError as exc:
+            # A newer fleet's command: refuse it by its cmd_id, so the fleet knows this agent
+            # cannot do it (a shadow deploy must never run as a real install).
+            self._safe_emit(
+                "command.rejected",
+                level="warning",
+                cmd_id=exc.cmd_id,
+                message=str(exc),
+                data={"type": exc.command_type, "reason": "unknown_fields", "fields": list(exc.fields)},
+            )
+            return
         except MessageError as exc:
             self._safe_emit(
                 "message.rejected",

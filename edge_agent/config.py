@@ -238,6 +238,20 @@ class InferenceConfig(_Section):
         return out
 
 
+class ShadowConfig(_Section):
+    """How much a model running in shadow (a shadow deploy, probation's reverse shadow) may take.
+
+    It never delays a serving decision: it runs on its own thread, on every ``every_n``-th
+    frame, and skips frames while its CPU time is over ``max_cpu_share`` of the wall time.
+    """
+
+    every_n: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_cpu_share: Annotated[float, Field(gt=0, le=4)] = 0.25
+    nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=10, description="nice value of the shadow's thread: on a busy CPU serving goes first"
+    )
+
+
 class ThresholdsConfig(_Section):
     """Local overrides of the manifest's drift thresholds (None: use the manifest's)."""
 
@@ -408,6 +422,7 @@ class AgentConfig(_Section):
     line: LineConfig = Field(default_factory=LineConfig)
     local_output: LocalOutputConfig = Field(default_factory=LocalOutputConfig)
     opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     watchdog_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
     )

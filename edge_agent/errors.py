@@ -62,6 +62,18 @@ class MessageError(UntrustedInputError):
         self.topic = topic
 
 
+class UnknownCommandFieldError(MessageError):
+    """A command (with a ``cmd_id``) carrying fields this agent does not know: refused, answered."""
+
+    def __init__(
+        self, message: str, *, topic: str | None, cmd_id: str, command_type: str, fields: tuple[str, ...]
+    ) -> None:
+        super().__init__(message, topic=topic)
+        self.cmd_id = cmd_id
+        self.command_type = command_type
+        self.fields = fields
+
+
 class VerificationError(UntrustedInputError):
     """TUF verification failed: signatures, versions, expiry, hashes or lengths."""
 
@@ -132,3 +144,11 @@ class LocalOutputError(LocalError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class ShadowCandidateError(StoreError):
+    """A side-loaded shadow candidate's file changed at rest since it was verified (``file``)."""
+
+    def __init__(self, message: str, *, file: str) -> None:
+        super().__init__(message)
+        self.file = file

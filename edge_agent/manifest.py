@@ -251,6 +251,25 @@ class SelftestTolerance(_Strict):
     rtol: Annotated[float, Field(ge=0)] = 1e-3
 
 
+class AgreementGates(_Strict):
+    """How a candidate must agree with the model it replaces (shadow phase and probation's reverse shadow).
+
+    Agreement is judged by label name on the labels both models know, with a Wilson lower bound
+    over at least ``min_frames`` compared frames (:mod:`edge_agent.agreement`). A release meant
+    to change answers declares it in ``intended_changes``: ``{"square-80": ["square-80-lid"]}``
+    says frames the old model called ``square-80`` may now be called ``square-80-lid``; those
+    frames are reported apart and judged on nothing else. ``{"*": ["hexagon-100"]}`` says any
+    old answer may now be ``hexagon-100`` (a release that adds package types the old model
+    confidently mistook for known ones).
+    """
+
+    min_agreement: Annotated[float, Field(ge=0, le=1)] = 0.9
+    min_frames: Annotated[int, Field(ge=1)] = 50
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    max_dimension_diff_mm: Annotated[float, Field(gt=0)] | None = None
+    intended_changes: dict[str, list[str]] = Field(default_factory=dict)
+
+
 class SelftestSpec(_Strict):
     file: str = SELFTEST_FILE
     atol: Annotated[float, Field(ge=0)] = 1e-3
@@ -280,6 +299,7 @@ class Manifest(_Strict):
     confidence_baseline: ConfidenceBaseline
     probation: ProbationGates = Field(default_factory=ProbationGates)
     drift: DriftThresholds = Field(default_factory=DriftThresholds)
+    agreement: AgreementGates = Field(default_factory=AgreementGates)
     selftest: SelftestSpec = Field(default_factory=SelftestSpec)
     min_agent_version: str = "0.1.0"
     device_classes: list[str] = Field(default_factory=lambda: ["*"], description='"*" means any class')

@@ -11,6 +11,18 @@ Topics (root configurable, default ``lineside/v1``)::
     {root}/devices/{id}/cmd         fleet → agent  QoS 1
     {root}/devices/{id}/decisions   agent → robot  QoS 0 (local output)
     {root}/devices/{id}/line        line → agent   QoS 1, retained: the line's PackML-like state
+
+How the contract grows (the rule every new field and kind follows):
+
+- fleet → agent: a command with a field this agent does not know is refused with a
+  ``command.rejected`` event carrying its ``cmd_id`` and ``reason: unknown_fields`` — never
+  half-understood (a ``deploy`` with ``mode: shadow`` must never run as an install on an agent
+  that predates shadows). New command *types* are refused the same way (no handler).
+- agent → fleet: the server stores what a newer agent sends — ``Event.kind`` is any well-formed
+  dotted name, ``Telemetry`` keeps unknown fields (``extra="allow"``) and the payload is stored
+  as received — so nothing a newer agent reports is dropped.
+- manifests: an older agent refuses a newer manifest clearly (unknown fields are forbidden,
+  ``schema_version`` and ``min_agent_version`` are checked), never half-understands it.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_agent.errors import MessageError
+from edge_agent.errors import MessageError, UnknownCommandFieldError
 
 DEFAULT_TOPIC_ROOT = "lineside/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -111,8 +123,45 @@ class DimensionSummary(_Msg):
     height_mm_std: float = 0.0
 
 
+class ShadowBlock(_Msg):
+    """A telemetry window's comparison of two models on the same frames (:mod:`edge_agent.agreement`).
+
+    ``role`` says which model ran in shadow: ``candidate`` (a shadow deploy: the serving model is
+    the baseline) or ``baseline`` (probation's reverse shadow: the previous model). ``confusion``
+    is baseline label × candidate label → frames.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    role: str = "candidate"
+    candidate: ModelRef | None = None
+    baseline: ModelRef | None = None
+    frames: int = 0
+    compared: int = 0
+    agree: int = 0
+    confident_compared: int = 0
+    confident_agree: int = 0
+    candidate_only: int = 0
+    baseline_only: int = 0
+    intended: int = 0
+    errors: int = 0
+    nonfinite: int = 0
+    skipped: int = 0
+    confusion: dict[str, dict[str, int]] = Field(default_factory=dict)
+    candidate_confidence_mean: float = 0.0
+    candidate_confidence_p50: float = 0.0
+    dimension_diff_mm_mean: float | None = None
+    dimension_diff_mm_p95: float | None = None
+
+
 class Telemetry(_Msg):
-    """One aggregation window (default 5 s)."""
+    """One aggregation window (default 5 s).
+
+    Fields a newer agent adds are kept (``extra="allow"``): the server stores the payload as
+    received, so nothing a newer agent reports is dropped (the contract's growth rule).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     device_id: str
     seq: Annotated[int, Field(ge=0)]
@@ -133,6 +182,7 @@ class Telemetry(_Msg):
     dimensions: DimensionSummary | None = None
     model: ModelRef | None = None
     spool_dropped: int = 0
+    shadow: ShadowBlock | None = None
 
 
 EventKind = Literal[
@@ -158,7 +208,10 @@ EventKind = Literal[
     "capture",
     "line.state",
     "error",
+    "shadow.started",
+    "shadow.stopped",
 ]
+_EVENT_KIND = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 
 
 class Event(_Msg):
@@ -166,7 +219,9 @@ class Event(_Msg):
 
     device_id: str
     seq: Annotated[int, Field(ge=0)]
-    kind: EventKind
+    # Any well-formed kind, not only this agent's EventKind: a server stores the kinds a newer
+    # agent reports instead of dropping its events (the contract's growth rule).
+    kind: Annotated[str, Field(min_length=1, max_length=64, pattern=_EVENT_KIND)]
     at: datetime = Field(default_factory=utcnow)
     level: Literal["info", "warning", "error"] = "info"
     message: str = ""
@@ -177,6 +232,8 @@ class Event(_Msg):
 
 
 class _Cmd(BaseModel):
+    # A command with a field this agent does not know is refused (command.rejected), never
+    # half-understood: a shadow deploy must never be taken for a real one by an older agent.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cmd_id: Annotated[str, Field(min_length=1, max_length=64)]
@@ -194,6 +251,16 @@ class DeployCommand(_Cmd):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     version: Annotated[str, Field(min_length=1, max_length=64)]
     rollout_id: str | None = None
+    # "shadow": verify and stage exactly like an install, then run beside the serving model on
+    # a share of frames without ever acting on it (edge_agent.shadow).
+    mode: Literal["install", "shadow"] = "install"
+
+
+class StopShadowCommand(_Cmd):
+    """End a shadow run: the candidate is closed and its staged files are deleted."""
+
+    type: Literal["stop_shadow"] = "stop_shadow"
+    rollout_id: str | None = None
 
 
 class RollbackCommand(_Cmd):
@@ -207,10 +274,9 @@ class CaptureCommand(_Cmd):
     count: Annotated[int, Field(ge=1, le=1000)] = 10
 
 
-Command = Annotated[
-    PingCommand | DeployCommand | RollbackCommand | CaptureCommand, Field(discriminator="type")
-]
-_COMMAND: TypeAdapter[PingCommand | DeployCommand | RollbackCommand | CaptureCommand] = TypeAdapter(Command)
+AnyCommand = PingCommand | DeployCommand | RollbackCommand | CaptureCommand | StopShadowCommand
+Command = Annotated[AnyCommand, Field(discriminator="type")]
+_COMMAND: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -263,14 +329,23 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}"
 
 
-def parse_command(
-    payload: bytes, topic: str | None = None
-) -> PingCommand | DeployCommand | RollbackCommand | CaptureCommand:
+def parse_command(payload: bytes, topic: str | None = None) -> AnyCommand:
     """Validate a ``cmd`` payload; raise MessageError (never anything else) when it is not one."""
     raw = _load(payload, topic)
     try:
         return _COMMAND.validate_python(raw)
     except ValidationError as exc:
+        unknown = sorted(
+            ".".join(str(p) for p in e["loc"][1:]) for e in exc.errors() if e["type"] == "extra_forbidden"
+        )
+        if unknown and isinstance(raw, dict) and isinstance(raw.get("cmd_id"), str):
+            raise UnknownCommandFieldError(
+                f"command has fields this agent does not know: {', '.join(unknown)}",
+                topic=topic,
+                cmd_id=raw["cmd_id"][:64],
+                command_type=str(raw.get("type", ""))[:32],
+                fields=tuple(unknown),
+            ) from exc
         raise MessageError(f"invalid command: {_first_error(exc)}", topic=topic) from exc
 
 

@@ -67,6 +67,8 @@ from edge_agent.manifest import MANIFEST_FILE, Manifest, parse_manifest, version
 from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.probation import ProbationResult, judge, relevant_windows
 from edge_agent.selftest import run_selftest
+from edge_agent.shadow_control import ShadowControl, probation_agreement
+from edge_agent.shadow_sideload import publish_request, read_request, shadow_paths
 from edge_agent.store import ModelStore
 from edge_agent.store_rules import BundleRef, StoreState
 from edge_agent.trust import (
@@ -76,6 +78,7 @@ from edge_agent.trust import (
     VerifiedRelease,
     read_token_file,
 )
+from edge_agent.verdicts import combine
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +275,10 @@ class Updater:
         self.sleep: Callable[[float], None] = time.sleep  # backoff between fetch retries (a test seam)
         # The update window (edge_agent/robot_side.WindowGate): a staged model waits for the line.
         self.window_gate: Any = None
+        self.shadows = ShadowControl()
+        self._reverse_shadow = False  # this probation runs the previous model in shadow
+        self._shadow_request_mtime = 0  # the `edge-agent install --shadow` request last acted on
+        self._sideload_shadow = False
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -366,6 +373,7 @@ class Updater:
     def attach(self, host: Host) -> None:
         """Connect to the running agent: emit what boot found, watch its telemetry windows."""
         self.host = host
+        self.shadows.host = host
         for kind, kw in self._boot_notes:
             self.emit(kind, **kw)
         self._boot_notes.clear()
@@ -631,7 +639,9 @@ class Updater:
                     self._state_mtime = self.store.state_mtime_ns()
                 self._fault("after_state_write")
                 choice = _provider_choice(new_runner)
-                swap = self._swap_in(new_runner)
+                self.shadows.stop("candidate")  # a shadow of this or another candidate ends here
+                reverse = self._reverse_shadow_for(new_state, manifest)
+                swap = self._swap_in(new_runner, keep_old=reverse)
                 new_runner = None
                 self.emit(
                     "update.installed",
@@ -654,7 +664,11 @@ class Updater:
                         "probation.started",
                         message=f"{ref.ref} on probation for {manifest.probation.window_s}s",
                         model=_ref_msg(ref),
-                        data={"gates": manifest.probation.model_dump()},
+                        data={
+                            "gates": manifest.probation.model_dump(),
+                            "agreement_gates": manifest.agreement.model_dump(),
+                            "reverse_shadow": self._reverse_shadow,
+                        },
                         **ctx,
                     )
                 else:
@@ -732,8 +746,11 @@ class Updater:
         )
         return Outcome("rejected" if kind == "update.rejected" else "failed", message, reason=reason)
 
-    def _swap_in(self, runner: Runner) -> dict[str, Any]:
-        """Hand ``runner`` to the inference loop between two frames; close the old one."""
+    def _swap_in(self, runner: Runner, keep_old: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Hand ``runner`` to the inference loop between two frames; close the old one.
+
+        ``keep_old(old)`` takes the old runner instead (probation's reverse shadow).
+        """
         if self.host is None:
             runner.close()
             return {}
@@ -749,8 +766,11 @@ class Updater:
                 time.sleep(0.005)  # polling the meter with a deadline, not synchronising on time
             out.update(meter.swap_stats(t0, t1))
         if old is not None and old is not runner:
-            with contextlib.suppress(Exception):
-                old.close()
+            if keep_old is not None:
+                keep_old(old)
+            else:
+                with contextlib.suppress(Exception):
+                    old.close()
         return out
 
     # -- rollback ----------------------------------------------------------------------------------
@@ -856,6 +876,7 @@ class Updater:
                 self._state_mtime = self.store.state_mtime_ns()
             self._probation_since = None
             self._windows = []
+            self._end_reverse_shadow()
             swap = self._swap_in(runner) if runner is not None else {}
             self.emit(
                 "rollback",
@@ -877,6 +898,257 @@ class Updater:
                 "rolled_back", f"now serving {target.ref}", target, reason=reason, data=evidence or {}
             )
 
+    # -- shadow ------------------------------------------------------------------------------------
+
+    def _reverse_shadow_for(
+        self, state: StoreState, manifest: Manifest, *, serving_sha256: str | None = None
+    ) -> Callable[[Any], None] | None:
+        """How the swap keeps the previous model running in shadow during probation, or None.
+
+        Only on probation, with a host that can shadow, and not after a downgrade (a forced or
+        signed downgrade is a person's deliberate word: it stands, and the event records it).
+        """
+        self._end_reverse_shadow()
+        prev = state.previous
+        if not state.probation or prev is None or state.active is None or not self.shadows.available:
+            return None
+        if serving_sha256 is not None and serving_sha256 != prev.sha256:
+            return None  # the model serving now is not the one probation would fall back to
+        try:
+            if version_key(state.active.version) < version_key(prev.version):
+                return None
+        except ValueError:
+            return None
+
+        def keep(old: Any) -> None:
+            self._reverse_shadow = (
+                self.shadows.start(old, role="baseline", confident=manifest.drift.low_confidence) is not None
+            )
+
+        return keep
+
+    def deploy_shadow(
+        self,
+        name: str,
+        version: str,
+        *,
+        cmd_id: str | None = None,
+        rollout_id: str | None = None,
+        repo: Callable[[], TrustedRepository] | None = None,
+    ) -> Outcome:
+        """A ``deploy`` in shadow mode: verify and stage ``name@version`` like an install, then run it
+        in shadow beside the serving model. Nothing is installed; the store's state is unchanged."""
+        if not self._begin(cmd_id):
+            return Outcome("duplicate", f"command {cmd_id} was already handled")
+        ctx = {"cmd_id": cmd_id, "rollout_id": rollout_id}
+        staged: Path | None = None
+        runner: Runner | None = None
+        try:
+            if not self.shadows.available:
+                raise _Rejected("update.rejected", "no_shadow", "this agent has no inference loop to shadow")
+            state = self.store.read_state()
+            staged, release, _ = self._stage_with_retries(repo or self._http_repository, name, version)
+            manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
+            manifest = parse_manifest(manifest_bytes)
+            check_release(
+                manifest,
+                signed_name=name,
+                signed_version=version,
+                signed_custom=release.custom,
+                device=self._facts(state),
+            )
+            runner = self.load_runner(staged)
+            run_selftest(runner, staged, manifest)
+            ref = BundleRef(hashlib.sha256(manifest_bytes).hexdigest(), name, version)
+            dir_ = staged
+            self.shadows.start(
+                runner,
+                role="candidate",
+                confident=manifest.drift.low_confidence,
+                on_close=lambda: self.store.discard_staging(dir_),
+            )
+            staged = runner = None
+            self.emit(
+                "shadow.started",
+                message=f"{ref.ref} verified and running in shadow (never acting)",
+                model=_ref_msg(ref),
+                data={"every_n": self.shadows.every_n, "max_cpu_share": self.shadows.max_cpu_share},
+                **ctx,
+            )
+            return Outcome("verified", f"{ref.ref} runs in shadow", ref, data={"mode": "shadow"})
+        except _Rejected as exc:
+            return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
+            return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
+        except (FetchError, StoreError, ModelLoadError, OSError) as exc:
+            return self._reject("update.failed", _reason_of(exc), str(exc), ctx, name, version)
+        finally:
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    runner.close()
+            if staged is not None:
+                self.store.discard_staging(staged)
+            self._end(cmd_id)
+
+    def stop_shadow(self, *, cmd_id: str | None = None, rollout_id: str | None = None) -> Outcome:
+        """The ``stop_shadow`` command: end a shadow deploy (its staged files are deleted)."""
+        stopped = self.shadows.stop("candidate")
+        ref = stopped.candidate_ref if stopped is not None else None
+        self.emit(
+            "shadow.stopped",
+            message=f"{ref.name}@{ref.version} no longer runs in shadow" if ref else "no shadow was running",
+            model=ref,
+            data={"was_running": stopped is not None},
+            cmd_id=cmd_id,
+            rollout_id=rollout_id,
+        )
+        return Outcome("verified", "shadow stopped")
+
+    def install_shadow_from_dir(
+        self, repo_dir: Path, *, name: str | None = None, version: str | None = None
+    ) -> Outcome:
+        """``edge-agent install DIR --shadow``: verify like an install, hand the candidate to the
+        daemon to run in shadow (:mod:`edge_agent.shadow_sideload`). Nothing is installed."""
+        repo_dir = Path(repo_dir)
+        ctx: dict[str, Any] = {"cmd_id": None, "rollout_id": None}
+        name = name or ""
+        version = version or ""
+        staged: Path | None = None
+        try:
+            if not name or not version:
+                name, version = self._pick_release(repo_dir)
+            state = self.store.read_state()
+            staged, release, _ = self._stage_with_retries(
+                lambda: self._dir_repository(repo_dir), name, version
+            )
+            manifest_bytes = (staged / MANIFEST_FILE).read_bytes()
+            manifest = parse_manifest(manifest_bytes)
+            check_release(
+                manifest,
+                signed_name=name,
+                signed_version=version,
+                signed_custom=release.custom,
+                device=self._facts(state),
+            )
+            runner = self.load_runner(staged)
+            try:
+                run_selftest(runner, staged, manifest)
+            finally:
+                runner.close()
+            files = {f: (t.length, t.hashes["sha256"]) for f, t in release.targets.items()}
+            with self.store.locked():
+                publish_request(self.store.root, staged, name, version, files)
+            staged = None
+            ref = BundleRef(hashlib.sha256(manifest_bytes).hexdigest(), name, version)
+            return Outcome(
+                "verified",
+                f"{ref.ref} verified; the running agent runs it in shadow from its next telemetry window",
+                ref,
+                data={"mode": "shadow"},
+            )
+        except _Rejected as exc:
+            return self._reject(exc.kind, exc.reason, str(exc), ctx, name, version, exc.data)
+        except (VerificationError, IncompatibleModelError, ManifestError, SelftestError) as exc:
+            return self._reject("update.rejected", _reason_of(exc), str(exc), ctx, name, version)
+        except (FetchError, StoreError, ModelLoadError, OSError) as exc:
+            return self._reject("update.failed", _reason_of(exc), str(exc), ctx, name, version)
+        finally:
+            if staged is not None:
+                self.store.discard_staging(staged)
+
+    def check_shadow_request(self) -> bool:
+        """Daemon side of ``install --shadow``: start or stop the side-loaded shadow. True if changed."""
+        if not self.shadows.available:
+            return False
+        _, cand, req = shadow_paths(self.store.root)
+        try:
+            mtime = req.stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = 0
+        if mtime == self._shadow_request_mtime:
+            return False
+        self._shadow_request_mtime = mtime
+        if mtime == 0:
+            if self._sideload_shadow:
+                stopped = self.shadows.stop("candidate")
+                self._sideload_shadow = False
+                ref = stopped.candidate_ref if stopped is not None else None
+                self.emit(
+                    "shadow.stopped",
+                    message="the side-loaded shadow was withdrawn (edge-agent install --shadow-stop)",
+                    model=ref,
+                    data={"source": "cli", "was_running": stopped is not None},
+                )
+            return True
+        try:
+            request = read_request(self.store.root)
+            if request is None:
+                return False
+            runner = self.load_runner(cand)
+        except (ValueError, KeyError, OSError, LinesideError) as exc:
+            self.emit(
+                "update.rejected",
+                level="error",
+                message=f"side-loaded shadow refused: {exc}",
+                data={"reason": "shadow_files", "source": "cli"},
+            )
+            return False
+        self.shadows.start(runner, role="candidate", confident=runner.manifest.drift.low_confidence)
+        self._sideload_shadow = True
+        self.emit(
+            "shadow.started",
+            message=f"{request['name']}@{request['version']} runs in shadow (side-loaded, never acting)",
+            model=ModelRef(name=request["name"], version=request["version"], sha256=request["sha256"]),
+            data={"source": "cli", "every_n": self.shadows.every_n},
+        )
+        return True
+
+    def _end_reverse_shadow(self) -> None:
+        if self._reverse_shadow:
+            self.shadows.stop("baseline")
+        self._reverse_shadow = False
+
+    def _with_agreement(
+        self, result: ProbationResult, windows: list[Telemetry], manifest: Manifest, active_sha256: str
+    ) -> ProbationResult:
+        """Add the reverse shadow's agreement verdicts to the health verdict (see the module docstring).
+
+        Both are judged at the end of the probation window (a broken irreversible health gate
+        still fails at once): a disagreement proven at the manifest's confidence fails probation,
+        a pass needs both, and an undecided agreement keeps probation running.
+        """
+        if not self._reverse_shadow:
+            if result.verdict == "pass":
+                return replace(result, evidence={**result.evidence, "agreement": "not_measured"})
+            return result
+        judged = probation_agreement(windows, manifest, active_sha256)
+        if judged is None:
+            return result if result.verdict == "fail" else replace(result, verdict="undecided")
+        if result.verdict == "undecided":
+            return result
+        verdicts, merged = judged
+        evidence = {
+            **result.evidence,
+            "agreement": {
+                "verdicts": [v.to_dict() for v in verdicts],
+                "frames": merged["frames"],
+                "compared": merged["compared"],
+                "agree": merged["agree"],
+                "candidate_only": merged["candidate_only"],
+                "intended": merged["intended"],
+                "confusion": merged["confusion"],
+            },
+        }
+        overall = combine(verdicts)
+        failed = tuple(v.metric for v in verdicts if v.value == "fail")
+        if overall == "fail":
+            return ProbationResult("fail", (*result.failed_gates, *failed), evidence)
+        if result.verdict == "fail":
+            return replace(result, evidence=evidence)
+        if result.verdict == "pass" and overall == "pass":
+            return replace(result, evidence=evidence)
+        return ProbationResult("undecided", (), evidence)
+
     # -- probation ---------------------------------------------------------------------------------
 
     def _start_probation(self) -> None:
@@ -887,6 +1159,7 @@ class Updater:
         """Agent window listener: judge probation, notice external store changes."""
         try:
             self.check_external_change()
+            self.check_shadow_request()
             self._judge(telemetry)
         except Exception:  # a listener must never kill the telemetry thread
             log.exception("updater window handling failed")
@@ -906,7 +1179,9 @@ class Updater:
             manifest = Manifest.model_validate_json(
                 (self.store.bundle_dir(state.active) / MANIFEST_FILE).read_bytes()
             )
-            result = judge(manifest.probation, windows)
+            result = self._with_agreement(
+                judge(manifest.probation, windows), windows, manifest, state.active.sha256
+            )
             if result.verdict == "pass":
                 with self.store.locked():
                     state = self.store.read_state()
@@ -917,6 +1192,7 @@ class Updater:
                     self._state_mtime = self.store.state_mtime_ns()
                 self._probation_since = None
                 self._windows = []
+                self._end_reverse_shadow()
                 self.emit(
                     "probation.passed",
                     message=f"{state.active.ref} passed probation: committed",
@@ -956,7 +1232,12 @@ class Updater:
             if state.active is None or state.active.sha256 == current:
                 return False
             runner = self.load_runner(self.store.bundle_dir(state.active))
-            swap = self._swap_in(runner)
+            self.shadows.stop("candidate")
+            manifest = Manifest.model_validate_json(
+                (self.store.bundle_dir(state.active) / MANIFEST_FILE).read_bytes()
+            )
+            reverse = self._reverse_shadow_for(state, manifest, serving_sha256=current)
+            swap = self._swap_in(runner, keep_old=reverse)
             if state.probation:
                 self._start_probation()
             else:
@@ -974,7 +1255,7 @@ class Updater:
                 "update.installed",
                 message=f"{state.active.ref} activated from the local store (installed by the CLI)",
                 model=_ref_msg(state.active),
-                data={"source": "cli", "probation": state.probation},
+                data={"source": "cli", "probation": state.probation, "reverse_shadow": self._reverse_shadow},
             )
             return True
 
@@ -1097,7 +1378,13 @@ def daemon_updater(config: Any, on_fallback: Callable[[str, str], None] | None =
     def load(bundle_dir: Path) -> Runner:
         return ModelRunner.load(bundle_dir, inference=config.inference, on_fallback=on_fallback)
 
-    return Updater(store, settings, load_runner=load)
+    updater = Updater(store, settings, load_runner=load)
+    shadow = getattr(config, "shadow", None)
+    if shadow is not None:
+        updater.shadows.every_n = shadow.every_n
+        updater.shadows.max_cpu_share = shadow.max_cpu_share
+        updater.shadows.nice = shadow.nice
+    return updater
 
 
 def attach_to_agent(agent: Any, updater: Updater) -> None:
@@ -1118,6 +1405,10 @@ def attach_to_agent(agent: Any, updater: Updater) -> None:
                 log.exception("deploy %s@%s failed", cmd.name, cmd.version)
 
     def deploy(cmd: Any) -> None:
+        if cmd.mode == "shadow":
+            # A shadow never swaps, so it never waits for the line's update window.
+            updater.deploy_shadow(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
+            return
         if updater.window_gate is None:
             updater.deploy(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
             return
@@ -1129,6 +1420,9 @@ def attach_to_agent(agent: Any, updater: Updater) -> None:
             worker.append(threading.Thread(target=run_deploys, name="updates", daemon=True))
             worker[0].start()
         deploys.put(cmd)
+
+    def stop_shadow(cmd: Any) -> None:
+        updater.stop_shadow(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)
 
     def rollback(cmd: Any) -> None:
         updater.rollback(cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id, reason=cmd.reason)
@@ -1148,5 +1442,6 @@ def attach_to_agent(agent: Any, updater: Updater) -> None:
     updater.attach(agent)
     agent.set_command_handler("deploy", deploy)
     agent.set_command_handler("rollback", rollback)
+    agent.set_command_handler("stop_shadow", stop_shadow)
     agent.add_window_listener(updater.on_window)
     agent.set_model_info(updater.model_info)

@@ -33,7 +33,8 @@ from fleet_server import auth, device_tokens, metrics
 from fleet_server.app import Services
 from fleet_server.controller import NotFoundError
 from fleet_server.release_check import BundleRefusedError
-from fleet_server.rollouts import Policy, parse_duration_s, parse_fraction, parse_stages
+from fleet_server.rollouts import Policy, StageSize, parse_duration_s, parse_fraction, parse_stages
+from fleet_server.shadow_phase import ShadowGates
 
 _bearer = HTTPBearer(
     auto_error=False, description="a token from `fleet tokens create` (or data_dir/admin.token)"
@@ -128,6 +129,17 @@ class RolloutCreate(_Body):
     resend_after_s: Annotated[float, Field(gt=0)] | None = None
     device_timeout_s: Annotated[float, Field(gt=0)] | None = None
     gate_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    shadow: str | None = Field(
+        default=None,
+        description="a shadow phase first, on this share of the devices (not counted in the stages)",
+        examples=["25%", "2", "all"],
+    )
+    shadow_soak: str | None = Field(default=None, examples=["5m"])
+    shadow_min_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
+    shadow_min_frames: Annotated[int, Field(ge=1)] | None = None
+    no_baseline: Literal["inconclusive", "pass"] | None = Field(
+        default=None, description="what a gate with no baseline telemetry answers (default inconclusive)"
+    )
 
     @field_validator("model")
     @classmethod
@@ -140,6 +152,13 @@ class RolloutCreate(_Body):
 
 class AbortRequest(_Body):
     rollback: bool = False
+
+
+class ResumeRequest(_Body):
+    """Past an inconclusive verdict, resuming is an override: who and why are recorded."""
+
+    by: Annotated[str, Field(max_length=64)] = ""
+    why: Annotated[str, Field(max_length=500)] = ""
 
 
 class TokenCreate(_Body):
@@ -465,6 +484,22 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
             max_sends=d.max_sends,
             device_timeout_s=body.device_timeout_s or d.device_timeout_s,
             gate_timeout_s=body.gate_timeout_s or d.gate_timeout_s,
+            no_baseline=body.no_baseline or "inconclusive",
+        )
+        shadow = None
+        if body.shadow is not None:
+            shadow = (
+                StageSize(percent=100.0) if body.shadow.strip() == "all" else parse_stages(body.shadow)[0]
+            )
+        shadow_gates = ShadowGates().model_copy(
+            update={
+                k: v
+                for k, v in (
+                    ("min_agreement", body.shadow_min_agreement),
+                    ("min_frames", body.shadow_min_frames),
+                )
+                if v is not None
+            }
         )
         ids = svc.registry.select(group=body.group, device_ids=body.devices)
         if not ids:
@@ -472,7 +507,16 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
         unknown = sorted(set(ids) - svc.registry.known(ids))
         if unknown:
             raise _error(404, f"unknown devices: {', '.join(unknown[:10])}")
-        return svc.controller.create(name, version, ids, stages, policy)
+        return svc.controller.create(
+            name,
+            version,
+            ids,
+            stages,
+            policy,
+            shadow=shadow,
+            shadow_soak_s=parse_duration_s(body.shadow_soak) if body.shadow_soak is not None else 300.0,
+            shadow_gates=shadow_gates,
+        )
     except ConfigError as exc:
         status = 409 if "still" in str(exc) else 422
         raise _error(status, str(exc), field=exc.field) from exc
@@ -508,8 +552,17 @@ def rollouts_pause(rollout_id: str, request: Request, _: Admin) -> dict[str, Any
 
 
 @v1.post("/rollouts/{rollout_id}/resume", tags=["rollouts"])
-def rollouts_resume(rollout_id: str, request: Request, _: Admin) -> dict[str, Any]:
-    return _rollout_op(request, rollout_id, "resume")
+def rollouts_resume(
+    rollout_id: str, request: Request, _: Admin, body: ResumeRequest | None = None
+) -> dict[str, Any]:
+    """Resume a paused rollout. One paused on an inconclusive verdict needs ``why`` (an override,
+    recorded with ``by``); the same verdict then never pauses it again."""
+    try:
+        return _rollout_op(
+            request, rollout_id, "resume", by=body.by if body else "", why=body.why if body else ""
+        )
+    except ConfigError as exc:
+        raise _error(422, str(exc), field=exc.field, reason="override_needs_reason") from exc
 
 
 @v1.post("/rollouts/{rollout_id}/abort", tags=["rollouts"])

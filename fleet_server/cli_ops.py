@@ -114,6 +114,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--max-low-rise", type=float, help="halt when the low-confidence rate rises more than this (0-1)"
     )
     p.add_argument("--min-gate-frames", type=int, help="frames on the new version needed to judge quality")
+    p.add_argument(
+        "--shadow",
+        help="first run the candidate in shadow (never acting) on this share of the devices: 25%%, 2 or all",
+    )
+    p.add_argument("--shadow-soak", help="how long the shadow phase runs before its verdict, e.g. 5m")
+    p.add_argument("--shadow-min-agreement", type=float, help="agreement the shadow phase needs (0-1)")
+    p.add_argument("--shadow-min-frames", type=int, help="compared frames the shadow verdict needs")
+    p.add_argument(
+        "--no-baseline",
+        choices=["inconclusive", "pass"],
+        help="a gate with no baseline telemetry: pause as inconclusive (default) or pass (recorded)",
+    )
     p.add_argument("--watch", action="store_true", help="follow it until it ends")
     p.set_defaults(func=rollout_start)
     p = _common(rsub.add_parser("status", help="a rollout's stages and devices"))
@@ -128,6 +140,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("id")
         if op == "abort":
             p.add_argument("--rollback", action="store_true", help="also roll back devices that received it")
+        if op == "resume":
+            p.add_argument("--why", default="", help="the reason, to resume past an inconclusive verdict")
+            p.add_argument("--by", default="", help="who overrides (default: $USER)")
         p.set_defaults(func=rollout_op, op=op)
 
     p = _common(
@@ -328,6 +343,26 @@ def _status_text(r: dict[str, Any]) -> str:
     lines = []
     if r.get("reason"):
         lines.append(f"reason: {r['reason']}")
+    sh = r.get("shadow")
+    if sh:
+        counts: dict[str, int] = {}
+        for p in sh["devices"].values():
+            counts[p["status"]] = counts.get(p["status"], 0) + 1
+        lines.append(
+            f"shadow phase ({sh['size']}, soak {sh['soak_s']:g}s): {sh['state']} — "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+        )
+        conf = (sh.get("evidence") or {}).get("confusion") or {}
+        for b, row in sorted(conf.items()):
+            lines.append(
+                f"  serving {b} → candidate " + ", ".join(f"{c}: {n}" for c, n in sorted(row.items()))
+            )
+    for v in r.get("verdicts") or []:
+        lines.append(
+            f"verdict {v['gate']} {v['metric']}: {v['verdict'].upper()} ({v['test']}, n={v['n']}) {v['reason']}"
+        )
+    for o in r.get("overrides") or []:
+        lines.append(f"override {o['gate']} by {o['by']}: {o['why']}")
     for p in r["devices"].values():
         if p["status"] in ("failed", "rolled_back", "deferred"):
             lines.append(f"  {p['device_id']}: {p['status']} — {p['reason']}")
@@ -379,6 +414,11 @@ def rollout_start(args: argparse.Namespace) -> int:
             max_confidence_p50_drop=args.max_p50_drop,
             max_low_confidence_rate_rise=args.max_low_rise,
             min_gate_frames=args.min_gate_frames,
+            shadow=args.shadow,
+            shadow_soak=args.shadow_soak,
+            shadow_min_agreement=args.shadow_min_agreement,
+            shadow_min_frames=args.shadow_min_frames,
+            no_baseline=args.no_baseline,
         )
         if args.watch:
             if not args.json:
@@ -431,7 +471,9 @@ def rollout_list(args: argparse.Namespace) -> int:
 
 def rollout_op(args: argparse.Namespace) -> int:
     with _client(args) as c:
-        r = c.rollout_op(args.id, args.op, rollback=getattr(args, "rollback", False))
+        why = getattr(args, "why", "")
+        by = getattr(args, "by", "") or (os.environ.get("USER", "") if why else "")
+        r = c.rollout_op(args.id, args.op, rollback=getattr(args, "rollback", False), by=by, why=why)
     if args.json:
         print_json(r)
     else:

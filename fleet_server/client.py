@@ -167,8 +167,14 @@ class FleetClient:
         out: dict[str, Any] = self.request("POST", "/api/v1/rollouts", json=body)
         return out
 
-    def rollout_op(self, rollout_id: str, op: str, *, rollback: bool = False) -> dict[str, Any]:
-        body = {"rollback": rollback} if op == "abort" else None
+    def rollout_op(
+        self, rollout_id: str, op: str, *, rollback: bool = False, by: str = "", why: str = ""
+    ) -> dict[str, Any]:
+        body: dict[str, Any] | None = None
+        if op == "abort":
+            body = {"rollback": rollback}
+        elif op == "resume" and (by or why):
+            body = {"by": by, "why": why}
         out: dict[str, Any] = self.request("POST", f"/api/v1/rollouts/{rollout_id}/{op}", json=body)
         return out
 

@@ -26,10 +26,12 @@ from typing import Any, Protocol
 
 from sqlalchemy import or_, select
 
+from edge_agent.agreement import merge_blocks
 from edge_agent.errors import ConfigError
-from edge_agent.messages import DeployCommand, RollbackCommand, Topics, dump
+from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
+from fleet_server.quality_verdicts import WindowSample
 from fleet_server.rollouts import (
     IN_FLIGHT,
     Action,
@@ -41,9 +43,12 @@ from fleet_server.rollouts import (
     RolloutState,
     SendDeploy,
     SendRollback,
+    SendShadowDeploy,
+    SendStopShadow,
     StageSize,
     summarize,
 )
+from fleet_server.shadow_phase import ShadowGates
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +119,35 @@ class RolloutController:
     # -- API operations -------------------------------------------------------------------------
 
     def create(
-        self, name: str, version: str, device_ids: list[str], stages: list[StageSize], policy: Policy
+        self,
+        name: str,
+        version: str,
+        device_ids: list[str],
+        stages: list[StageSize],
+        policy: Policy,
+        *,
+        shadow: StageSize | None = None,
+        shadow_soak_s: float = 0.0,
+        shadow_gates: ShadowGates | None = None,
     ) -> dict[str, Any]:
+        """Create and start a rollout; with ``shadow`` (a share of ``device_ids``) it opens with a
+        shadow phase on the first devices of the list (see :mod:`fleet_server.shadow_phase`)."""
         now = self.clock()
         rid = "r" + uuid.uuid4().hex[:10]
-        r = Rollout.create(rid, name, version, device_ids, stages, policy, now)
+        shadow_ids = device_ids[: shadow.devices(len(device_ids))] if shadow is not None else []
+        r = Rollout.create(
+            rid,
+            name,
+            version,
+            device_ids,
+            stages,
+            policy,
+            now,
+            shadow_devices=shadow_ids,
+            shadow_size=str(shadow) if shadow is not None else "",
+            shadow_soak_s=shadow_soak_s,
+            shadow_gates=shadow_gates,
+        )
         with self._lock:
             with self.db.session() as s:
                 busy = s.scalars(select(RolloutRow).where(RolloutRow.state.in_(["running", "paused"]))).all()
@@ -195,8 +224,9 @@ class RolloutController:
     def pause(self, rollout_id: str) -> dict[str, Any]:
         return self._mutate(rollout_id, lambda r, now: r.pause(now))
 
-    def resume(self, rollout_id: str) -> dict[str, Any]:
-        return self._mutate(rollout_id, lambda r, now: r.resume(now))
+    def resume(self, rollout_id: str, *, by: str = "", why: str = "") -> dict[str, Any]:
+        """Resume; past an inconclusive verdict this is an override (ConfigError without ``why``)."""
+        return self._mutate(rollout_id, lambda r, now: r.resume(now, by=by, why=why))
 
     def abort(self, rollout_id: str, *, rollback: bool = False) -> dict[str, Any]:
         return self._mutate(rollout_id, lambda r, now: r.abort(now, rollback=rollback))
@@ -257,7 +287,8 @@ class RolloutController:
             now = self.clock()
             self._apply_events(s, r, now)
             quality = self._measure(s, r) if r.awaiting_gate(now) else None
-            actions = r.tick(now, quality)
+            shadow = self._measure_shadow(s, r) if r.awaiting_shadow_verdict(now) else None
+            actions = r.tick(now, quality, shadow)
             self._execute(r, actions)
             self._store(row, r, now)
 
@@ -304,27 +335,87 @@ class RolloutController:
                     )
 
     def _measure(self, s: Any, r: Rollout) -> QualityReport:
+        """The gate's telemetry: the canary on the new version, and a baseline — concurrent (rollout
+        devices not yet sent the release, over the same period) when it holds enough frames, else
+        the same devices before the rollout."""
         devices = r.gate_devices()
         ids = [p.device_id for p in devices]
         since = min(p.passed_at if p.passed_at is not None else r.started_at for p in devices)
-        base_rows = s.execute(
-            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
-            .where(TelemetryRow.device_id.in_(ids))
-            .where(TelemetryRow.received_at < _dt(r.started_at))
-            .where(
-                TelemetryRow.received_at >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)
-            )
-        ).all()
+        cols = (
+            TelemetryRow.frames,
+            TelemetryRow.confidence_p50,
+            TelemetryRow.low_confidence,
+            TelemetryRow.errors,
+        )
         cur_rows = s.execute(
-            select(TelemetryRow.frames, TelemetryRow.confidence_p50, TelemetryRow.low_confidence)
+            select(*cols)
             .where(TelemetryRow.device_id.in_(ids))
             .where(TelemetryRow.model_version == r.version)
             .where(TelemetryRow.received_at >= _dt(since))
         ).all()
-        return QualityReport(
-            baseline=summarize((int(a), float(b), int(c)) for a, b, c in base_rows),
-            current=summarize((int(a), float(b), int(c)) for a, b, c in cur_rows),
+        waiting = [
+            d for d, p in r.devices.items() if p.status in (DeviceStatus.WAITING, DeviceStatus.PENDING)
+        ]
+        conc_rows = (
+            s.execute(
+                select(*cols)
+                .where(TelemetryRow.device_id.in_(waiting))
+                .where(TelemetryRow.model_version != r.version)
+                .where(TelemetryRow.received_at >= _dt(since))
+            ).all()
+            if waiting
+            else []
         )
+        kind = "concurrent"
+        base_rows = conc_rows
+        if sum(int(row[0]) for row in conc_rows) < max(1, r.policy.min_gate_frames):
+            kind = "before"
+            base_rows = s.execute(
+                select(*cols)
+                .where(TelemetryRow.device_id.in_(ids))
+                .where(TelemetryRow.received_at < _dt(r.started_at))
+                .where(
+                    TelemetryRow.received_at
+                    >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)
+                )
+            ).all()
+
+        def samples(rows: Any) -> tuple[WindowSample, ...]:
+            return tuple(
+                WindowSample(
+                    frames=int(a), confidence_p50=float(b), low_confidence=int(c), errors=int(e or 0)
+                )
+                for a, b, c, e in rows
+            )
+
+        return QualityReport(
+            baseline=summarize((int(a), float(b), int(c)) for a, b, c, _ in base_rows),
+            current=summarize((int(a), float(b), int(c)) for a, b, c, _ in cur_rows),
+            baseline_windows=samples(base_rows),
+            current_windows=samples(cur_rows),
+            baseline_kind=kind,
+        )
+
+    def _measure_shadow(self, s: Any, r: Rollout) -> dict[str, Any]:
+        """The shadow blocks the phase's running devices reported for this candidate, merged."""
+        assert r.shadow is not None
+        ids = r.shadow.running()
+        rows = s.execute(
+            select(TelemetryRow.payload)
+            .where(TelemetryRow.device_id.in_(ids))
+            .where(TelemetryRow.received_at >= _dt(r.shadow.started_at))
+        ).all()
+        blocks = []
+        for (payload,) in rows:
+            b = (payload or {}).get("shadow") or {}
+            cand = b.get("candidate") or {}
+            if (
+                b.get("role") == "candidate"
+                and cand.get("name") == r.name
+                and cand.get("version") == r.version
+            ):
+                blocks.append(b)
+        return merge_blocks(blocks)
 
     def _publish(self, device_id: str, payload: bytes) -> None:
         if self.publisher is None:
@@ -345,12 +436,29 @@ class RolloutController:
                     cmd_id=a.cmd_id, reason=a.reason[:500], rollout_id=r.id, issued_at=issued
                 )
                 self._publish(a.device_id, dump(cmd_rb))
+            elif isinstance(a, SendShadowDeploy):
+                cmd_sh = DeployCommand(
+                    cmd_id=a.cmd_id,
+                    name=r.name,
+                    version=r.version,
+                    rollout_id=r.id,
+                    issued_at=issued,
+                    mode="shadow",
+                )
+                self._publish(a.device_id, dump(cmd_sh))
+            elif isinstance(a, SendStopShadow):
+                self._publish(
+                    a.device_id, dump(StopShadowCommand(cmd_id=a.cmd_id, rollout_id=r.id, issued_at=issued))
+                )
             elif isinstance(a, RaiseAlert):
+                halted = a.kind == "rollout.halted"
                 self.alerts.raise_alert(
-                    "rollout.halted",
+                    a.kind,
                     a.message,
-                    severity="error",
+                    severity="error" if halted else "warning",
                     rollout_id=r.id,
                     data=a.data,
-                    dedup_key=f"rollout-halt:{r.id}",
+                    dedup_key=f"rollout-halt:{r.id}"
+                    if halted
+                    else f"{a.kind}:{r.id}:{a.data.get('gate', '')}",
                 )

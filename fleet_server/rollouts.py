@@ -37,11 +37,19 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from edge_agent.errors import ConfigError
+from edge_agent.verdicts import Verdict, combine
+from fleet_server.quality_verdicts import WindowSample, quality_verdicts
+from fleet_server.shadow_phase import (
+    ShadowGates,
+    ShadowPhase,
+    ShadowStatus,
+    evidence_of,
+)
 
 
 class RolloutState(StrEnum):
@@ -213,12 +221,19 @@ class Policy(BaseModel):
     max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
     max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
     max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
+    # Zero errors on both sides still needs ~75 frames a side for an upper bound under 0.05
+    # (under 0.01 it would need ~380): a gate that can be decided on a stage's data.
+    max_error_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.05
     min_gate_frames: Annotated[int, Field(ge=0)] = 50
+    min_gate_windows: Annotated[int, Field(ge=1)] = 3
     baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
     resend_after_s: Annotated[float, Field(gt=0)] = 30.0
     max_sends: Annotated[int, Field(ge=1)] = 5
     device_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     gate_timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    # With no telemetry to compare against, a gate is inconclusive (pause, alert) unless the
+    # operator's policy says "pass" — a choice recorded with the verdict.
+    no_baseline: Literal["inconclusive", "pass"] = "inconclusive"
 
 
 def failure_gate(policy: Policy, failed: int, total: int) -> str | None:
@@ -272,17 +287,38 @@ class SendRollback:
 class RaiseAlert:
     message: str
     data: dict[str, Any]
+    kind: str = "rollout.halted"
 
 
-Action = SendDeploy | SendRollback | RaiseAlert
+@dataclass(frozen=True)
+class SendShadowDeploy:
+    device_id: str
+    cmd_id: str
+
+
+@dataclass(frozen=True)
+class SendStopShadow:
+    device_id: str
+    cmd_id: str
+
+
+Action = SendDeploy | SendRollback | RaiseAlert | SendShadowDeploy | SendStopShadow
 
 
 @dataclass(frozen=True)
 class QualityReport:
-    """What the shell measured for ``Rollout.gate_devices()``: before the rollout and on the new version."""
+    """What the shell measured for ``Rollout.gate_devices()``: the baseline and the new version.
+
+    With per-window samples the gate is statistical (:mod:`fleet_server.quality_verdicts`); a
+    report of aggregates alone is judged by the thresholds of :func:`quality_gate`, recorded as
+    test ``threshold``.
+    """
 
     baseline: QualityStats
     current: QualityStats
+    baseline_windows: tuple[WindowSample, ...] = ()
+    current_windows: tuple[WindowSample, ...] = ()
+    baseline_kind: str = "before"  # "concurrent": devices still on the old version, same period
 
 
 # -- the rollout --------------------------------------------------------------------------------
@@ -309,6 +345,28 @@ class HistoryEntry(BaseModel):
     text: str
 
 
+class VerdictRecord(BaseModel):
+    """One metric's verdict at one gate (``gate``: ``shadow`` or ``stage-N``), as stored and shown."""
+
+    gate: str
+    metric: str
+    verdict: str
+    test: str
+    n: int
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    at: float
+
+
+class Override(BaseModel):
+    """A person resumed a rollout past an inconclusive verdict: who, why, when, which gate."""
+
+    gate: str
+    by: str
+    why: str
+    at: float
+
+
 class Rollout(BaseModel):
     """One rollout's whole state; serialisable with ``model_dump(mode="json")``."""
 
@@ -329,6 +387,10 @@ class Rollout(BaseModel):
     reason: str = ""
     last_quality: QualityReport | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
+    shadow: ShadowPhase | None = None
+    verdicts: list[VerdictRecord] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    awaiting_override: str | None = None  # the gate whose inconclusive verdict paused the rollout
 
     # -- construction --------------------------------------------------------------------------
 
@@ -342,6 +404,11 @@ class Rollout(BaseModel):
         stages: Sequence[StageSize],
         policy: Policy,
         now: float,
+        *,
+        shadow_devices: Sequence[str] = (),
+        shadow_size: str = "",
+        shadow_soak_s: float = 0.0,
+        shadow_gates: ShadowGates | None = None,
     ) -> Rollout:
         if not device_ids:
             raise ConfigError("the rollout has no devices", field="devices")
@@ -368,7 +435,13 @@ class Rollout(BaseModel):
             stage_started_at=now,
         )
         r._log(now, f"created: {name}@{version} to {len(devices)} devices in {len(plan)} stages")
-        r._open_stage(0, now)
+        if shadow_devices:
+            r.shadow = ShadowPhase.create(
+                rollout_id, shadow_devices, shadow_size, shadow_soak_s, shadow_gates or ShadowGates(), now
+            )
+            r._log(now, f"shadow phase started: {len(shadow_devices)} devices, soak {shadow_soak_s:g}s")
+        else:
+            r._open_stage(0, now)
         return r
 
     # -- queries -------------------------------------------------------------------------------
@@ -396,10 +469,22 @@ class Rollout(BaseModel):
         """Devices whose telemetry the quality gate judges: those that passed, so far."""
         return [p for p in self.devices_so_far() if p.status == DeviceStatus.PASSED]
 
+    def in_shadow_phase(self) -> bool:
+        return self.shadow is not None and self.shadow.active
+
+    def awaiting_shadow_verdict(self, now: float) -> bool:
+        """True when the next ``tick`` would judge the shadow phase (the shell merges its blocks)."""
+        return (
+            self.state == RolloutState.RUNNING
+            and self.shadow is not None
+            and self.shadow.awaiting_verdict(now)
+        )
+
     def awaiting_gate(self, now: float) -> bool:
         """True when the next ``tick`` would judge quality (so the shell should measure it)."""
         return (
-            self.state == RolloutState.RUNNING
+            not self.in_shadow_phase()
+            and self.state == RolloutState.RUNNING
             and self.stage_settled_at is not None
             and now >= self.stage_settled_at + self.policy.soak_s
             and bool(self.gate_devices())
@@ -441,7 +526,15 @@ class Rollout(BaseModel):
     def on_event(
         self, device_id: str, kind: str, now: float, *, cmd_id: str | None = None, reason: str = ""
     ) -> bool:
-        """Apply one device event; True when it changed anything. Events from strangers are ignored."""
+        """Apply one device event; True when it changed anything. Events from strangers are ignored,
+        and so is everything once the rollout has ended (a late duplicate must not rewrite history)."""
+        if not self.active:
+            return False
+        if self.shadow is not None and cmd_id is not None and self.shadow.by_cmd_id(cmd_id) is not None:
+            changed = self.shadow.on_event(device_id, kind, now, cmd_id=cmd_id, reason=reason)
+            if changed:
+                self._log(now, f"shadow: {device_id} {self.shadow.devices[device_id].status.value}")
+            return changed
         p = self.devices.get(device_id)
         if p is None or (cmd_id is not None and cmd_id != p.cmd_id):
             return False
@@ -520,10 +613,15 @@ class Rollout(BaseModel):
         p.last_event = "state"
         return True
 
-    def tick(self, now: float, quality: QualityReport | None = None) -> list[Action]:
-        """Advance with the clock; ``quality`` is the shell's measurement when ``awaiting_gate``."""
+    def tick(
+        self, now: float, quality: QualityReport | None = None, shadow_report: dict[str, Any] | None = None
+    ) -> list[Action]:
+        """Advance with the clock; ``quality`` is the shell's measurement when ``awaiting_gate``,
+        ``shadow_report`` the merged shadow blocks when ``awaiting_shadow_verdict``."""
         if self.state != RolloutState.RUNNING:
             return []
+        if self.shadow is not None and self.shadow.state == "running":
+            return self._tick_shadow(now, shadow_report)
         actions: list[Action] = []
         for p in self.stage_devices(self.stage):
             if p.status == DeviceStatus.PENDING:
@@ -572,7 +670,9 @@ class Rollout(BaseModel):
         if self.gate_devices():
             if quality is None:
                 return actions  # the shell measures on the next tick
-            self.last_quality = quality
+            self.last_quality = QualityReport(
+                quality.baseline, quality.current, baseline_kind=quality.baseline_kind
+            )
             if quality.current.frames < max(1, self.policy.min_gate_frames):
                 if now >= self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s:
                     return actions + self.halt(
@@ -582,9 +682,57 @@ class Rollout(BaseModel):
                     )
                 return actions
             if quality.baseline.frames < max(1, self.policy.min_gate_frames):
-                self._log(now, "no pre-rollout telemetry for these devices: quality gates skipped")
+                gate = "baseline"  # one verdict for the whole rollout: an override covers every stage
+                why = (
+                    f"no baseline: {quality.baseline.frames} frames of telemetry before the rollout "
+                    f"(< {self.policy.min_gate_frames})"
+                )
+                if self.policy.no_baseline == "pass":
+                    self._record(
+                        gate, [Verdict("baseline", "pass", "policy", 0, f"{why}; the policy says pass")], now
+                    )
+                    self._log(now, f"{why}: passed because the rollout's policy says no_baseline=pass")
+                elif not self._overridden(gate):
+                    self._record(gate, [Verdict("baseline", "inconclusive", "none", 0, why)], now)
+                    return actions + self._pause_inconclusive(gate, why, now)
+            elif quality.current_windows:
+                gate = f"stage-{self.stage + 1}"
+                verdicts = quality_verdicts(
+                    self.policy,
+                    quality.baseline_windows,
+                    quality.current_windows,
+                    baseline_kind=quality.baseline_kind,
+                )
+                outcome = combine(verdicts)
+                deadline = self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s
+                if outcome == "inconclusive" and now < deadline and not self._overridden(gate):
+                    return actions  # more windows are coming: judge again on the next tick
+                self._record(gate, verdicts, now)
+                if outcome == "fail":
+                    why = "; ".join(
+                        f"{v.metric.replace('_', ' ')} {v.reason} ({v.test})"
+                        for v in verdicts
+                        if v.value == "fail"
+                    )
+                    return actions + self.halt(f"{why}, against a {quality.baseline_kind} baseline", now)
+                if outcome == "inconclusive" and not self._overridden(gate):
+                    why = "; ".join(f"{v.metric}: {v.reason}" for v in verdicts if v.value == "inconclusive")
+                    return actions + self._pause_inconclusive(gate, why, now)
             else:
                 reason = quality_gate(self.policy, quality.baseline, quality.current)
+                self._record(
+                    f"stage-{self.stage + 1}",
+                    [
+                        Verdict(
+                            "quality",
+                            "fail" if reason else "pass",
+                            "threshold",
+                            quality.current.frames,
+                            reason or "within the thresholds",
+                        )
+                    ],
+                    now,
+                )
                 if reason is not None:
                     return actions + self.halt(reason, now)
         if self.stage + 1 >= len(self.stages):
@@ -634,12 +782,124 @@ class Rollout(BaseModel):
         self._log(now, "paused")
         return True
 
-    def resume(self, now: float) -> bool:
+    def resume(self, now: float, *, by: str = "", why: str = "") -> bool:
+        """Continue; past an inconclusive verdict only with ``why`` (an override, recorded with ``by``).
+
+        ConfigError when the override's reason is missing.
+        """
         if self.state != RolloutState.PAUSED:
             return False
+        gate = self.awaiting_override
+        if gate is not None:
+            if not why.strip():
+                raise ConfigError(
+                    f"the rollout paused on an inconclusive verdict ({gate}); resuming overrides it: give a reason",
+                    field="why",
+                )
+            self.overrides.append(Override(gate=gate, by=by or "unknown", why=why.strip(), at=now))
+            self.awaiting_override = None
+            if gate == "shadow" and self.shadow is not None:
+                self.shadow.state = "running"
+            self._log(now, f"override of the inconclusive {gate} verdict by {by or 'unknown'}: {why.strip()}")
         self.state = RolloutState.RUNNING
         self._log(now, "resumed")
         return True
+
+    # -- verdicts and the shadow phase -------------------------------------------------------------
+
+    def _overridden(self, gate: str) -> bool:
+        return any(o.gate == gate for o in self.overrides)
+
+    def _record(self, gate: str, verdicts: Sequence[Verdict], now: float) -> None:
+        """Store this gate's verdicts (a re-judgement replaces the earlier ones of the same gate)."""
+        self.verdicts = [v for v in self.verdicts if v.gate != gate] + [
+            VerdictRecord(
+                gate=gate,
+                metric=v.metric,
+                verdict=v.value,
+                test=v.test,
+                n=v.n,
+                reason=v.reason,
+                evidence=v.evidence,
+                at=now,
+            )
+            for v in verdicts
+        ]
+
+    def _pause_inconclusive(self, gate: str, why: str, now: float) -> list[Action]:
+        self.state = RolloutState.PAUSED
+        self.awaiting_override = gate
+        self.reason = f"inconclusive at {gate}: {why}"
+        self._log(now, f"paused: {self.reason} (resume with a reason to override, or abort)")
+        return [
+            RaiseAlert(
+                f"rollout {self.id} of {self.name}@{self.version} paused: {gate} is inconclusive ({why}); "
+                f"resume with a reason to override it, or abort",
+                {"gate": gate, "reason": why},
+                kind="rollout.inconclusive",
+            )
+        ]
+
+    def _stop_shadows(self, now: float) -> list[Action]:
+        assert self.shadow is not None
+        actions: list[Action] = []
+        for p in self.shadow.devices.values():
+            if p.status in (ShadowStatus.RUNNING, ShadowStatus.SENT):
+                p.status = ShadowStatus.STOPPED
+                actions.append(SendStopShadow(p.device_id, f"{p.cmd_id}-stop"))
+        return actions
+
+    def _tick_shadow(self, now: float, report: dict[str, Any] | None) -> list[Action]:
+        ph = self.shadow
+        assert ph is not None
+        actions: list[Action] = []
+        for p in ph.devices.values():
+            if p.status == ShadowStatus.PENDING:
+                p.status, p.sends, p.last_sent_at = ShadowStatus.SENT, 1, now
+                actions.append(SendShadowDeploy(p.device_id, p.cmd_id))
+            elif (
+                p.status == ShadowStatus.SENT and now - (p.last_sent_at or now) >= self.policy.resend_after_s
+            ):
+                if p.sends >= self.policy.max_sends:
+                    p.status, p.reason = ShadowStatus.UNABLE, f"no answer after {p.sends} shadow deploys"
+                else:
+                    p.sends, p.last_sent_at = p.sends + 1, now
+                    actions.append(SendShadowDeploy(p.device_id, p.cmd_id))
+        failed = sum(1 for p in ph.devices.values() if p.status == ShadowStatus.FAILED)
+        reason = failure_gate(self.policy, failed, len(ph.devices))
+        if reason is not None:
+            ph.state = "failed"
+            return actions + self._stop_shadows(now) + self.halt(f"shadow phase: {reason}", now)
+        if not ph.settled():
+            return actions
+        if ph.settled_at is None:
+            ph.settled_at = now
+            self._log(now, f"shadow phase settled ({len(ph.running())} running); soaking {ph.soak_s:g}s")
+        if now < ph.settled_at + ph.soak_s or report is None:
+            return actions
+        verdicts = ph.judge(report)
+        outcome = combine(verdicts)
+        short = [v for v in verdicts if v.value == "inconclusive" and v.n < ph.gates.min_frames]
+        if short and ph.running() and now < ph.settled_at + ph.soak_s + self.policy.gate_timeout_s:
+            return actions  # more frames are coming: judge again on the next tick
+        self._record("shadow", verdicts, now)
+        ph.evidence = evidence_of(report)
+        if outcome == "fail":
+            ph.state = "failed"
+            why = "; ".join(f"{v.metric} {v.reason}" for v in verdicts if v.value == "fail")
+            return actions + self._stop_shadows(now) + self.halt(f"shadow phase failed: {why}", now)
+        if outcome == "inconclusive":
+            if not self._overridden("shadow"):
+                ph.state = "inconclusive"
+                why = "; ".join(f"{v.metric}: {v.reason}" for v in verdicts if v.value == "inconclusive")
+                return actions + self._pause_inconclusive("shadow", why, now)
+            ph.state = "overridden"
+        else:
+            ph.state = "passed"
+        self._log(now, f"shadow phase {ph.state}: the serving stages start")
+        actions += self._stop_shadows(now)
+        self._open_stage(0, now)
+        return actions + self.tick(now)
 
     def abort(self, now: float, *, rollback: bool = False) -> list[Action]:
         """Stop for good; with ``rollback`` the devices that received the release go back too."""
@@ -648,6 +908,7 @@ class Rollout(BaseModel):
         self.state, self.finished_at = RolloutState.ABORTED, now
         self.reason = "aborted by an operator"
         self._log(now, "aborted" + (" with rollback" if rollback else ""))
+        stops = self._stop_shadows(now) if self.shadow is not None else []
         if rollback:
-            return self._roll_back("rollout aborted", now)
-        return []
+            return stops + self._roll_back("rollout aborted", now)
+        return stops

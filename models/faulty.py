@@ -79,3 +79,34 @@ def make_nan(bundle_dir: Path | str, out_dir: Path | str, *, version: str, force
         names.append(src.manifest.outputs.dimensions_output)
     model = _rewire_outputs(src.model, names, "Mul", float("nan"))
     return _write_variant(bundle_dir, out_dir, version, model, "outputs are NaN", force)
+
+
+def make_rotated_labels(
+    bundle_dir: Path | str, out_dir: Path | str, *, version: str, shift: int = 1, force: bool = False
+) -> Path:
+    """A confidently wrong copy: the same model, its manifest's labels rotated by ``shift``.
+
+    Signatures, self-test and confidence are exactly those of a good release — only the names
+    are wrong, so every health gate passes. Only a comparison with the serving model (shadow,
+    reverse shadow in probation) or field truth catches it.
+    """
+    src = load_bundle(bundle_dir)
+    labels = list(src.manifest.labels)
+    k = shift % len(labels)
+    if k == 0:
+        raise ValueError("a rotation by a multiple of the label count changes nothing")
+    rotated = labels[k:] + labels[:k]
+    manifest = Manifest.model_validate(
+        {
+            **src.manifest.model_dump(),
+            "version": version,
+            "labels": rotated,
+            "description": f"{src.manifest.description} [FAULTY: labels rotated by {k}]".strip(),
+            "extra": {
+                **src.manifest.extra,
+                "faulty": f"labels rotated by {k}",
+                "derived_from": src.manifest.ref,
+            },
+        }
+    )
+    return write_bundle(out_dir, manifest, src.model, src.selftest["inputs"][:SELFTEST_COUNT], force=force)

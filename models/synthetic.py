@@ -23,6 +23,7 @@ from edge_agent.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     SELFTEST_FILE,
+    AgreementGates,
     ConfidenceBaseline,
     InputSpec,
     Manifest,
@@ -34,14 +35,21 @@ from edge_agent.manifest import (
 Behaviour = Literal["confident", "unconfident", "nan"]
 
 
-def _model_bytes(num_labels: int, size: tuple[int, int], behaviour: Behaviour, seed: int) -> bytes:
+def _model_bytes(
+    num_labels: int, size: tuple[int, int], behaviour: Behaviour, seed: int, silent: int = 0
+) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     w, h = size
-    weight = rng.normal(0, 0.5, size=(3, num_labels)).astype(np.float32)
+    # The last ``silent`` labels never win (a release adding package types the line has not
+    # started sending yet); the others get the same weights as a model without them.
+    weight = rng.normal(0, 0.5, size=(3, num_labels - silent)).astype(np.float32)
+    weight = np.hstack([weight, np.zeros((3, silent), dtype=np.float32)])
     bias = np.zeros(num_labels, dtype=np.float32)
+    if silent:
+        bias[num_labels - silent :] = -20.0
     if behaviour == "confident":
         bias[0] = 12.0  # label 0 wins by a wide margin whatever the frame
     elif behaviour == "unconfident":
@@ -96,15 +104,21 @@ def make_bundle(
     min_agent_version: str = "0.1.0",
     probation: ProbationGates | None = None,
     letterbox: bool = False,
+    agreement: AgreementGates | None = None,
+    new_labels_silent: bool = False,
 ) -> Path:
     """Write a complete bundle to ``out_dir`` (replaced if present) and return its path.
 
     ``letterbox`` makes a schema-2 manifest (resize mode letterbox): for the contract tests.
+    ``new_labels_silent``: labels past the first three never win (new package types not on the
+    line yet), and the first three answer exactly as a three-label bundle of the same seed.
     """
     import onnxruntime as ort
 
     out = Path(out_dir)
-    model = _model_bytes(len(labels), size, behaviour, seed)
+    model = _model_bytes(
+        len(labels), size, behaviour, seed, silent=max(0, len(labels) - 3) if new_labels_silent else 0
+    )
     spec = InputSpec(
         name="image",
         shape=[1, 3, size[1], size[0]],
@@ -132,6 +146,7 @@ def make_bundle(
             low_confidence_rate=0.0 if confident else 1.0,
         ),
         probation=probation or ProbationGates(window_s=5.0, min_frames=10),
+        agreement=agreement or AgreementGates(),
         device_classes=list(device_classes),
         min_agent_version=min_agent_version,
     )

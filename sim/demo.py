@@ -11,7 +11,11 @@ at camera rate with its own state directory and provisioned ``root.json``:
 4. a faulty ``2.0.1`` (valid signatures, unconfident model) is rolled out: the
    canary's probation fails, it rolls back on its own, the rollout halts, the
    other robots never receive it;
-5. a summary from the server's and the agents' own records, and a chart.
+5. a confidently wrong ``2.0.2`` (valid signatures, as confident as 2.0.0, its labels mixed
+   up) is rolled out with a shadow phase: every robot runs it beside 2.0.0 without acting on
+   it, the agreement verdict fails, the rollout halts with the confusion counts, and no robot
+   ever serves it;
+6. a summary from the server's and the agents' own records, and a chart.
 
 Every check reads the fleet server's API or the agents' own stores, never this
 narration. Any step that does not happen as it should ends the demo with a
@@ -160,6 +164,14 @@ def _same_recording(out: Path, *, frames: int, fps: float, seed: int, scenario: 
     )
 
 
+def prepare_wrong_bundle(out_dir: Path) -> Path:
+    """Step 5's confidently wrong ``shapes-2.0.2``: 2.0.0 with its manifest's labels rotated."""
+    from models.faulty import make_rotated_labels
+
+    wrong = out_dir / "bundles" / "shapes-2.0.2"
+    return make_rotated_labels(RELEASES / "shapes-2.0.0", wrong, version="2.0.2", force=True)
+
+
 def prepare_faulty_bundle(out_dir: Path) -> Path:
     """Step 4's faulty ``shapes-2.0.1`` under ``out_dir/bundles``, made afresh on every run.
 
@@ -200,6 +212,7 @@ class Demo:
             Robot("robot-3", False, 303, self.out / "robot-3"),
         ]
         self.markers: list[Marker] = []
+        self.shadow_summary: dict[str, Any] = {}
         self.token = ""
         self.procs = ProcessGroup(self.out / "logs")
 
@@ -268,6 +281,7 @@ class Demo:
             self._step2_drift()
             self._step3_rollout_good()
             self._step4_rollout_faulty()
+            self._step5_rollout_wrong()
             result = self._summary()
         self.say(f"every process the demo started has stopped; files are in {self.out}")
         return result
@@ -347,6 +361,8 @@ class Demo:
                 f'[source]\nuri = "{robot.stream}"\nloop = true\nrealtime = true\n\n'
                 f'[broker]\nurl = "{mqtt_url}"\nprotocol = "{protocol}"\n\n'
                 f"[telemetry]\nwindow_s = {self.timing.window_s}\n\n"
+                # At 5 fps the robots can afford to shadow every frame (verdicts come sooner).
+                f"[shadow]\nevery_n = 1\n\n"
                 f'[updates]\nroot_json = "{robot.home / "root.json"}"\nrepository_url = "{self.server_url}"\n'
                 f'token_file = "{http_token}"\n'
             )
@@ -548,8 +564,69 @@ class Demo:
             f"{', '.join(r.device_id for r in others)} never received shapes@2.0.1 and still run shapes@2.0.0"
         )
 
+    def _step5_rollout_wrong(self) -> None:
+        self.step(5, "A confidently wrong shapes-2.0.2 (labels mixed up) is rolled out with a shadow phase")
+        wrong = prepare_wrong_bundle(self.out)
+        self._release(wrong)
+        self.ok(
+            "released shapes@2.0.2 — it verifies and is exactly as confident as 2.0.0, but its labels are rotated"
+        )
+        self.mark("shadow shapes-2.0.2", "tab:brown")
+        started: dict[str, Any] = self.cli(
+            _bin("fleet"), "rollout", "start", "shapes@2.0.2",
+            "--devices", ",".join(r.device_id for r in self.robots),
+            "--shadow", "all", "--shadow-soak", f"{self.timing.soak_s:g}s", "--shadow-min-frames", "30",
+            "--stages", "1,100%", "--soak", f"{self.timing.soak_s:g}s",
+            "--server", self.server_url, "--token", self.token, "--json", json_out=True,
+        )  # fmt: skip
+        self.say(f"rollout {started['id']}: shadow phase on every robot first, then 1, 100%")
+        final = self._follow(started["id"], {"succeeded", "halted", "aborted", "paused"})
+        if final["state"] != "halted":
+            raise DemoFailed(f"the shapes@2.0.2 rollout ended {final['state']} instead of halting in shadow")
+        shadow = final.get("shadow") or {}
+        verdicts = [v for v in final.get("verdicts", []) if v.get("gate") == "shadow"]
+        if shadow.get("state") != "failed" or not any(v["verdict"] == "fail" for v in verdicts):
+            raise DemoFailed(
+                f"the 2.0.2 rollout halted, but not on its shadow verdict: {final.get('reason')}"
+            )
+        self.mark("2.0.2 halted in shadow", "tab:red")
+        agreement = next(v for v in verdicts if v["metric"] == "agreement")
+        ev = agreement.get("evidence") or {}
+        self.ok(
+            f"rollout halted in shadow: agreement {ev.get('agree', ev.get('successes'))}/{ev.get('n')} frames "
+            f"(upper bound {ev.get('upper', 0):.2f} < {ev.get('minimum')}; {agreement['test']})"
+        )
+        confusion = (shadow.get("evidence") or {}).get("confusion") or {}
+        top = sorted(
+            ((n, b, c) for b, row in confusion.items() for c, n in row.items() if b != c), reverse=True
+        )[:3]
+        for n, b, c in top:
+            self.say(f"  2.0.0 said {b}, 2.0.2 said {c}: {n} frames")
+        for robot in self.robots:
+            served = [
+                e
+                for e in self._events(robot.device_id)
+                if e["kind"] in ("update.installed", "probation.started")
+                and (e.get("model") or {}).get("version") == "2.0.2"
+            ]
+            if served:
+                raise DemoFailed(f"{robot.device_id} served shapes@2.0.2 ({served[0]['kind']})")
+            store = self.cli(
+                _bin("edge-agent"), "models", "--config", str(robot.config), "--json", json_out=True
+            )
+            if "2.0.2" in json.dumps(store):
+                raise DemoFailed(f"{robot.device_id}'s model store holds shapes@2.0.2")
+        self.ok(
+            "no robot ever served shapes@2.0.2: each ran it in shadow only, and still serves shapes@2.0.0"
+        )
+        self.shadow_summary = {
+            "rollout": final["id"],
+            "verdicts": verdicts,
+            "confusion": confusion,
+        }
+
     def _summary(self) -> DemoResult:
-        self.step(5, "Summary")
+        self.step(6, "Summary")
         from rich.table import Table
 
         table = Table("robot", "models it ran (when)", "frames", "dropped", "alerts", "rollbacks (reason)")
@@ -605,6 +682,7 @@ class Demo:
                 raise DemoFailed(f"{robot.device_id} dropped {dropped} frames")
         self.console.print(table)
         chart = confidence_chart(series, self.markers, self.out / "confidence.png", low_rate_series=low_rate)
+        summary["shadow_2.0.2"] = self.shadow_summary
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.ok(f"chart: {chart}")
         self.ok(f"summary: {self.out / 'summary.json'}; logs: {self.out / 'logs'}")

@@ -204,7 +204,7 @@ class SimDevice:
         ev = Event(
             device_id=self.device_id,
             seq=self.ev_seq,
-            kind=kind,  # type: ignore[arg-type]  # callers pass EventKind literals
+            kind=kind,
             at=_now_dt(now),
             level=level,  # type: ignore[arg-type]  # "info" | "warning" | "error"
             message=message,

@@ -55,6 +55,14 @@ def test_local_output_reports_socket_and_opcua_latency(ctx: Context) -> None:
     assert all(int(r[1]) > 0 for r in s.rows)
 
 
+def test_shadow_runs_beside_serving_and_counts_its_frames(ctx: Context) -> None:
+    s = BENCHMARKS["shadow"](ctx)
+    assert s.error is None
+    assert [r[0] for r in s.rows] == ["off", "every 3", "every 1"]
+    assert s.rows[0][7] == 0 and int(s.rows[2][7]) > 0  # frames shadowed: none off, some on
+    assert any("dropped" in c.name for c in s.checks)
+
+
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
     rates = [r[0] for r in s.rows]

@@ -68,7 +68,29 @@ def test_drift_only_where_new_packages_arrived(demo: Path) -> None:
 def test_rollouts_good_then_faulty_halted(demo: Path) -> None:
     db = _db(demo)
     rollouts = {v: s for v, s in db.execute("SELECT version, state FROM rollouts")}
-    assert rollouts == {"2.0.0": "succeeded", "2.0.1": "halted"}
+    assert rollouts == {"2.0.0": "succeeded", "2.0.1": "halted", "2.0.2": "halted"}
+
+
+def test_confidently_wrong_release_halted_in_shadow_and_no_robot_ever_served_it(demo: Path) -> None:
+    db = _db(demo)
+    (doc,) = db.execute("SELECT doc FROM rollouts WHERE version = '2.0.2'").fetchone()
+    r = json.loads(doc)
+    assert r["shadow"]["state"] == "failed"
+    [agreement] = [v for v in r["verdicts"] if v["gate"] == "shadow" and v["metric"] == "agreement"]
+    assert agreement["verdict"] == "fail" and agreement["test"] == "wilson"
+    confusion = r["shadow"]["evidence"]["confusion"]
+    assert confusion and all(c != b for b, row in confusion.items() for c in row), "every answer disagrees"
+    for device in ("robot-1", "robot-2", "robot-3"):
+        events = _events(db, device)
+        assert [e for e in events if e["kind"] == "shadow.started" and e["model"]["version"] == "2.0.2"]
+        assert not [
+            e
+            for e in events
+            if e["kind"] in ("update.installed", "probation.started", "update.verified")
+            and (e.get("model") or {}).get("version") == "2.0.2"
+        ], device
+        store = json.loads((demo / device / "state" / "models" / "state.json").read_text())
+        assert "2.0.2" not in json.dumps(store), device
 
 
 def test_canary_rolled_itself_back_and_others_never_got_the_faulty_release(demo: Path) -> None:
@@ -114,7 +136,8 @@ def test_chart_and_summary_written(demo: Path) -> None:
     chart = demo / "confidence.png"
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 20_000
     summary = json.loads((demo / "summary.json").read_text())
-    assert set(summary) == {"robot-1", "robot-2", "robot-3"}
+    assert set(summary) == {"robot-1", "robot-2", "robot-3", "shadow_2.0.2"}
+    assert summary["shadow_2.0.2"]["confusion"]
 
 
 def test_demo_left_no_process_behind(demo: Path) -> None:

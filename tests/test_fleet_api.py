@@ -305,7 +305,9 @@ def test_rollout_through_the_api(
     r2 = client.post("/api/v1/rollouts", json={"model": "shapes@2.0.0", "devices": ["cam-0"]})
     assert r2.status_code == 409 and rid in r2.json()["message"]
     _answer(svc, pub, 100)
-    _feed(svc, *[_tel("cam-0", "2.0.0", 0.91) for _ in range(2)])
+    # Three windows: the gate's Mann-Whitney test needs at least 3 a side (2 against 3 can never
+    # reach p < 0.05, so it would stay inconclusive).
+    _feed(svc, *[_tel("cam-0", "2.0.0", 0.91) for _ in range(3)])
     svc.controller.tick_all()
     svc.controller.tick_all()
     assert sorted(d for d, _ in pub.commands("deploy")) == ["cam-0", "cam-1", "cam-2"]
@@ -337,7 +339,7 @@ def test_quality_gate_halts_and_alerts(
         },
     ).json()["id"]
     _answer(svc, pub, 100)
-    _feed(svc, *[_tel("cam-0", "2.0.0", 0.5, low=70) for _ in range(2)])
+    _feed(svc, *[_tel("cam-0", "2.0.0", 0.5, low=70) for _ in range(3)])
     svc.controller.tick_all()
     svc.controller.tick_all()
     st = client.get(f"/api/v1/rollouts/{rid}").json()

@@ -258,14 +258,34 @@ def test_not_enough_telemetry_waits_then_halts() -> None:
     assert r.state == RolloutState.HALTED and "not enough telemetry" in r.reason
 
 
-def test_no_baseline_skips_quality_gate() -> None:
+def test_no_baseline_is_inconclusive_pauses_with_an_alert_and_resumes_only_with_a_reason() -> None:
     r = _rollout(1, "100%")
     r.tick(0.0)
     _pass(r, ["d0"], 1.0)
     r.tick(1.0)
-    r.tick(11.0, QualityReport(QualityStats(), BAD))
+    acts = r.tick(11.0, QualityReport(QualityStats(), GOOD))
+    assert r.state == RolloutState.PAUSED and r.awaiting_override == "baseline"
+    [alert] = acts
+    assert isinstance(alert, RaiseAlert) and alert.kind == "rollout.inconclusive"
+    assert [(v.gate, v.metric, v.verdict) for v in r.verdicts] == [("baseline", "baseline", "inconclusive")]
+    with pytest.raises(ConfigError):
+        r.resume(12.0)
+    assert r.state == RolloutState.PAUSED
+    assert r.resume(12.0, by="alice", why="new line, no history yet")
+    assert [(o.gate, o.by) for o in r.overrides] == [("baseline", "alice")]
+    assert r.tick(13.0, QualityReport(QualityStats(), GOOD)) == []  # the same verdict: no second pause
     assert r.state == RolloutState.SUCCEEDED
-    assert any("quality gates skipped" in h.text for h in r.history)
+
+
+def test_no_baseline_passes_only_when_the_policy_says_so_and_that_is_recorded() -> None:
+    r = _rollout(1, "100%")
+    r.policy = r.policy.model_copy(update={"no_baseline": "pass"})
+    r.tick(0.0)
+    _pass(r, ["d0"], 1.0)
+    r.tick(1.0)
+    r.tick(11.0, QualityReport(QualityStats(), GOOD))
+    assert r.state == RolloutState.SUCCEEDED
+    assert [(v.metric, v.verdict, v.test) for v in r.verdicts] == [("baseline", "pass", "policy")]
 
 
 def test_pause_resume_abort() -> None:

@@ -610,6 +610,7 @@ function rolloutCard(r) {
     r.reason ? h("p", { class: r.state === "halted" ? "reason error" : "reason" }, r.reason) : null,
     h("ol", { class: "stages", "aria-label": "Stages" }, (r.stages || []).map((st, i) => stageBar(st, i, r.stage))),
     gateRows(r),
+    verdictRows(r),
     h(
       "details",
       {},
@@ -629,10 +630,26 @@ function rolloutCard(r) {
   );
 }
 
+// Each gate's verdict (pass / inconclusive / fail, the test, the sample), the shadow phase and overrides.
+function verdictRows(r) {
+  const rows = (r.verdicts || []).map((v) =>
+    h("li", { "data-gate": v.gate, "data-metric": v.metric }, h("span", { class: `pill verdict-${v.verdict}` }, v.verdict), ` ${v.gate} · ${v.metric} (${v.test}, n=${v.n}): ${v.reason}`),
+  );
+  const sh = r.shadow;
+  if (sh) rows.unshift(h("li", { "data-gate": "shadow-phase" }, `shadow phase on ${Object.keys(sh.devices || {}).length} devices (${sh.size}, soak ${sh.soak_s} s): ${sh.state}`));
+  (r.overrides || []).forEach((o) => rows.push(h("li", { "data-override": o.gate }, `override of ${o.gate} by ${o.by}: ${o.why}`)));
+  return rows.length ? h("ul", { class: "verdicts", "aria-label": "Verdicts" }, rows) : null;
+}
+
 async function act(r, op, rollback = false) {
   if (op === "abort" && !window.confirm(`Abort rollout ${r.id} (${r.ref})${rollback ? " and roll its devices back" : ""}?`)) return;
+  let why = "";
+  if (op === "resume" && r.awaiting_override) {
+    why = window.prompt(`Resuming overrides the inconclusive ${r.awaiting_override} verdict. Why?`) || "";
+    if (!why.trim()) return;
+  }
   try {
-    const body = op === "abort" ? { rollback } : undefined;
+    const body = op === "abort" ? { rollback } : why ? { why, by: state.role || "" } : undefined;
     const out = await api(`/rollouts/${encodeURIComponent(r.id)}/${op}`, { method: "POST", body });
     announce(`Rollout ${r.id} is now ${out.state}.`);
   } catch (err) {
