@@ -93,14 +93,22 @@ def files(client: TestClient) -> list[Path]:
 def test_a_sample_is_stored_once_however_often_it_is_sent(client: TestClient) -> None:
     token = device_token(client, "robot-1")
     image = jpeg(1)
-    first = put(client, token, "robot-1", "000001-000000000007", body(meta("robot-1", "000001-000000000007"), image))
+    first = put(
+        client, token, "robot-1", "000001-000000000007", body(meta("robot-1", "000001-000000000007"), image)
+    )
     assert first.status_code == 201 and first.json()["stored"] is True
-    again = put(client, token, "robot-1", "000001-000000000007", body(meta("robot-1", "000001-000000000007"), image))
+    again = put(
+        client, token, "robot-1", "000001-000000000007", body(meta("robot-1", "000001-000000000007"), image)
+    )
     assert again.status_code == 200 and again.json()["stored"] is False
     listed = client.get("/api/v1/samples", headers=_bearer(ADMIN)).json()
     assert listed["total"] == 1
     sample = listed["samples"][0]
-    assert sample["decision_id"] == "000001-000000000007" and sample["meta"]["probabilities"] == [0.41, 0.35, 0.24]
+    assert sample["decision_id"] == "000001-000000000007" and sample["meta"]["probabilities"] == [
+        0.41,
+        0.35,
+        0.24,
+    ]
     # Content-addressed: the file's name is its bytes' hash, and the API serves those bytes.
     (path,) = files(client)
     assert path.name == f"{sample['image_sha256']}.jpg" and path.read_bytes() == image
@@ -168,12 +176,16 @@ def test_purge_by_device_label_and_time_removes_rows_and_files(client: TestClien
         (t2, "robot-2", "000001-000000000002", jpeg(12), "tube", 1_800_000_300.0),
     ]
     for tok, dev, sid, img, label, at in uploads:
-        assert put(client, tok, dev, sid, body(meta(dev, sid, label=label, taken_at=at), img)).status_code == 201
+        assert (
+            put(client, tok, dev, sid, body(meta(dev, sid, label=label, taken_at=at), img)).status_code == 201
+        )
     assert len(files(client)) == 3
     purge = lambda **kw: client.post("/api/v1/samples/purge", json=kw, headers=_bearer(ADMIN))  # noqa: E731
     assert purge().status_code == 422  # no filter: refused, not "everything"
     viewer = client.post("/api/v1/tokens", json={"role": "viewer"}, headers=_bearer(ADMIN)).json()["token"]
-    assert client.post("/api/v1/samples/purge", json={"all": True}, headers=_bearer(viewer)).status_code == 403
+    assert (
+        client.post("/api/v1/samples/purge", json={"all": True}, headers=_bearer(viewer)).status_code == 403
+    )
     # robot-1's samples: its tube file goes; the shared file stays (robot-2 still refers to it).
     assert purge(device="robot-1").json() == {"samples": 2, "files": 1}
     assert len(files(client)) == 2

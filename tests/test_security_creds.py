@@ -135,7 +135,9 @@ def test_a_device_token_reads_targets_and_nothing_else(client: TestClient) -> No
         for method in sorted(m.upper() for m in ops):
             kw: dict[str, Any] = {} if method in ("GET", "DELETE") else {"json": {}}
             if (method, route) == own_upload:
-                r = client.request(method, _fill(route).replace("robot-1", "robot-2"), headers=_bearer(device), **kw)
+                r = client.request(
+                    method, _fill(route).replace("robot-1", "robot-2"), headers=_bearer(device), **kw
+                )
                 assert r.status_code == 403 and r.json()["reason"] == "wrong_device", r.text
                 r = client.request(method, _fill(route), headers=_bearer(device), **kw)
                 assert r.status_code == 422 and r.json()["reason"] == "malformed", r.text  # allowed, bad body
