@@ -33,11 +33,13 @@ from edge_agent import __version__
 from edge_agent.capture import CaptureThread, DropOldestQueue
 from edge_agent.commands import CommandDispatcher
 from edge_agent.config import AgentConfig
+from edge_agent.decision_id import DecisionIds
 from edge_agent.drift import DriftDetector, WindowConfidence
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, Telemetry, dump
 from edge_agent.publisher import Publisher
 from edge_agent.runtime import ModelRunner
+from edge_agent.sampling import FrameSampler, SampleDecision
 from edge_agent.service import SystemdNotifier, write_status
 from edge_agent.sources import FrameSource
 from edge_agent.spool import Spool
@@ -78,6 +80,7 @@ class Decision:
     dimensions_mm: tuple[float, float] | None
     latency_ms: float
     finite: bool
+    decision_id: str = ""  # unique on this device across restarts (edge_agent/decision_id.py)
 
 
 def effective_thresholds(manifest: Manifest, config: AgentConfig) -> DriftThresholds:
@@ -110,6 +113,8 @@ class Agent:
         spool: Spool | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         agent_version: str = __version__,
+        decision_ids: DecisionIds | None = None,
+        sampler: FrameSampler | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -121,6 +126,9 @@ class Agent:
             else Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
         )
         self.on_decision = on_decision
+        self.decision_ids = decision_ids or DecisionIds.for_state_dir(config.state_dir)
+        # Frames kept for retraining; None when capture is off (config `[samples] capture = false`).
+        self.sampler = sampler
         self.agent_version = agent_version
         self.device_id = config.device_id
         self._runner = runner
@@ -288,6 +296,8 @@ class Agent:
         self.publish_state()
         self.commands.start()
         self._telemetry_thread.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self._inference_thread.start()
         self.capture.start()
         self.emit_event(
@@ -332,6 +342,8 @@ class Agent:
         self._stop_inference.set()
         self.frames.wake()
         self._inference_thread.join(timeout=10)
+        if self.sampler is not None:
+            self.sampler.stop()
         self.emit_event("agent.stopping", message="shutting down", model=self._runner.model_ref())
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
@@ -376,6 +388,9 @@ class Agent:
         perf = time.perf_counter
         wall = time.time
         stop = self._stop_inference
+        next_id = self.decision_ids.next
+        sampler = self.sampler
+        model_ref = runner.model_ref()
         while True:
             frame = frames.get(0.1)
             now = clock.monotonic()
@@ -396,6 +411,7 @@ class Agent:
                 thresholds = effective_thresholds(runner.manifest, self.config)
                 labels = list(runner.manifest.labels)
                 label_json = [json.dumps(x) for x in labels]
+                model_ref = runner.model_ref()
                 window = TelemetryWindow(
                     labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
                 )
@@ -413,6 +429,7 @@ class Agent:
                 self.errors_total += 1
                 continue
             latency = perf() - t0
+            decision_id = next_id()
             window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
             self.frames_total += 1
             if publish is not None:
@@ -437,7 +454,20 @@ class Agent:
                         pred.dimensions_mm,
                         latency * 1000,
                         pred.finite,
+                        decision_id,
                     )
+                )
+            if sampler is not None and pred.finite:
+                sampler.offer(
+                    frame,
+                    SampleDecision(
+                        decision_id,
+                        labels[pred.label_index],
+                        pred.confidence,
+                        pred.probabilities,
+                        pred.dimensions_mm,
+                    ),
+                    model=model_ref,
                 )
             if stop.is_set() and len(frames) == 0:
                 break
@@ -509,6 +539,8 @@ class Agent:
         if change is None:
             return
         self.drifting = change.state == "drifting"
+        if self.sampler is not None:
+            self.sampler.drifting = self.drifting
         self.emit_event(
             "drift",
             level="warning" if self.drifting else "info",
@@ -540,6 +572,7 @@ class Agent:
             "spool_depth": len(self.spool),
             "spool_dropped": self.spool.dropped_total,
             "drifting": self.drifting,
+            "samples": None if self.sampler is None else self.sampler.counters(),
         }
 
     def status_line(self) -> str:

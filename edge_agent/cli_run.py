@@ -128,6 +128,9 @@ def build_agent(config: AgentConfig) -> Any:
         config.broker, device_id=config.device_id, client_id=config.client_id, spool=spool, will_payload=will
     )
     agent = Agent(config, source, publisher, runner, spool=spool)
+    from edge_agent.sampling import attach_to_agent as attach_sampling
+
+    attach_sampling(agent)
     if updater is not None:
         from edge_agent.updater import attach_to_agent
 
