@@ -212,4 +212,16 @@ def test_capture_takes_the_next_frames_within_quotas_and_capture_false_sends_not
     assert status(state_off)["samples"] is None
     assert not (state_off / "samples").exists()
     assert server_samples(server, "cap-off") == []
+    # The operator's CLI against the real server: list, show with the image, purge (rows and files).
+    listed = server.cli_json("samples", "list", "--device", "cap-on")
+    assert listed["total"] == 3
+    first = listed["samples"][0]
+    server.cli("samples", "show", str(first["id"]), "--image-out", str(tmp_path / "one.jpg"))
+    assert (tmp_path / "one.jpg").read_bytes()[:3] == b"\xff\xd8\xff"
+    refused = server.cli("samples", "purge", "--json", check=False)  # no filter: refused, clearly
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+    assert "error" in json.loads(refused.stdout)
+    assert server.cli_json("samples", "purge", "--device", "cap-on")["samples"] == 3
+    assert server.cli_json("samples", "list")["total"] == 0
+    assert list((server.data_dir / "samples").rglob("*.jpg")) == []
     server.stop()
