@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, pipeline, quant, realtime, startup, swap
+from benchmarks import fleet, pipeline, quant, realtime, sampling, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -17,6 +17,7 @@ __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
 BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": pipeline.run,
     "realtime": realtime.run,
+    "sampling": sampling.run,
     "swap": swap.run,
     "quantisation": quant.run,
     "fleet": fleet.run,
