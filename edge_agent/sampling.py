@@ -309,7 +309,7 @@ def attach_to_agent(agent: Any) -> FrameSampler | None:
         agent.sampler = sampler
 
     def on_capture(cmd: Any) -> None:
-        if sampler is None:
+        if not cfg.capture or sampler is None:
             agent.emit_event(
                 "command.rejected",
                 level="warning",

@@ -209,9 +209,9 @@ def test_capture_takes_the_next_frames_within_quotas_and_capture_false_sends_not
     # capture = false: a valid token, frames served, a random share of 1.0 — and nothing sampled or sent.
     state_off = tmp_path / "state-cap-off"
     wait_until(lambda: status(state_off).get("frames", 0) >= 90, 60, what="cap-off served a whole loop")
-    assert status(state_off)["samples"] is None
-    assert not (state_off / "samples").exists()
     assert server_samples(server, "cap-off") == []
+    assert not (state_off / "samples").exists()
+    assert status(state_off)["samples"] is None
     # The operator's CLI against the real server: list, show with the image, purge (rows and files).
     listed = server.cli_json("samples", "list", "--device", "cap-on")
     assert listed["total"] == 3
