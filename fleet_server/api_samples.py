@@ -11,7 +11,8 @@ stored answers 200 with ``stored: false``; a new one 201. The other routes need 
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -19,9 +20,10 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from edge_agent.messages import CaptureCommand, dump
 from fleet_server import auth
 from fleet_server.api import Admin, Viewer, _error, _svc
 from fleet_server.db import TokenRow
@@ -156,6 +158,38 @@ def samples_purge(request: Request, _: Admin, body: PurgeBody) -> dict[str, int]
             422, "purge needs a filter (device, since, until, label) or all: true", reason="no_filter"
         )
     return store_of(request).purge(flt)
+
+
+class CaptureRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    count: Annotated[int, Field(ge=1, le=1000)] = 10
+    low_confidence: bool = False
+
+
+@router.post("/devices/{device_id}/capture", status_code=202)
+def samples_capture(
+    request: Request, _: Admin, device_id: Annotated[str, PathParam(pattern=_ID)], body: CaptureRequest
+) -> dict[str, Any]:
+    """Ask a device for its next ``count`` frames (or low-confidence frames), within its quotas.
+
+    Sent over MQTT; the device answers with a ``capture`` event, or ``command.rejected`` (reason
+    ``capture_disabled`` where its config says ``capture = false``), carrying this ``cmd_id``.
+    """
+    svc = _svc(request)
+    if svc.controller.publisher is None:
+        raise _error(503, "no MQTT link: the command cannot be sent now")
+    cmd_id = "c" + uuid.uuid4().hex[:12]
+    cmd = CaptureCommand(
+        cmd_id=cmd_id, count=body.count, low_confidence=body.low_confidence, issued_at=datetime.now(UTC)
+    )
+    svc.controller.publisher.publish(svc.topics.device(device_id, "cmd"), dump(cmd))
+    return {
+        "device_id": device_id,
+        "cmd_id": cmd_id,
+        "count": body.count,
+        "low_confidence": body.low_confidence,
+    }
 
 
 def install(app: FastAPI) -> None:

@@ -1,4 +1,4 @@
-"""``fleet samples list | show | purge``: the frames devices sent back, over the HTTP API.
+"""``fleet samples list | show | purge | capture``: the frames devices sent back, over the HTTP API.
 
 Filters (``--device``, ``--since``, ``--until`` as ISO 8601 times, ``--label``: the model's label)
 select by device, time taken and label. ``purge`` needs at least one filter, or ``--all``.
@@ -49,6 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("id", type=int, help="the sample's id (from `fleet samples list`)")
     p.add_argument("--image-out", type=Path, help="write the sample's JPEG to this file")
     p.set_defaults(func=_guard(samples_show))
+    p = _common(ssub.add_parser("capture", help="ask a device for its next N frames (within its quotas)"))
+    p.add_argument("device", help="the device id")
+    p.add_argument("--count", type=int, default=10, help="how many frames (1-1000, default 10)")
+    p.add_argument("--low-confidence", action="store_true", help="only frames in its low-confidence band")
+    p.set_defaults(func=_guard(samples_capture))
     p = _filters(_common(ssub.add_parser("purge", help="remove samples (rows and their files)")))
     p.add_argument("--all", action="store_true", help="every sample (needed when no filter is given)")
     p.set_defaults(func=_guard(samples_purge))
@@ -139,4 +144,20 @@ def samples_purge(args: argparse.Namespace) -> int:
         print_json(out)
     else:
         _console().print(f"removed {out['samples']} samples and {out['files']} files")
+    return 0
+
+
+def samples_capture(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        out = c.request(
+            "POST",
+            f"/api/v1/devices/{args.device}/capture",
+            json={"count": args.count, "low_confidence": args.low_confidence},
+        )
+    if args.json:
+        print_json(out)
+    else:
+        _console().print(
+            f"sent capture {out['cmd_id']} to {out['device_id']} (watch its events for the answer)"
+        )
     return 0

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -180,10 +179,11 @@ def test_capture_takes_the_next_frames_within_quotas_and_capture_false_sends_not
         for device in ("cap-on", "cap-off"):
             state_dir = tmp_path / f"state-{device}"
             wait_until(lambda s=state_dir: status(s).get("frames", 0) > 0, 60, what=f"{device} serving")
-        cmd_ids = {d: uuid.uuid4().hex[:12] for d in ("cap-on", "cap-off")}
-        for device, cmd_id in cmd_ids.items():
-            payload = json.dumps({"type": "capture", "cmd_id": cmd_id, "count": 5})
-            events.client.publish(f"{ROOT}/devices/{device}/cmd", payload, qos=1)
+        # As an operator would: `fleet samples capture` (the server sends the MQTT command).
+        cmd_ids = {
+            d: server.cli_json("samples", "capture", d, "--count", "5")["cmd_id"]
+            for d in ("cap-on", "cap-off")
+        }
 
         def answer(device: str) -> dict[str, Any] | None:
             for e in events.payloads(f"{device}/events"):
