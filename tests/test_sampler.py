@@ -156,6 +156,7 @@ def test_a_low_confidence_capture_takes_only_frames_in_the_band() -> None:
 
 
 def test_policy_defaults_come_from_config_then_manifest_then_builtins(tmp_path: Path) -> None:
+    from edge_agent.errors import ManifestError
     from edge_agent.manifest import MANIFEST_FILE, parse_manifest
     from models.synthetic import make_bundle
 
@@ -167,6 +168,16 @@ def test_policy_defaults_come_from_config_then_manifest_then_builtins(tmp_path: 
     p = policy_for(SamplesConfig(low_confidence_max=0.3, random_share=0.1), manifest)
     assert p.rules.low_confidence_band == (0.0, 0.3) and p.rules.random_share == 0.1
     assert policy_for(SamplesConfig(low_confidence_max=0.0), manifest).rules.low_confidence_band is None
+    # A schema-2 manifest's sampling block sits between the two; schema 1 cannot carry it.
+    raw = json.loads((bundle / MANIFEST_FILE).read_text())
+    raw["sampling"] = {"low_confidence_max": 0.5, "random_share": 0.02}
+    with pytest.raises(ManifestError):
+        parse_manifest(json.dumps(raw))
+    v2 = parse_manifest(json.dumps({**raw, "schema_version": 2}))
+    p = policy_for(SamplesConfig(), v2)
+    assert p.rules.low_confidence_band == (0.0, 0.5) and p.rules.random_share == 0.02
+    p = policy_for(SamplesConfig(random_share=0.0), v2)
+    assert p.rules.random_share == 0.0  # the device's config wins
 
 
 # -- decision ids ---------------------------------------------------------------------------------
