@@ -271,12 +271,20 @@ def attach_to_agent(agent: Any) -> FrameSampler | None:
     """Give ``agent`` its sampler and uploader from its config, and answer ``capture`` commands.
 
     With ``[samples] capture = false`` nothing is built: no sampler, no uploader, and every
-    ``capture`` command is rejected with reason ``capture_disabled``.
+    ``capture`` command is rejected with reason ``capture_disabled``. Without a fleet server to
+    send samples to (``[samples] server_url`` or ``[updates] repository_url``) nothing is sampled
+    either, and ``capture`` is rejected with reason ``no_destination``.
     """
     config = agent.config
     cfg: SamplesConfig = config.samples
     sampler: FrameSampler | None = None
-    if cfg.capture:
+    updates = config.updates
+    server = cfg.server_url or (updates.repository_url if updates is not None else None)
+    token_file = cfg.token_file or (updates.token_file if updates is not None else None)
+    if cfg.capture and server is None:
+        # Nowhere to send them: keeping camera frames on disk for nobody is a privacy cost only.
+        log.info("no sampling: no [samples] server_url or [updates] repository_url to send samples to")
+    if cfg.capture and server is not None:
         manifest = agent.runner.manifest
         ring = SampleRing(config.state_dir / "samples", cfg.ring_max_bytes)
         roi = manifest.input.roi
@@ -287,35 +295,32 @@ def attach_to_agent(agent: Any) -> FrameSampler | None:
             device_id=config.device_id,
             crop=None if roi is None else roi.model_dump(),
         )
-        updates = config.updates
-        server = cfg.server_url or (updates.repository_url if updates is not None else None)
-        token_file = cfg.token_file or (updates.token_file if updates is not None else None)
-        if server is None:
-            log.warning("samples are kept on disk only: no [samples] server_url or [updates] repository_url")
-        else:
-            uploader = SampleUploader(
-                ring,
-                server_url=server,
-                device_id=config.device_id,
-                token_file=token_file,
-                max_bytes_per_s=cfg.upload_max_bytes_per_s,
-                backoff_s=cfg.upload_backoff_s,
-                backoff_max_s=cfg.upload_backoff_max_s,
-                timeout_s=cfg.upload_timeout_s,
-                seed=cfg.seed,
-            )
-            sampler.uploader = uploader
-            sampler.on_stored = uploader.notify
+        uploader = SampleUploader(
+            ring,
+            server_url=server,
+            device_id=config.device_id,
+            token_file=token_file,
+            max_bytes_per_s=cfg.upload_max_bytes_per_s,
+            backoff_s=cfg.upload_backoff_s,
+            backoff_max_s=cfg.upload_backoff_max_s,
+            timeout_s=cfg.upload_timeout_s,
+            seed=cfg.seed,
+        )
+        sampler.uploader = uploader
+        sampler.on_stored = uploader.notify
         agent.sampler = sampler
 
     def on_capture(cmd: Any) -> None:
         if not cfg.capture or sampler is None:
+            disabled = not cfg.capture
             agent.emit_event(
                 "command.rejected",
                 level="warning",
                 cmd_id=cmd.cmd_id,
-                message="capture is disabled on this device ([samples] capture = false)",
-                data={"type": "capture", "reason": "capture_disabled"},
+                message="capture is disabled on this device ([samples] capture = false)"
+                if disabled
+                else "this device has no fleet server to send samples to",
+                data={"type": "capture", "reason": "capture_disabled" if disabled else "no_destination"},
             )
             return
         sampler.request(cmd.count, low_confidence=cmd.low_confidence)

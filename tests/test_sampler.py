@@ -351,3 +351,55 @@ def test_ids_are_strictly_increasing_per_boot() -> None:
     got = [ids.next() for _ in range(1000)]
     assert got == sorted(got) and len(set(got)) == 1000
     assert list(itertools.islice(got, 2)) == ["000007-000000000000", "000007-000000000001"]
+
+
+class _FakeAgent:
+    """What attach_to_agent touches of an Agent: config, runner.manifest, events, command handlers."""
+
+    def __init__(self, config: Any, manifest: Any) -> None:
+        self.config = config
+        self.runner = type("R", (), {"manifest": manifest})()
+        self.sampler: FrameSampler | None = None
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.handlers: dict[str, Any] = {}
+
+    def emit_event(self, kind: str, **kw: Any) -> None:
+        self.events.append((kind, kw))
+
+    def set_command_handler(self, type_: str, handler: Any) -> None:
+        self.handlers[type_] = handler
+
+
+@pytest.mark.parametrize(
+    ("samples", "built", "answer", "reason"),
+    [
+        ({"server_url": "http://fleet:8080"}, True, "capture", None),
+        (
+            {"server_url": "http://fleet:8080", "capture": False},
+            False,
+            "command.rejected",
+            "capture_disabled",
+        ),
+        ({}, False, "command.rejected", "no_destination"),  # nowhere to send: nothing kept
+    ],
+)
+def test_attach_builds_a_sampler_only_with_capture_on_and_a_destination(
+    tmp_path: Path, samples: dict[str, Any], built: bool, answer: str, reason: str | None
+) -> None:
+    from edge_agent.config import parse_config
+    from edge_agent.manifest import MANIFEST_FILE, parse_manifest
+    from edge_agent.messages import CaptureCommand
+    from edge_agent.sampling import attach_to_agent
+    from models.synthetic import make_bundle
+
+    manifest = parse_manifest((make_bundle(tmp_path / "b") / MANIFEST_FILE).read_bytes())
+    config = parse_config(
+        {"device_id": "r1", "state_dir": str(tmp_path / "s"), "source": {"uri": "x"}, "samples": samples}
+    )
+    agent = _FakeAgent(config, manifest)
+    assert (attach_to_agent(agent) is not None) is built and (agent.sampler is not None) is built
+    assert (tmp_path / "s" / "samples").exists() is built
+    agent.handlers["capture"](CaptureCommand(cmd_id="c1", count=3))
+    kind, kw = agent.events[-1]
+    assert kind == answer and kw["cmd_id"] == "c1"
+    assert kw["data"].get("reason") == reason
