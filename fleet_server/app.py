@@ -109,7 +109,12 @@ class Services:
         )
         self.controller.publisher = self.link
         self.link.start()
-        self._spawn("fleet-controller", lambda: self.controller.run(self._stop, s.controller_tick_s))
+        self._spawn(
+            "fleet-controller",
+            lambda: self.controller.run(
+                self._stop, s.controller_tick_s, elect_every_s=s.controller_elect_every_s
+            ),
+        )
         if self.repo is not None:
             self._spawn("fleet-timestamp", self._refresh_loop)
 

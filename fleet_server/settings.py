@@ -103,6 +103,8 @@ class FleetSettings(BaseModel):
     ingest_queue_max: Annotated[int, Field(gt=0)] = 50_000
     ingest_batch_max: Annotated[int, Field(gt=0)] = 500
     controller_tick_s: Annotated[float, Field(gt=0)] = 0.5
+    # A replica without the controller lock tries to take it this often (failover time).
+    controller_elect_every_s: Annotated[float, Field(gt=0)] = 2.0
     offline_after_s: Annotated[float, Field(gt=0)] = 120.0
     recent_telemetry: Annotated[int, Field(ge=1, le=1000)] = 20
     rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)
