@@ -80,7 +80,7 @@ class Services:
             controller=controller,
             webhook=webhook,
         )
-        svc.repo = _open_repo(settings)
+        svc.repo = _open_repo(settings, db)
         svc.bootstrap_token = _bootstrap_admin(settings, db)
         return svc
 
@@ -145,12 +145,13 @@ class Services:
         self.db.dispose()
 
 
-def _open_repo(settings: FleetSettings) -> Any:
+def _open_repo(settings: FleetSettings, db: Database) -> Any:
     from fleet_server.tuf_repo import Repository
 
     repo_dir = settings.effective_repo_dir
     if settings.online_keys_dir is not None:
-        return Repository.open_or_create(repo_dir, settings.online_keys_dir)
+        # Replicas share repo_dir; the database's lock makes their writes take turns.
+        return Repository.open_or_create(repo_dir, settings.online_keys_dir, writer_lock=db.publish_lock)
     if (repo_dir / "metadata" / "root.json").exists():
         log.warning("no online_keys_dir: serving %s read-only (no uploads, no timestamp refresh)", repo_dir)
         return Repository.open(repo_dir, None)

@@ -208,3 +208,39 @@ def test_kill_the_controller_holder_mid_rollout_the_other_completes_it_and_every
         )
     finally:
         fleet.stop()
+
+
+def test_repository_writes_wait_for_the_database_publish_lock(tmp_path: Path, postgres_url: str) -> None:
+    """Replicas share the repository directory; their writes take turns through PostgreSQL."""
+    import threading
+
+    from fleet_server.db import PUBLISH_LOCK_ID, Database
+    from fleet_server.tuf_repo import Repository
+
+    db = Database(postgres_url)
+    db.create()
+    repo = Repository.open_or_create(tmp_path / "repo", make_keys(tmp_path), writer_lock=db.publish_lock)
+    done = threading.Event()
+    writer = threading.Thread(target=lambda: (repo.heal(), done.set()), daemon=True)
+    engine = create_engine(postgres_url)
+
+    def waiting() -> bool:
+        with engine.connect() as c:
+            n = c.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND NOT granted"
+                ),
+                {"k": PUBLISH_LOCK_ID},
+            ).scalar()
+        return bool(n)
+
+    try:
+        with db.publish_lock():  # another replica is publishing
+            writer.start()
+            wait_until(waiting, 10, what="the repository write waiting for the publish lock")
+            assert not done.is_set()
+        writer.join(timeout=10)
+        assert done.is_set()
+    finally:
+        engine.dispose()
+        db.dispose()
