@@ -17,8 +17,11 @@ environment. Example ``fleet.toml``::
 Several replicas (PostgreSQL, an external MQTT 5 broker): give each its own broker user
 (``fleet devices enroll NAME --fleet-server``; its client id defaults to that user name) and the same ``shared_subscription_group`` (e.g. ``"fleet"``); telemetry and events are then
 subscribed as ``$share/fleet/{root}/devices/+/...`` so the broker hands each message to one
-replica, while every replica still sees all retained ``state``. One of them runs the rollout
-controller (PostgreSQL advisory lock). The embedded amqtt broker is for one machine only.
+replica, while every replica still sees all retained ``state``. Every replica points ``repo_dir``
+at the same shared directory (the TUF repository and so the model list; writes take a database
+lock). One of them runs the rollout controller (PostgreSQL advisory lock; a standby retries it
+every ``controller_elect_every_s``). docs/replicas.md. The embedded amqtt broker is for one
+machine only.
 
 Environment: ``LINESIDE_FLEET_<FIELD>`` for top-level fields (``LINESIDE_FLEET_BROKER_URL``,
 ``LINESIDE_FLEET_DATABASE_URL``, ...) and ``LINESIDE_FLEET_ROLLOUT__<FIELD>`` for rollout defaults.
