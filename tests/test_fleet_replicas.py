@@ -244,3 +244,57 @@ def test_repository_writes_wait_for_the_database_publish_lock(tmp_path: Path, po
     finally:
         engine.dispose()
         db.dispose()
+
+
+def test_a_stalled_ingest_never_stops_the_server_sending_commands(mosquitto: Mosquitto) -> None:
+    """At 10,000 devices ingest falls behind; deploys must still go out (the broker keeps the backlog)."""
+    import threading
+    from typing import cast
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.messages import Topics
+    from fleet_server.ingest import Ingest, MqttLink
+    from tests.mqtt import Collector
+
+    release = threading.Event()
+
+    class StalledIngest:
+        """The database is slow: every batch waits until the test lets it go."""
+
+        def write_batch(self, items: list[Any]) -> Any:
+            release.wait(30)
+            from fleet_server.ingest import IngestCounts
+
+            return IngestCounts()
+
+    topics = Topics("lineside/v1")
+    link = MqttLink(
+        mosquitto.url,
+        topics,
+        cast(Ingest, StalledIngest()),
+        client_id="fleet-stalled",
+        queue_max=20,
+        batch_max=5,
+    )
+    devices = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="flood", protocol=mqtt.MQTTv5)
+    devices.connect(mosquitto.host, mosquitto.port)
+    devices.loop_start()
+    link.start()
+    try:
+        with Collector(mosquitto.host, mosquitto.port, topics.wildcard("cmd")) as robots:
+            wait_until(link.connected.is_set, 10, what="the link connected")
+            for i in range(200):  # far more than the link's queues hold
+                devices.publish(topics.device(f"d{i % 7}", "telemetry"), b"{}", qos=1)
+            # Full: one batch of 5 is stuck in the database, the rest of what 20 in flight allows waits.
+            wait_until(lambda: link.backlog >= 15, 10, what="the ingest queue full")
+            for i in range(300):  # a rollout's deploys, more than paho keeps in flight at once
+                link.publish(topics.device(f"d{i}", "cmd"), b'{"type": "ping"}')
+            wait_until(lambda: len(robots.messages()) == 300, 15, what="every command delivered")
+            assert link.backlog <= link.receive_maximum and not release.is_set()
+    finally:
+        release.set()
+        link.stop()
+        devices.loop_stop()
+        devices.disconnect()
