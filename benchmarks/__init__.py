@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, pipeline, quant, realtime, startup, swap
+from benchmarks import fleet, pipeline, quant, realtime, replicas, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "swap": swap.run,
     "quantisation": quant.run,
     "fleet": fleet.run,
+    "replicas": replicas.run,
     "startup": startup.run,
     "accelerators": pipeline.run_accelerators,
 }
