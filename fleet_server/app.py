@@ -81,12 +81,12 @@ class Services:
             controller=controller,
             webhook=webhook,
         )
-        svc.repo = _open_repo(settings)
+        svc.repo = _open_repo(settings, db)
         from fleet_server.samples import SampleStore
 
         svc.samples = SampleStore(
             db,
-            settings.data_dir / "samples",
+            settings.effective_samples_dir,
             max_total_bytes=settings.samples_max_total_bytes,
             max_age_s=settings.samples_max_age_days * 86400.0,
         )
@@ -118,7 +118,12 @@ class Services:
         )
         self.controller.publisher = self.link
         self.link.start()
-        self._spawn("fleet-controller", lambda: self.controller.run(self._stop, s.controller_tick_s))
+        self._spawn(
+            "fleet-controller",
+            lambda: self.controller.run(
+                self._stop, s.controller_tick_s, elect_every_s=s.controller_elect_every_s
+            ),
+        )
         if self.repo is not None:
             self._spawn("fleet-timestamp", self._refresh_loop)
 
@@ -149,12 +154,13 @@ class Services:
         self.db.dispose()
 
 
-def _open_repo(settings: FleetSettings) -> Any:
+def _open_repo(settings: FleetSettings, db: Database) -> Any:
     from fleet_server.tuf_repo import Repository
 
     repo_dir = settings.effective_repo_dir
     if settings.online_keys_dir is not None:
-        return Repository.open_or_create(repo_dir, settings.online_keys_dir)
+        # Replicas share repo_dir; the database's lock makes their writes take turns.
+        return Repository.open_or_create(repo_dir, settings.online_keys_dir, writer_lock=db.publish_lock)
     if (repo_dir / "metadata" / "root.json").exists():
         log.warning("no online_keys_dir: serving %s read-only (no uploads, no timestamp refresh)", repo_dir)
         return Repository.open(repo_dir, None)

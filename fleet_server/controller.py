@@ -242,15 +242,29 @@ class RolloutController:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def run(self, stop: threading.Event, tick_s: float = 0.5) -> None:
-        """Advance every active rollout until ``stop``; only while holding the controller lock."""
+    def run(self, stop: threading.Event, tick_s: float = 0.5, *, elect_every_s: float = 2.0) -> None:
+        """Advance every active rollout until ``stop``; only while holding the controller lock.
+
+        A replica without the lock tries again every ``elect_every_s``: when the holder dies
+        (kill -9, power), PostgreSQL ends its session and frees the lock as soon as the TCP
+        connection drops, so a standby takes over within about that long. The holder checks its
+        lock connection before every tick, so one that lost it (its connection was cut while
+        the process lives on) stops acting at once instead of running beside the new holder.
+        """
         lock_conn = None
         while not stop.is_set():
+            if lock_conn is not None and not self.db.controller_lock_alive(lock_conn):
+                log.warning("lost the controller lock's connection; re-electing")
+                lock_conn, self.is_leader = None, False
             if lock_conn is None:
-                lock_conn = self.db.try_controller_lock()
+                try:
+                    lock_conn = self.db.try_controller_lock()
+                except Exception:
+                    log.exception("cannot reach the database to elect the rollout controller; retrying")
+                    lock_conn = None
                 self.is_leader = lock_conn is not None
                 if lock_conn is None:
-                    stop.wait(5.0)
+                    stop.wait(elect_every_s)
                     continue
                 log.info("this server runs the rollout controller")
                 self._cursor.clear()  # re-apply every event after (re)gaining leadership
@@ -258,9 +272,6 @@ class RolloutController:
                 self.tick_all()
             except Exception:
                 log.exception("rollout controller tick failed; retrying")
-                if not self.db.controller_lock_alive(lock_conn):
-                    log.warning("lost the controller lock's connection; re-electing")
-                    lock_conn, self.is_leader = None, False
             stop.wait(tick_s)
         if lock_conn is not None:
             self.db.release_controller_lock(lock_conn)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # One id for the PostgreSQL advisory lock that elects the single rollout controller.
 CONTROLLER_LOCK_ID = 0x4C494E45
+# One id for the advisory lock that lets one replica at a time publish to the shared TUF repository.
+PUBLISH_LOCK_ID = 0x4C494E46
 
 
 def utcnow() -> datetime:
@@ -284,6 +286,29 @@ class Database:
             return conn
         conn.close()
         return None
+
+    @contextmanager
+    def publish_lock(self) -> Iterator[None]:
+        """Held while a replica writes the shared TUF repository (a release, a timestamp re-sign).
+
+        PostgreSQL: a session advisory lock on its own connection (waits for the holder; freed
+        by PostgreSQL if the holder dies), so replicas on a shared directory never publish at
+        once whatever the filesystem's locking. SQLite: one server, nothing to take.
+        """
+        if self.dialect != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": PUBLISH_LOCK_ID})
+            conn.commit()
+            try:
+                yield
+            finally:
+                try:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": PUBLISH_LOCK_ID})
+                    conn.commit()
+                except Exception:
+                    conn.invalidate()  # a broken connection: PostgreSQL frees the lock with it
 
     def release_controller_lock(self, lock: Any) -> None:
         """Give the controller lock back (the pooled connection would otherwise keep holding it)."""

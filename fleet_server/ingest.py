@@ -444,6 +444,11 @@ class MqttLink:
     # -- the server's side ----------------------------------------------------------------------
 
     @property
+    def receive_maximum(self) -> int:
+        """MQTT 5 Receive Maximum we announce: what one queue holds (at most 65,535)."""
+        return max(1, min(65_535, self._queue.maxsize, self._urgent.maxsize))
+
+    @property
     def backlog(self) -> int:
         return self._queue.qsize() + self._urgent.qsize()
 
@@ -454,6 +459,12 @@ class MqttLink:
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 7 * 24 * 3600
+            # No more unacknowledged messages in flight to us than a queue holds (we ack only
+            # once written), so the broker keeps any backlog and ``_on_message`` never blocks
+            # paho's thread. Blocked, that thread could neither send keepalives (the broker then
+            # dropped us) nor read the PUBACKs of our commands: at 10,000 devices a rollout's
+            # deploys stalled behind a telemetry backlog (BENCHMARKS.md).
+            props.ReceiveMaximum = self.receive_maximum
         # connect_async: paho connects (and keeps retrying) on its own thread, so a broker that
         # starts after the server is fine.
         if self.v5:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from edge_agent.messages import DeviceState
@@ -242,5 +242,21 @@ class Registry:
             )
 
     def counts(self) -> dict[str, int]:
-        devices = self.list_devices()
-        return {"total": len(devices), "online": sum(1 for d in devices if d["online"])}
+        """Devices known and online (as ``device_dict`` decides it), counted by the database.
+
+        Two COUNTs rather than loading every row: ``/metrics`` calls this on each scrape, and
+        building 10,000 device rows there took the ingest thread's CPU (measured: BENCHMARKS.md).
+        """
+        cutoff = utcnow() - timedelta(seconds=self.offline_after_s)
+        with self.db.session() as s:
+            total = s.scalar(select(func.count()).select_from(DeviceRow)) or 0
+            online = (
+                s.scalar(
+                    select(func.count())
+                    .select_from(DeviceRow)
+                    .where(DeviceRow.online.is_(True))
+                    .where(DeviceRow.last_seen >= cutoff)
+                )
+                or 0
+            )
+        return {"total": int(total), "online": int(online)}

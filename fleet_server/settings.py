@@ -17,8 +17,11 @@ environment. Example ``fleet.toml``::
 Several replicas (PostgreSQL, an external MQTT 5 broker): give each its own broker user
 (``fleet devices enroll NAME --fleet-server``; its client id defaults to that user name) and the same ``shared_subscription_group`` (e.g. ``"fleet"``); telemetry and events are then
 subscribed as ``$share/fleet/{root}/devices/+/...`` so the broker hands each message to one
-replica, while every replica still sees all retained ``state``. One of them runs the rollout
-controller (PostgreSQL advisory lock). The embedded amqtt broker is for one machine only.
+replica, while every replica still sees all retained ``state``. Every replica points ``repo_dir``
+at the same shared directory (the TUF repository and so the model list; writes take a database
+lock). One of them runs the rollout controller (PostgreSQL advisory lock; a standby retries it
+every ``controller_elect_every_s``). docs/replicas.md. The embedded amqtt broker is for one
+machine only.
 
 Environment: ``LINESIDE_FLEET_<FIELD>`` for top-level fields (``LINESIDE_FLEET_BROKER_URL``,
 ``LINESIDE_FLEET_DATABASE_URL``, ...) and ``LINESIDE_FLEET_ROLLOUT__<FIELD>`` for rollout defaults.
@@ -94,6 +97,11 @@ class FleetSettings(BaseModel):
         default=None, description="`fleet keys init` output (root.json + online keys); None → no TUF repo"
     )
     repo_dir: Path | None = Field(default=None, description="TUF repository; None → data_dir/repo")
+    samples_dir: Path | None = Field(
+        default=None,
+        description="the sample store's image files; None → data_dir/samples (replicas: a shared directory, "
+        "like repo_dir)",
+    )
     timestamp_refresh_every_s: Annotated[float, Field(gt=0)] = 300.0
     timestamp_refresh_margin_s: Annotated[float, Field(gt=0)] = 6 * 3600.0
     admin_token: str | None = Field(default=None, description="bootstrap admin token (hashed on start)")
@@ -112,6 +120,8 @@ class FleetSettings(BaseModel):
     ingest_queue_max: Annotated[int, Field(gt=0)] = 50_000
     ingest_batch_max: Annotated[int, Field(gt=0)] = 500
     controller_tick_s: Annotated[float, Field(gt=0)] = 0.5
+    # A replica without the controller lock tries to take it this often (failover time).
+    controller_elect_every_s: Annotated[float, Field(gt=0)] = 2.0
     offline_after_s: Annotated[float, Field(gt=0)] = 120.0
     recent_telemetry: Annotated[int, Field(ge=1, le=1000)] = 20
     rollout: RolloutDefaults = Field(default_factory=RolloutDefaults)
@@ -157,6 +167,10 @@ class FleetSettings(BaseModel):
     @property
     def effective_repo_dir(self) -> Path:
         return self.repo_dir or self.data_dir / "repo"
+
+    @property
+    def effective_samples_dir(self) -> Path:
+        return self.samples_dir or self.data_dir / "samples"
 
     @property
     def effective_broker_url(self) -> str:

@@ -11,6 +11,8 @@ Layout (the fleet server serves ``REPO`` as-is; devices and USB exports use the 
     REPO/metadata/timestamp.json       always this name (TUF's entry point), re-signed before expiry
     REPO/targets/NAME/VERSION/{sha256}.FILE   bundle files, hash-prefixed (consistent snapshots)
     REPO/.lock                         one writer at a time (flock); never served
+                                       (``fleet serve`` takes the database's publish lock first:
+                                       replicas sharing REPO on a network filesystem take turns)
 
 ``root.consistent_snapshot`` is true, so a device that downloads while a release is being
 written never sees a mix: every file it fetches is named by version or hash.
@@ -44,7 +46,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +75,8 @@ log = logging.getLogger(__name__)
 METADATA_DIR = "metadata"
 TARGETS_DIR = "targets"
 LOCK_FILE = ".lock"
+# A lock held around every write to the repository (see ``Repository.writer_lock``).
+WriterLock = Callable[[], contextlib.AbstractContextManager[None]]
 _VERSIONED = re.compile(r"([0-9]+)\.(snapshot|targets)\.json")
 
 
@@ -123,8 +127,14 @@ class Repository:
     before each release). So a failed release is retried with the same bundle.
     """
 
-    def __init__(self, repo_dir: Path, online_keys_dir: Path | None) -> None:
+    def __init__(
+        self, repo_dir: Path, online_keys_dir: Path | None, *, writer_lock: WriterLock | None = None
+    ) -> None:
         self.repo_dir = Path(repo_dir)
+        # Taken around ``REPO/.lock`` by every write: the fleet server passes the database's
+        # publishing lock, so replicas sharing this directory publish one at a time even where
+        # the shared filesystem's own locks cannot be trusted.
+        self.writer_lock = writer_lock
         self.metadata_dir = self.repo_dir / METADATA_DIR
         self.targets_dir = self.repo_dir / TARGETS_DIR
         self.online_keys_dir = Path(online_keys_dir) if online_keys_dir else None
@@ -135,7 +145,14 @@ class Repository:
     # -- construction ----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, repo_dir: Path, root_json: bytes, online_keys_dir: Path | None) -> Repository:
+    def create(
+        cls,
+        repo_dir: Path,
+        root_json: bytes,
+        online_keys_dir: Path | None,
+        *,
+        writer_lock: WriterLock | None = None,
+    ) -> Repository:
         """Start a repository from a signed root.json (from ``fleet keys init``)."""
         root = Metadata[Root].from_bytes(root_json)
         root.verify_delegate(Root.type, root)  # self-signed, or it is not a root
@@ -144,22 +161,26 @@ class Repository:
         (Path(repo_dir) / TARGETS_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(md_dir / f"{root.signed.version}.root.json", root_json)
         atomic_write_bytes(md_dir / "root.json", root_json)
-        return cls(repo_dir, online_keys_dir)
+        return cls(repo_dir, online_keys_dir, writer_lock=writer_lock)
 
     @classmethod
     def open(cls, repo_dir: Path, online_keys_dir: Path | None) -> Repository:
         return cls(repo_dir, online_keys_dir)
 
     @classmethod
-    def open_or_create(cls, repo_dir: Path, keys_dir: Path) -> Repository:
+    def open_or_create(
+        cls, repo_dir: Path, keys_dir: Path, *, writer_lock: WriterLock | None = None
+    ) -> Repository:
         """Open for writing (``fleet serve``, ``fleet release --repo``): created on first use, healed.
 
         The keys directory holds root.json and the online keys.
         """
         if (Path(repo_dir) / METADATA_DIR / "root.json").exists():
-            repo = cls(repo_dir, keys_dir)
+            repo = cls(repo_dir, keys_dir, writer_lock=writer_lock)
         else:
-            repo = cls.create(repo_dir, (Path(keys_dir) / keymod.ROOT_FILE).read_bytes(), keys_dir)
+            repo = cls.create(
+                repo_dir, (Path(keys_dir) / keymod.ROOT_FILE).read_bytes(), keys_dir, writer_lock=writer_lock
+            )
         repo.heal()
         return repo
 
@@ -245,12 +266,13 @@ class Repository:
     def _locked(self) -> Iterator[None]:
         # One writer at a time across threads (timestamp refresh vs upload) and processes
         # (`fleet release --repo` beside a running server): flock locks per open file.
-        fd = os.open(self.repo_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        with self.writer_lock() if self.writer_lock is not None else contextlib.nullcontext():
+            fd = os.open(self.repo_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def _online_signer(self, role: str) -> Signer:
         if self.online_keys_dir is None or not keymod.has_key(self.online_keys_dir, role):

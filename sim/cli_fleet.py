@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 import threading
@@ -63,9 +64,29 @@ def _read_token(path: Path | None) -> str | None:
         raise CommandError(f"cannot read --token-file {path}: {exc}") from exc
 
 
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit towards ``needed`` (capped by the hard limit).
+
+    Each simulated device holds one socket; the common default soft limit (1024) would stop a
+    fleet of thousands at its 1000th connection. Returns the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return int(soft)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.devices < 1:
         raise CommandError("--devices must be at least 1")
+    limit = raise_fd_limit(args.devices + 256)  # + the process's own files, the server check's sockets
+    if limit < args.devices + 64:
+        raise CommandError(
+            f"--devices {args.devices} needs about {args.devices + 64} open files; the hard limit is "
+            f"{limit} (raise it: `ulimit -Hn`, LimitNOFILE= in a unit)"
+        )
     ids = [f"{args.prefix}{i}" for i in range(args.start_index, args.start_index + args.devices)]
     bad = [d for d in ids if not valid_device_id(d)]
     if bad:

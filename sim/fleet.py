@@ -20,7 +20,8 @@ the low-confidence threshold, which is how tests provoke the fleet's model-quali
 manifest is downloaded with it as a real agent does, and a refused token fails the deploy.
 
 Networking: devices are split into groups, each group served by ONE thread that multiplexes its
-clients' sockets with ``select`` and also runs their timers — no thread per device.
+clients' sockets with ``selectors`` (epoll) and also runs their timers — no thread per device.
+Thousands of devices need as many descriptors: ``edge-sim fleet`` raises its RLIMIT_NOFILE soft limit.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import contextlib
 import json
 import logging
 import random
-import select
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -250,14 +251,14 @@ class SimDevice:
         if self.next_window is None:
             self.next_window = now + self.opts.window_s
 
-    def poll(self, now: float) -> None:
-        """Run due timers and emit due telemetry."""
+    def poll(self, now: float, *, telemetry: bool = True) -> None:
+        """Run due timers and emit due telemetry (none while ``telemetry`` is False)."""
         due = [t for t in self.timers if t[0] <= now]
         if due:
             self.timers = [t for t in self.timers if t[0] > now]
             for _, fn in sorted(due, key=lambda t: t[0]):
                 fn(now)
-        if self.next_window is not None and now >= self.next_window:
+        if telemetry and self.next_window is not None and now >= self.next_window:
             self.publish(self.topics.device(self.device_id, "telemetry"), dump(self.telemetry(now)), False)
             self.next_window = max(self.next_window + self.opts.window_s, now)
 
@@ -378,44 +379,79 @@ class SimDevice:
 
 
 class _Group(threading.Thread):
-    """One thread: the sockets and timers of a group of devices."""
+    """One thread: the sockets and timers of a group of devices.
+
+    Sockets are watched with ``selectors`` (epoll on Linux), not ``select.select``, which
+    cannot watch a descriptor numbered 1024 or above: a fleet of thousands of clients in one
+    process has such descriptors, and ``select`` would silently stop serving them.
+    """
 
     def __init__(self, fleet: SimFleet, devices: list[tuple[SimDevice, mqtt.Client]]) -> None:
         super().__init__(name="sim-fleet", daemon=True)
         self.fleet = fleet
         self.devices = devices
+        self._sel = selectors.DefaultSelector()
+        self._watched: dict[mqtt.Client, tuple[Any, int]] = {}  # client → (socket, events)
+
+    def _sync(self) -> None:
+        """Register each client's current socket for what it wants now (sockets change on reconnect)."""
+        for _, c in self.devices:
+            s = c.socket()
+            old = self._watched.get(c)
+            if s is None:
+                if old is not None:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        self._sel.unregister(old[0])
+                    del self._watched[c]
+                continue
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if c.want_write() else 0)
+            if old is None or old[0] is not s:
+                if old is not None:
+                    with contextlib.suppress(KeyError, ValueError, OSError):
+                        self._sel.unregister(old[0])
+                try:
+                    self._sel.register(s, events, c)
+                except (KeyError, ValueError, OSError):
+                    continue  # closed under us; picked up again on the next reconnect
+                self._watched[c] = (s, events)
+            elif old[1] != events:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.modify(s, events, c)
+                self._watched[c] = (s, events)
 
     def run(self) -> None:
         last_retry = 0.0
-        while not self.fleet.stopping.is_set():
-            socks: dict[Any, mqtt.Client] = {}
-            for _, c in self.devices:
-                s = c.socket()
-                if s is not None:
-                    socks[s] = c
-            wants = [s for s, c in socks.items() if c.want_write()]
-            try:
-                r, w, _ = select.select(list(socks), wants, [], 0.05) if socks else ([], [], [])
-            except (OSError, ValueError):
-                r, w = [], []
-            if not socks:
-                self.fleet.stopping.wait(0.05)
-            for s in r:
-                socks[s].loop_read()
-            for s in w:
-                if s in socks:
-                    socks[s].loop_write()
-            now = time.time()
-            for dev, c in self.devices:
-                c.loop_misc()
-                if c.is_connected():
-                    dev.poll(now)
-            if now - last_retry > 1.0:
-                last_retry = now
-                for _, c in self.devices:
-                    if c.socket() is None and not self.fleet.stopping.is_set():
-                        with contextlib.suppress(OSError):
-                            c.reconnect()
+        try:
+            while not self.fleet.stopping.is_set():
+                self._sync()
+                if not self._watched:
+                    self.fleet.stopping.wait(0.05)
+                    ready = []
+                else:
+                    try:
+                        ready = self._sel.select(0.05)
+                    except (OSError, ValueError):
+                        ready = []
+                for key, mask in ready:
+                    c = key.data
+                    if mask & selectors.EVENT_READ:
+                        c.loop_read()
+                    if mask & selectors.EVENT_WRITE and c.socket() is key.fileobj:
+                        c.loop_write()
+                now = time.time()
+                telemetry = not self.fleet.telemetry_paused.is_set()
+                for dev, c in self.devices:
+                    c.loop_misc()
+                    if c.is_connected():
+                        dev.poll(now, telemetry=telemetry)
+                if now - last_retry > 1.0:
+                    last_retry = now
+                    for _, c in self.devices:
+                        if c.socket() is None and not self.fleet.stopping.is_set():
+                            with contextlib.suppress(OSError):
+                                c.reconnect()
+        finally:
+            self._sel.close()
 
 
 class SimFleet:
@@ -429,6 +465,9 @@ class SimFleet:
         self.port = u.port or 1883
         self.opts = opts
         self.stopping = threading.Event()
+        # Set: no more telemetry windows (commands are still answered), so a test can count
+        # exactly what was sent once everything queued has left.
+        self.telemetry_paused = threading.Event()
         self.releases = ReleaseCheck(opts.server_url, token=opts.token)
         self.devices: list[tuple[SimDevice, mqtt.Client]] = []
         for d in device_ids:

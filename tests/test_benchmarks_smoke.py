@@ -130,6 +130,15 @@ def test_fleet_rolls_out_to_simulated_devices(ctx: Context) -> None:
     assert rollout and rollout[0].ok, rollout  # 20 devices on loopback must all pass
 
 
+@pytest.mark.integration
+@needs_mosquitto
+def test_replicas_roll_out_to_200_devices_with_one_and_two_servers(ctx: Context) -> None:
+    s = BENCHMARKS["replicas"](ctx)
+    assert [(row[0], row[1]) for row in s.rows] == [(200, 1), (200, 2)]
+    rollouts = [c for c in s.checks if c.name.startswith("rollout")]
+    assert len(rollouts) == 2 and all(c.ok for c in rollouts), rollouts  # no timing asserted
+
+
 def test_cli_writes_markdown_with_command_and_machine(tmp_path: Path) -> None:
     out = tmp_path / "B.md"
     assert (
