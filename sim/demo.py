@@ -312,6 +312,11 @@ class Demo:
         server_dir = self.out / "server"
         if server_dir.exists():
             shutil.rmtree(server_dir)
+        # Ports picked now, right before they are bound: picked at start-up they sat unused for the
+        # minutes the recordings take, and another program on the machine could take them first.
+        self.http_port = _free_port()
+        self.mqtt_port = _free_port()
+        self.server_url = f"http://127.0.0.1:{self.http_port}"
         argv = [
             _bin("fleet"), "serve", "--data-dir", str(server_dir),
             "--listen", f"127.0.0.1:{self.http_port}", "--online-keys", str(self.keys),
