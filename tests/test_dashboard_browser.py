@@ -88,7 +88,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "--token",
                 server.token,
             )
-        sim_args = ["--devices", "3", "--window", "0.3", "--fps", "20", "--probation", "0.5"]
+        sim_args = [
+            "--devices",
+            "3",
+            "--window",
+            "0.3",
+            "--fps",
+            "20",
+            "--probation",
+            "0.5",
+            "--truth-share",
+            "0.2",
+        ]
         sim = SimFleetProcess(tmp, broker.url, *sim_args, "--server", server.url)
         started.append(sim)
         sim.start()
@@ -170,6 +181,27 @@ def test_device_list_appears(admin_page: Any) -> None:
     sync_api.expect(page.locator("#devices-count")).to_have_text("(3 of 3 online)")
     sync_api.expect(page.locator("#models-body tr")).to_have_count(3)
     sync_api.expect(page.locator("#status")).to_contain_text("Live")
+
+
+def test_field_accuracy_table_shows_the_fleets_numbers(admin_page: Any, stack: Stack) -> None:
+    page = admin_page
+    rows = page.locator("#accuracy-body tr")
+    sync_api.expect(rows.first).to_be_visible()
+    sync_api.expect(page.locator("#accuracy-empty")).to_be_hidden()
+    devices = {r.get_attribute("data-device") for r in rows.all()}
+    assert devices <= set(DEVICES) and devices
+    # One row, checked against the API: the page polls, so read both until they agree.
+    row = rows.first
+    model, device = row.get_attribute("data-model"), row.get_attribute("data-device")
+
+    def agree() -> bool:
+        api = stack.api("GET", "/accuracy", params={"by_device": "true"}).json()
+        want = next(a for a in api if a["model"] == model and a["device_id"] == device)
+        shown = row.locator('td[data-label="Truth"]').inner_text()
+        acc = row.locator('td[data-label="Accuracy"]').inner_text()
+        return shown == str(want["n"]) and acc.endswith("%") and want["n"] > 0
+
+    wait_for(agree, 20, "the accuracy table agrees with the API")
 
 
 def test_chart_renders_data_points_and_updates_live(admin_page: Any) -> None:

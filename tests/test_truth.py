@@ -111,3 +111,24 @@ def test_checker_truth_comes_from_the_recording_label() -> None:
     t = truth_for({"id": "1.aa-1", "frame_id": 0, "label": "square-60"}, [lab], 1.0)
     assert t is not None and t.label == "circle-80" and t.dimensions_mm == (80.5, 79.5)
     assert truth_for({"id": "1.aa-1", "frame_id": 5}, [lab], 1.0) is None  # not this recording's frame
+
+
+def test_simulated_devices_send_truth_events_for_their_share() -> None:
+    from edge_agent.messages import Event
+    from sim.fleet import SimDevice, SimOptions
+
+    sent: list[Event] = []
+
+    def publish(topic: str, payload: bytes, retain: bool) -> None:
+        if topic.endswith("/events"):
+            sent.append(parse_message(Event, payload))
+
+    dev = SimDevice("sim-1", SimOptions(truth_share=1.0, truth_accuracy=1.0), publish)
+    dev.truth(20, 0.0)
+    assert len(sent) == 20 and all(e.kind == "truth.joined" and e.data["correct"] for e in sent)
+    assert len({e.data["decision_id"] for e in sent}) == 20
+    rows = [(e.device_id, e.data) for e in sent]
+    assert [(a.model, a.n, a.correct) for a in field_accuracy(rows)] == [("shapes@1.0.0", 20, 20)]
+    sent.clear()
+    SimDevice("sim-2", SimOptions(truth_share=0.0), publish).truth(20, 0.0)
+    assert sent == []

@@ -21,6 +21,7 @@ const state = {
   rollouts: [],
   details: new Map(),
   alerts: [],
+  accuracy: [],
   selected: null,
   timer: null,
   polling: null,
@@ -203,13 +204,14 @@ async function pollOnce() {
 }
 
 async function refresh() {
-  const [devices, models, rollouts, alerts] = await Promise.all([
+  const [devices, models, rollouts, alerts, accuracy] = await Promise.all([
     api("/dashboard/devices"),
     api("/models"),
     api("/rollouts"),
     api("/alerts"),
+    api("/accuracy?by_device=true"),
   ]);
-  Object.assign(state, { devices, models, rollouts, alerts });
+  Object.assign(state, { devices, models, rollouts, alerts, accuracy });
   // Details for the rollouts a person watches: the active ones and the latest few.
   const watch = rollouts.filter((r, i) => i < 3 || r.state === "running" || r.state === "paused");
   const details = await Promise.all(watch.map((r) => api(`/rollouts/${encodeURIComponent(r.id)}`)));
@@ -219,6 +221,7 @@ async function refresh() {
   }
   renderDevices();
   renderModels();
+  renderAccuracy();
   renderRollouts();
   renderAlerts();
   await refreshChart();
@@ -474,6 +477,28 @@ function renderModels() {
     select.replaceChildren(...refs.map((r) => h("option", { value: r }, r)));
     if (refs.includes(keep)) select.value = keep;
   }
+}
+
+function renderAccuracy() {
+  const rows = state.accuracy;
+  $("accuracy-empty").hidden = rows.length > 0;
+  const view = rows.map((a) => [a.model, a.device_id, a.n, a.correct, a.accuracy, a.dimension_mae_mm]);
+  if (!changed("accuracy", view)) return;
+  replaceKeepingFocus(
+    $("accuracy-body"),
+    view.map(([model, device, n, correct, accuracy, mae]) =>
+      h(
+        "tr",
+        { "data-model": model, "data-device": device || "" },
+        h("th", { scope: "row", "data-label": "Model" }, model),
+        h("td", { "data-label": "Device" }, device || "all"),
+        h("td", { "data-label": "Truth" }, String(n)),
+        h("td", { "data-label": "Correct" }, String(correct)),
+        h("td", { "data-label": "Accuracy", class: "accuracy" }, accuracy === null ? "–" : pct(accuracy)),
+        h("td", { "data-label": "Dimension MAE (mm)" }, num(mae)),
+      ),
+    ),
+  );
 }
 
 async function startRollout(event) {
