@@ -9,6 +9,7 @@ arrived: the broker routes a connection's QoS 1 publishes in order, so no sleep 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,26 @@ def test_acl_kinds_round_trip() -> None:
     assert en.acl_user_kind(text, "robot-1") == "device"
     assert en.acl_user_kind(text, en.FLEET_USER) == "fleet"
     assert "topic write lineside/v1/devices/robot-1/truth" not in en.device_acl("robot-1")
+
+
+def test_enroll_cli_line_checker_writes_a_checker_block(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    acl = tmp_path / "acl"
+    cp = subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "devices", "enroll", "checker-9", "--line-checker",
+         "--out", str(tmp_path / "out"), "--acl-file", str(acl), "--password-file", str(tmp_path / "pw")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr
+    assert en.acl_user_kind(acl.read_text(), "checker-9") == "checker"
+    # A robot's name cannot be re-enrolled as a checker (its ACL would change kind).
+    en.enroll("robot-9", tmp_path / "r", acl_file=acl, password_file=tmp_path / "pw")
+    bad = subprocess.run(
+        [sys.executable, "-m", "fleet_server.cli", "devices", "enroll", "robot-9", "--line-checker",
+         "--out", str(tmp_path / "out2"), "--acl-file", str(acl), "--password-file", str(tmp_path / "pw")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
