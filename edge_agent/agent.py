@@ -164,7 +164,7 @@ class Agent:
         self._model_info: ModelInfo | None = None
         self._published_state: bytes | None = None  # the retained state last handed to MQTT
         self._listeners: list[Callable[[Telemetry], None]] = []
-        self.decision_ids = DecisionIds(state_dir=config.state_dir)
+        self.decision_ids = DecisionIds.for_state_dir(config.state_dir)
         # Recent decisions, for joining truth from the line (decision_log.py says why on the device).
         self.decision_log = DecisionLog(
             config.state_dir / "decisions", capacity=config.telemetry.decision_log

@@ -1,48 +1,62 @@
-"""Decision ids: unique on one device across restarts, cheap enough for every frame.
+"""Decision ids: unique on one device across restarts and model swaps.
 
-An id is ``<boot>-<n>``: ``n`` counts decisions in this run of the agent, and ``boot`` names the
-run. With a state directory, ``boot`` is ``<number>.<4 random hex>``: the number is persisted
-(atomically) and grows by one at every start, so two runs of one device never share a boot even
-if the random part repeats, and the random part keeps ids apart if the state directory is ever
-wiped and the number starts again. Without one (embedding, tests) it is 8 random hex digits.
-A model swap does not restart the counter, so ids stay unique across swaps too; each decision
-also names its model (``name@version``), which is what truth is joined on (see decision_log.py).
-This is the one place that defines the format.
+An id is ``BBBBBB-NNNNNNNNNNNN``: the boot number (persisted in the state dir, one more at every
+start, written durably before the first decision) and a counter from 0 within that boot. Both
+parts are zero-padded so ids sort in the order they were made, which the sample ring relies on.
+Samples use their decision's id as the sample id; truth (issue 17) refers to decisions by it.
+This is the only place ids are made.
 """
 
 from __future__ import annotations
 
 import itertools
-import secrets
+import re
 from pathlib import Path
 
 from edge_agent.atomic import atomic_write_bytes
+from edge_agent.errors import StoreError
 
-BOOT_FILE = "decision-boot"
+BOOT_FILE = "boot_id"
+DECISION_ID = re.compile(r"^[0-9]{6}-[0-9]{12}$")
 
 
-def next_boot(state_dir: Path) -> str:
-    """Persist and return this run's boot id (``<n>.<hex>``); an unreadable file counts as 0."""
-    path = Path(state_dir) / BOOT_FILE
+def next_boot(state_dir: Path) -> int:
+    """Read the last boot number in ``state_dir``, store the next one durably, return it."""
+    path = state_dir / BOOT_FILE
     try:
-        n = int(path.read_text().strip() or 0)
-    except (OSError, ValueError):
-        n = 0
-    n += 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, f"{n}\n".encode())
-    return f"{n}.{secrets.token_hex(2)}"
+        last = int(path.read_text().strip() or "0")
+    except FileNotFoundError:
+        last = 0
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read the boot id in {path}: {exc}") from exc
+    boot = last + 1
+    try:
+        atomic_write_bytes(path, f"{boot}\n".encode())
+    except OSError as exc:
+        raise StoreError(f"cannot write the boot id {path}: {exc.strerror}") from exc
+    return boot
 
 
 class DecisionIds:
-    """Hands out decision ids for one run of the agent (the inference thread calls :meth:`next`)."""
+    """Makes the ids of one boot: ``next()`` is thread-safe and cheap (the hot path calls it)."""
 
-    def __init__(self, boot_id: str | None = None, *, state_dir: Path | None = None) -> None:
-        if boot_id is None:
-            boot_id = next_boot(state_dir) if state_dir is not None else secrets.token_hex(4)
-        self.boot_id = boot_id
-        self._counter = itertools.count(1)
+    def __init__(self, boot: int) -> None:
+        if not 0 < boot < 1_000_000:
+            raise ValueError("boot number out of range")
+        self.boot = boot
+        self._prefix = f"{boot:06d}-"
+        self._counter = itertools.count()  # next() on itertools.count is atomic under the GIL
+
+    @classmethod
+    def for_state_dir(cls, state_dir: Path) -> DecisionIds:
+        """A new boot in ``state_dir``."""
+        return cls(next_boot(state_dir))
 
     def next(self) -> str:
-        """The next id, e.g. ``12.3f9a-42``."""
-        return f"{self.boot_id}-{next(self._counter)}"
+        """The next decision id."""
+        return f"{self._prefix}{next(self._counter):012d}"
+
+
+def valid_decision_id(value: str) -> bool:
+    """Whether ``value`` is shaped like an id this module makes."""
+    return DECISION_ID.match(value) is not None

@@ -19,12 +19,14 @@ def test_decision_ids_never_repeat_across_restarts(tmp_path: Path) -> None:
     seen: set[str] = set()
     boots = []
     for _ in range(5):
-        ids = DecisionIds(state_dir=tmp_path)
-        boots.append(int(ids.boot_id.split(".")[0]))
+        ids = DecisionIds.for_state_dir(tmp_path)
+        boots.append(ids.boot)
         for _ in range(100):
             seen.add(ids.next())
     assert len(seen) == 500
     assert boots == [1, 2, 3, 4, 5]  # the persisted boot number grows by one per start
+    # Every id is one a truth message may name.
+    assert all(Truth(decision_id=i, label="x").decision_id == i for i in seen)
 
 
 def test_judge_joins_correct_wrong_unknown_and_duplicate() -> None:
