@@ -134,3 +134,21 @@ def test_simulated_devices_send_truth_events_for_their_share() -> None:
     sent.clear()
     SimDevice("sim-2", SimOptions(truth_share=0.0), publish).truth(20, 0.0)
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [(["--share", "1.5"], "between 0 and 1"), (["--broker", "http://x"], "expected mqtt://")],
+)
+def test_edge_sim_checker_refuses_bad_options_in_one_line(
+    tmp_path: Path, args: list[str], reason: str
+) -> None:
+    import subprocess
+    import sys
+
+    cp = subprocess.run(
+        [sys.executable, "-m", "sim.cli", "checker", str(tmp_path / "rec"), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert cp.returncode != 0 and "Traceback" not in cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1
