@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -80,6 +80,9 @@ def query(
     by_device: bool = False,
 ) -> list[FieldAccuracy]:
     """Field accuracy from the stored ``truth.joined`` events (time = when the device joined it)."""
+    # A time without a zone (``?since=2026-11-30T12:00``) is UTC, like every time the fleet stores.
+    since = since.replace(tzinfo=UTC) if since is not None and since.tzinfo is None else since
+    until = until.replace(tzinfo=UTC) if until is not None and until.tzinfo is None else until
     stmt = select(EventRow.device_id, EventRow.payload).where(EventRow.kind == JOINED)
     if device_id is not None:
         stmt = stmt.where(EventRow.device_id == device_id)

@@ -17,6 +17,7 @@ import binascii
 import json
 import re
 import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -520,9 +521,14 @@ def accuracy_get(
     device_id: str | None = None,
     model: str | None = None,
     by_device: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Field accuracy and dimension MAE per model version (``by_device``: per device too)."""
-    rows = accuracy.query(_svc(request).db, device_id=device_id, model=model, by_device=by_device)
+    """Field accuracy and dimension MAE per model version (``by_device``: per device too), over
+    the truth joined in ``[since, until)`` (by the device's clock when it joined)."""
+    rows = accuracy.query(
+        _svc(request).db, device_id=device_id, model=model, by_device=by_device, since=since, until=until
+    )
     return [a.to_dict() for a in rows]
 
 

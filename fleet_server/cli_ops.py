@@ -161,6 +161,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--device", help="only this device")
     p.add_argument("--model", help="only this NAME@VERSION")
     p.add_argument("--by-device", action="store_true", help="one row per model version and device")
+    p.add_argument("--since", metavar="ISO", help="only truth joined at or after this time (ISO 8601)")
+    p.add_argument("--until", metavar="ISO", help="only truth joined before this time (ISO 8601)")
     p.set_defaults(func=accuracy_cmd)
 
     p = _common(
@@ -509,7 +511,11 @@ def alerts(args: argparse.Namespace) -> int:
 def accuracy_cmd(args: argparse.Namespace) -> int:
     with _client(args) as c:
         rows = c.accuracy(
-            device_id=args.device, model=args.model, by_device=args.by_device or bool(args.device)
+            device_id=args.device,
+            model=args.model,
+            by_device=args.by_device or bool(args.device),
+            since=args.since,
+            until=args.until,
         )
     if args.json:
         print_json(rows)

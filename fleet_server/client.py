@@ -104,11 +104,16 @@ class FleetClient:
         return out
 
     def accuracy(
-        self, *, device_id: str | None = None, model: str | None = None, by_device: bool = False
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        by_device: bool = False,
+        since: str | None = None,
+        until: str | None = None,
     ) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {
-            k: v for k, v in (("device_id", device_id), ("model", model)) if v is not None
-        }
+        pairs = (("device_id", device_id), ("model", model), ("since", since), ("until", until))
+        params: dict[str, Any] = {k: v for k, v in pairs if v is not None}
         if by_device:
             params["by_device"] = "true"
         out: list[dict[str, Any]] = self.request("GET", "/api/v1/accuracy", params=params)

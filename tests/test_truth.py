@@ -136,13 +136,8 @@ def test_simulated_devices_send_truth_events_for_their_share() -> None:
     assert sent == []
 
 
-@pytest.mark.parametrize(
-    ("args", "reason"),
-    [(["--share", "1.5"], "between 0 and 1"), (["--broker", "http://x"], "expected mqtt://")],
-)
-def test_edge_sim_checker_refuses_bad_options_in_one_line(
-    tmp_path: Path, args: list[str], reason: str
-) -> None:
+@pytest.mark.parametrize("args", [["--share", "1.5"], ["--broker", "http://x"]])
+def test_edge_sim_checker_refuses_bad_options_in_one_line(tmp_path: Path, args: list[str]) -> None:
     import subprocess
     import sys
 
@@ -152,3 +147,39 @@ def test_edge_sim_checker_refuses_bad_options_in_one_line(
     )  # fmt: skip
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     assert len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_accuracy_over_time_through_the_real_ingest(db_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from edge_agent.messages import Event, Topics, dump
+    from fleet_server import accuracy
+    from fleet_server.db import Database
+    from fleet_server.ingest import Inbound, Ingest
+
+    topics = Topics()
+    t0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+    def joined(seq: int, minutes: int, model: str, correct: bool) -> Inbound:
+        ev = Event(
+            device_id="r1",
+            seq=seq,
+            kind="truth.joined",
+            at=t0 + timedelta(minutes=minutes),
+            data={"decision_id": f"000001-{seq:012d}", "model": model, "correct": correct},
+        )
+        return Inbound(topics.device("r1", "events"), dump(ev), 0, 1)
+
+    db = Database(db_url)
+    db.create()
+    try:
+        batch = [joined(1, 0, "m@1", True), joined(2, 5, "m@1", False), joined(3, 10, "m@2", True)]
+        Ingest(db, topics).write_batch([*batch, batch[0]])  # a redelivery counts once
+        every = {(a.model, a.n, a.correct) for a in accuracy.query(db)}
+        assert every == {("m@1", 2, 1), ("m@2", 1, 1)}
+        first = accuracy.query(db, until=t0 + timedelta(minutes=1))
+        assert [(a.model, a.n, a.correct) for a in first] == [("m@1", 1, 1)]
+        later = accuracy.query(db, since=t0 + timedelta(minutes=5), model="m@1")
+        assert [(a.model, a.n, a.correct) for a in later] == [("m@1", 1, 0)]
+    finally:
+        db.dispose()

@@ -156,6 +156,9 @@ def test_truth_over_http_needs_a_truth_role_and_bad_input_stores_nothing(rig: Li
     assert joined["kind"] == "truth.joined" and joined["predicted"] == decision["label"]
     assert joined["correct"] == (decision["label"] == "square-80")
     acc = rig.api("GET", "/accuracy")
+    # Over time: a window that ends before the join holds nothing; one from long ago holds it.
+    assert rig.api("GET", "/accuracy", params={"until": "2000-01-01T00:00:00"}) == []
+    assert rig.api("GET", "/accuracy", params={"since": "2000-01-01T00:00:00Z"}) == acc
     assert [(a["model"], a["n"], a["correct"]) for a in acc] == [
         ("shapes@1.0.0", 1, int(decision["label"] == "square-80"))
     ]
