@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from benchmarks import fleet, local_output, pipeline, providers, quant, realtime, startup, swap
+from benchmarks import fleet, local_output, pipeline, providers, quant, realtime, sampling, startup, swap
 from benchmarks.common import Check, Context, Section
 
 __all__ = ["BENCHMARKS", "Check", "Context", "Section"]
@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, Callable[[Context], Section]] = {
     "pipeline": pipeline.run,
     "realtime": realtime.run,
     "camerarate": realtime.run_camera_rate,
+    "sampling": sampling.run,
     "swap": swap.run,
     "quantisation": quant.run,
     "fleet": fleet.run,

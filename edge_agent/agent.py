@@ -60,6 +60,7 @@ from edge_agent.messages import (
 )
 from edge_agent.publisher import Publisher
 from edge_agent.runtime import ModelRunner, runtime_builds
+from edge_agent.sampling import FrameSampler, SampleDecision
 from edge_agent.service import SystemdNotifier, write_status
 from edge_agent.sources import Frame, FrameSource
 from edge_agent.spool import Spool
@@ -142,6 +143,8 @@ class Agent:
         spool: Spool | None = None,
         on_decision: Callable[[Decision], None] | None = None,
         agent_version: str = __version__,
+        decision_ids: DecisionIds | None = None,
+        sampler: FrameSampler | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -153,6 +156,9 @@ class Agent:
             else Spool(config.state_dir / "spool", max_messages=config.telemetry.spool_max_messages)
         )
         self.on_decision = on_decision
+        self.decision_ids = decision_ids or DecisionIds.for_state_dir(config.state_dir)
+        # Frames kept for retraining; None when capture is off (config `[samples] capture = false`).
+        self.sampler = sampler
         self.agent_version = agent_version
         self.device_id = config.device_id
         # Which onnxruntime build(s) this environment has: reported, and two at once is warned about.
@@ -164,7 +170,6 @@ class Agent:
         self._model_info: ModelInfo | None = None
         self._published_state: bytes | None = None  # the retained state last handed to MQTT
         self._listeners: list[Callable[[Telemetry], None]] = []
-        self.decision_ids = DecisionIds.for_state_dir(config.state_dir)
         # Recent decisions, for joining truth from the line (decision_log.py says why on the device).
         self.decision_log = DecisionLog(
             config.state_dir / "decisions", capacity=config.telemetry.decision_log
@@ -354,6 +359,8 @@ class Agent:
         self.publish_state()
         self.commands.start()
         self._telemetry_thread.start()
+        if self.sampler is not None:
+            self.sampler.start()
         self._inference_thread.start()
         self.capture.start()
         self.emit_event(
@@ -398,6 +405,8 @@ class Agent:
         self._stop_inference.set()
         self.frames.wake()
         self._inference_thread.join(timeout=10)
+        if self.sampler is not None:
+            self.sampler.stop()
         self.emit_event("agent.stopping", message="shutting down", model=self._runner.model_ref())
         self._windows.put(None)
         self._telemetry_thread.join(timeout=10)
@@ -470,6 +479,8 @@ class Agent:
         perf = time.perf_counter
         wall = time.time
         stop = self._stop_inference
+        sampler = self.sampler
+        model_ref = runner.model_ref()
         while True:
             frame = frames.get(0.1)
             now = clock.monotonic()
@@ -492,6 +503,7 @@ class Agent:
                 label_json = [json.dumps(x) for x in labels]
                 model_name = f"{runner.manifest.name}@{runner.manifest.version}"
                 model_json = json.dumps(model_name)
+                model_ref = runner.model_ref()
                 window = TelemetryWindow(
                     labels, low_confidence=thresholds.low_confidence, model=runner.model_ref()
                 )
@@ -515,9 +527,9 @@ class Agent:
                 self.errors_total += 1
                 continue
             latency = perf() - t0
+            decision_id = next_id()
             window.add(pred.label_index, pred.confidence, latency, pred.finite, pred.dimensions_mm)
             self.frames_total += 1
-            decision_id = next_id()
             log_decision(
                 decision_id, model_name, labels[pred.label_index] if pred.finite else None, pred.dimensions_mm
             )
@@ -552,6 +564,18 @@ class Agent:
                     self.on_decision(decision)
                 for out in outputs:
                     out.offer(decision)
+            if sampler is not None and pred.finite:
+                sampler.offer(
+                    frame,
+                    SampleDecision(
+                        decision_id,
+                        labels[pred.label_index],
+                        pred.confidence,
+                        pred.probabilities,
+                        pred.dimensions_mm,
+                    ),
+                    model=model_ref,
+                )
             if stop.is_set() and len(frames) == 0:
                 break
         # The last, partial window: what was served before the stop still counts.
@@ -644,6 +668,8 @@ class Agent:
         if change is None:
             return
         self.drifting = change.state == "drifting"
+        if self.sampler is not None:
+            self.sampler.drifting = self.drifting
         self.emit_event(
             "drift",
             level="warning" if self.drifting else "info",
@@ -680,6 +706,7 @@ class Agent:
             "spool_dropped": self.spool.dropped_total,
             "drifting": self.drifting,
             **{k: v for extra in self.status_extras for k, v in extra().items()},
+            "samples": None if self.sampler is None else self.sampler.counters(),
         }
 
     def status_line(self) -> str:

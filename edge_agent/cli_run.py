@@ -144,6 +144,9 @@ def build_agent(config: AgentConfig) -> Any:
     from edge_agent.robot_side import attach_robot_side
 
     attach_robot_side(agent, config, updater)
+    from edge_agent.sampling import attach_to_agent as attach_sampling
+
+    attach_sampling(agent)
     if updater is not None:
         from edge_agent.updater import attach_to_agent
 

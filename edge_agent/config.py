@@ -395,6 +395,55 @@ class OpcUaConfig(_Section):
         return v
 
 
+class SamplesConfig(_Section):
+    """Frames kept for retraining (docs/samples.md): which, how many, how they travel to the fleet.
+
+    ``capture = false`` is final: nothing is sampled or sent, whatever the fleet's ``capture``
+    command or a rollout asks. Strategies left unset take the model manifest's ``sampling``
+    defaults, then the built-in ones.
+    """
+
+    capture: bool = Field(default=True, description="false: never sample, never send (privacy; final)")
+    low_confidence_min: Annotated[float, Field(ge=0, le=1)] | None = None
+    low_confidence_max: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None,
+        description="sample frames whose confidence is in [min, max); default the drift threshold",
+    )
+    random_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    drift_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    shadow_disagreement: bool = True
+    per_minute: Annotated[int, Field(ge=0)] | None = 6
+    per_hour: Annotated[int, Field(ge=0)] | None = 60
+    per_day: Annotated[int, Field(ge=0)] | None = 500
+    per_label_per_minute: Annotated[int, Field(ge=0)] | None = None
+    per_label_per_hour: Annotated[int, Field(ge=0)] | None = None
+    per_label_per_day: Annotated[int, Field(ge=0)] | None = None
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 85
+    max_side_px: Annotated[int, Field(ge=16, le=8192)] = 640
+    ring_max_bytes: Annotated[int, Field(ge=65536)] = 64 * 1024 * 1024
+    queue_size: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=8, description="frames waiting for JPEG encoding; a frame offered to a full queue is dropped"
+    )
+    seed: int | None = Field(default=None, description="seed the random share (tests, reproducible runs)")
+    server_url: str | None = Field(
+        default=None, description="the fleet server (http[s]://host:port); default: updates.repository_url"
+    )
+    token_file: Path | None = Field(
+        default=None, description="this device's HTTP token; default: updates.token_file"
+    )
+    upload_max_bytes_per_s: Annotated[int, Field(ge=1024)] = 250_000
+    upload_backoff_s: Annotated[float, Field(gt=0)] = 1.0
+    upload_backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    upload_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+
+    @field_validator("server_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError("must be an http(s):// URL")
+        return v
+
+
 class AgentConfig(_Section):
     """The whole agent config file."""
 
@@ -411,6 +460,7 @@ class AgentConfig(_Section):
     line: LineConfig = Field(default_factory=LineConfig)
     local_output: LocalOutputConfig = Field(default_factory=LocalOutputConfig)
     opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
+    samples: SamplesConfig = Field(default_factory=SamplesConfig)
     watchdog_s: Annotated[float, Field(ge=0)] = Field(
         default=0.0, description="systemd watchdog interval (0: taken from WATCHDOG_USEC, or off)"
     )

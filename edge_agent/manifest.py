@@ -25,8 +25,8 @@ The contract rule for growing the manifest (documented for users in docs/manifes
 - ``min_agent_version`` stays the release engineer's gate on agent releases (reason
   ``agent_version``, checked in :mod:`edge_agent.acceptance`).
 
-Schema 2 adds ``input.resize.mode = "letterbox"`` with ``input.resize.pad_value``, and a
-per-channel ``input.scale`` (a list).
+Schema 2 adds ``input.resize.mode = "letterbox"`` with ``input.resize.pad_value``, a
+per-channel ``input.scale`` (a list), and ``sampling`` (the sampler's defaults).
 
 Adding a field: give its ``Field`` ``json_schema_extra={"since_schema": N}`` (N = this
 module's next :data:`SCHEMA_VERSION`) and a default that keeps today's behaviour; the rest
@@ -265,6 +265,19 @@ class SelftestSpec(_Strict):
         return (own.atol, own.rtol) if own is not None else (self.atol, self.rtol)
 
 
+class SamplingDefaults(_Strict):
+    """Schema 2: which frames devices keep for retraining, as the release suggests it.
+
+    A device's ``[samples]`` settings override each field; unset fields fall back to the
+    agent's built-ins (the low-confidence band under ``drift.low_confidence``, no random share).
+    """
+
+    low_confidence_min: Annotated[float, Field(ge=0, le=1)] | None = None
+    low_confidence_max: Annotated[float, Field(ge=0, le=1)] | None = None
+    random_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    drift_share: Annotated[float, Field(ge=0, le=1)] | None = None
+
+
 class Manifest(_Strict):
     """manifest.json of a model bundle."""
 
@@ -281,6 +294,11 @@ class Manifest(_Strict):
     probation: ProbationGates = Field(default_factory=ProbationGates)
     drift: DriftThresholds = Field(default_factory=DriftThresholds)
     selftest: SelftestSpec = Field(default_factory=SelftestSpec)
+    sampling: SamplingDefaults | None = Field(
+        default=None,
+        json_schema_extra={"since_schema": 2},
+        description="schema 2: the sampler's defaults for this model (docs/samples.md)",
+    )
     min_agent_version: str = "0.1.0"
     device_classes: list[str] = Field(default_factory=lambda: ["*"], description='"*" means any class')
     # Free-form extras a producer may want to carry (training config hash, dataset seeds...).

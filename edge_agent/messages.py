@@ -225,6 +225,7 @@ class RollbackCommand(_Cmd):
 class CaptureCommand(_Cmd):
     type: Literal["capture"] = "capture"
     count: Annotated[int, Field(ge=1, le=1000)] = 10
+    low_confidence: bool = Field(default=False, description="only frames in the low-confidence band")
 
 
 Command = Annotated[

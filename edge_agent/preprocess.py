@@ -8,6 +8,7 @@ numbers a model is released with are the numbers it gets on the line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -104,6 +105,7 @@ class Prediction:
     margin: float  # top-1 minus top-2 probability
     dimensions_mm: tuple[float, float] | None
     finite: bool
+    probabilities: Any = None  # the class probabilities (np.ndarray), for samples
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -143,4 +145,11 @@ class Postprocessor:
             dims = (float(d[0]), float(d[1]))
         if not finite:
             conf, margin = 0.0, 0.0
-        return Prediction(label_index=i1, confidence=conf, margin=margin, dimensions_mm=dims, finite=finite)
+        return Prediction(
+            label_index=i1,
+            confidence=conf,
+            margin=margin,
+            dimensions_mm=dims,
+            finite=finite,
+            probabilities=probs,
+        )

@@ -55,6 +55,7 @@ class Services:
     broker: EmbeddedBroker | None = None
     webhook: Webhook | None = None
     bootstrap_token: str | None = None
+    samples: Any = None  # fleet_server.samples.SampleStore
     started_at: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -81,6 +82,14 @@ class Services:
             webhook=webhook,
         )
         svc.repo = _open_repo(settings)
+        from fleet_server.samples import SampleStore
+
+        svc.samples = SampleStore(
+            db,
+            settings.data_dir / "samples",
+            max_total_bytes=settings.samples_max_total_bytes,
+            max_age_s=settings.samples_max_age_days * 86400.0,
+        )
         svc.bootstrap_token = _bootstrap_admin(settings, db)
         return svc
 
@@ -204,6 +213,9 @@ def create_app(
         )
 
     api.install(app)
+    from fleet_server import api_samples
+
+    api_samples.install(app)
     from fleet_server import dashboard  # the operator page at /
 
     dashboard.install(app)

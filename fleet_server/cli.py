@@ -14,6 +14,7 @@ COMMAND_MODULES: list[str] = [
     "fleet_server.cli_ops",
     "fleet_server.cli_enroll",
     "fleet_server.cli_db",
+    "fleet_server.cli_samples",
 ]
 
 

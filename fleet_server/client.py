@@ -73,6 +73,16 @@ class FleetClient:
             return None
         return r.json()
 
+    def get_bytes(self, path: str) -> bytes:
+        """A binary resource (a sample's JPEG); errors as :meth:`request`."""
+        try:
+            r = self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach the fleet server at {self.base_url}: {exc}") from exc
+        if r.status_code >= 400:
+            raise ApiError(f"{r.status_code}: {r.text[:200]}", status=r.status_code)
+        return r.content
+
     # models
     def models(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = self.request("GET", "/api/v1/models")

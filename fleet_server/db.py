@@ -178,6 +178,34 @@ class DeadLetterRow(Base):
     dead_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
 
+class SampleRow(Base):
+    """A frame a device kept for retraining: its metadata, and the content address of its JPEG.
+
+    Unique by (device, sample id): a device resending a sample (a cut upload, a restart before the
+    answer) stores nothing new. The JPEG lives under the data directory as ``samples/ab/<sha256>``;
+    two samples with the same bytes share one file.
+    """
+
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("device_id", "sample_id", name="uq_samples_device_sample"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    sample_id: Mapped[str] = mapped_column(String(64))
+    decision_id: Mapped[str] = mapped_column(String(64))
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str] = mapped_column(String(32))
+    label: Mapped[str] = mapped_column(String(128), index=True)  # the model's label for the frame
+    confidence: Mapped[float] = mapped_column(Float)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(64))
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    image_bytes: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class TokenRow(Base):
     __tablename__ = "tokens"
 

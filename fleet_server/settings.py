@@ -100,6 +100,15 @@ class FleetSettings(BaseModel):
     webhook_url: str | None = None
     webhook_retries: Annotated[int, Field(ge=0)] = 3
     max_upload_bytes: Annotated[int, Field(gt=0)] = 512 * 1024 * 1024
+    sample_max_bytes: Annotated[int, Field(gt=0)] = Field(
+        default=4 * 1024 * 1024, description="the largest sample upload (metadata and JPEG) accepted"
+    )
+    samples_max_total_bytes: Annotated[int, Field(gt=0)] = Field(
+        default=20 * 1024**3, description="retention: the oldest samples go when their JPEGs add up to more"
+    )
+    samples_max_age_days: Annotated[float, Field(gt=0)] = Field(
+        default=365.0, description="retention: samples received longer ago are removed"
+    )
     ingest_queue_max: Annotated[int, Field(gt=0)] = 50_000
     ingest_batch_max: Annotated[int, Field(gt=0)] = 500
     controller_tick_s: Annotated[float, Field(gt=0)] = 0.5

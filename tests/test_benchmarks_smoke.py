@@ -55,6 +55,13 @@ def test_local_output_reports_socket_and_opcua_latency(ctx: Context) -> None:
     assert all(int(r[1]) > 0 for r in s.rows)
 
 
+def test_sampling_compares_capture_off_default_and_every_frame(ctx: Context) -> None:
+    s = BENCHMARKS["sampling"](ctx)
+    assert [r[0] for r in s.rows] == ["off", "default", "every frame"]
+    assert all(int(r[1]) > 0 for r in s.rows)  # each mode served frames
+    assert int(s.rows[0][3]) == 0 and int(s.rows[2][3]) > 0  # off stores nothing; every frame does
+
+
 def test_swap_adopts_the_new_model(ctx: Context) -> None:
     s = BENCHMARKS["swap"](ctx)
     rates = [r[0] for r in s.rows]

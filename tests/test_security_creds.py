@@ -126,13 +126,24 @@ def test_a_device_token_reads_targets_and_nothing_else(client: TestClient) -> No
     # Every route the server documents (its OpenAPI schema), so a route added later is covered too.
     paths = client.get("/openapi.json").json()["paths"]
     checked = []
+    # The one exception: its own samples upload (issue 16), where the token is checked against
+    # the device in the URL — for another device's URL it is refused like everywhere else.
+    own_upload = ("PUT", "/api/v1/devices/{device_id}/samples/{sample_id}")
     for route, ops in paths.items():
         if not route.startswith("/api/"):
             continue
         for method in sorted(m.upper() for m in ops):
             kw: dict[str, Any] = {} if method in ("GET", "DELETE") else {"json": {}}
-            r = client.request(method, _fill(route), headers=_bearer(device), **kw)
-            assert r.status_code == 403, (method, route, r.status_code, r.text)
+            if (method, route) == own_upload:
+                r = client.request(
+                    method, _fill(route).replace("robot-1", "robot-2"), headers=_bearer(device), **kw
+                )
+                assert r.status_code == 403 and r.json()["reason"] == "wrong_device", r.text
+                r = client.request(method, _fill(route), headers=_bearer(device), **kw)
+                assert r.status_code == 422 and r.json()["reason"] == "malformed", r.text  # allowed, bad body
+            else:
+                r = client.request(method, _fill(route), headers=_bearer(device), **kw)
+                assert r.status_code == 403, (method, route, r.status_code, r.text)
             checked.append((method, route))
     # The routes that matter most are among those checked (the list is not accidentally empty).
     for must in (
@@ -141,6 +152,9 @@ def test_a_device_token_reads_targets_and_nothing_else(client: TestClient) -> No
         ("POST", "/api/v1/devices/{device_id}/token"),
         ("POST", "/api/v1/tokens"),
         ("POST", "/api/v1/rollouts"),
+        ("GET", "/api/v1/samples"),
+        ("POST", "/api/v1/samples/purge"),
+        own_upload,
     ):
         assert must in checked, must
 

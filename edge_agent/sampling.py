@@ -1,0 +1,335 @@
+"""The sampler's shell: ``offer`` on the inference thread, JPEG encoding and disk writes on a worker.
+
+The inference thread calls :meth:`FrameSampler.offer` for every decision. It asks the pure
+policy (:mod:`edge_agent.sampler`) and, for a frame it takes, puts a reference to the frame and
+its metadata into a bounded queue — never blocking: a full queue drops the sample and counts it.
+A worker thread at the lowest priority resizes, encodes the JPEG, writes it to the
+:class:`~edge_agent.sample_ring.SampleRing` and wakes the uploader.
+
+Operator ``capture`` requests arrive on another thread; they cross into the inference thread's
+policy through a queue that ``offer`` drains, so the policy has one owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_agent.config import SamplesConfig
+from edge_agent.manifest import Manifest
+from edge_agent.messages import ModelRef
+from edge_agent.sample_ring import SampleRing
+from edge_agent.sampler import Limits, Quotas, Reason, SamplingPolicy, SamplingRules
+from edge_agent.sources import Frame
+from edge_agent.uploader import SampleUploader
+
+log = logging.getLogger(__name__)
+
+SAMPLE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SampleDecision:
+    """What the sampler needs of one decision."""
+
+    decision_id: str
+    label: str
+    confidence: float
+    probabilities: Any  # np.ndarray of the model's class probabilities, or None
+    dimensions_mm: tuple[float, float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowOutput:
+    """The shadow model's view of the same frame (issue 15's runner provides it)."""
+
+    model: ModelRef
+    label: str
+    confidence: float
+    probabilities: Any = None
+
+
+def policy_for(cfg: SamplesConfig, manifest: Manifest | None) -> SamplingPolicy:
+    """The policy from the agent's config, the manifest's sampling defaults under it, built-ins last."""
+    defaults = getattr(manifest, "sampling", None) if manifest is not None else None
+    low_threshold = manifest.drift.low_confidence if manifest is not None else 0.5
+
+    def pick(name: str, builtin: Any) -> Any:
+        value = getattr(cfg, name)
+        if value is None and defaults is not None:
+            value = getattr(defaults, name, None)
+        return builtin if value is None else value
+
+    low_min = pick("low_confidence_min", 0.0)
+    low_max = pick("low_confidence_max", low_threshold)
+    band = (float(low_min), float(low_max)) if low_max > low_min else None
+    rules = SamplingRules(
+        low_confidence_band=band,
+        random_share=float(pick("random_share", 0.0)),
+        drift_share=float(pick("drift_share", 0.0)),
+        shadow_disagreement=cfg.shadow_disagreement,
+    )
+    quotas = Quotas(
+        Limits(cfg.per_minute, cfg.per_hour, cfg.per_day),
+        Limits(cfg.per_label_per_minute, cfg.per_label_per_hour, cfg.per_label_per_day),
+    )
+    return SamplingPolicy(rules, quotas)
+
+
+class FrameSampler:
+    """Takes frames as the policy and quotas allow, encodes and stores them off the serving path."""
+
+    def __init__(
+        self,
+        cfg: SamplesConfig,
+        ring: SampleRing,
+        policy: SamplingPolicy,
+        *,
+        device_id: str,
+        crop: Any = None,
+        wall: Callable[[], float] = time.time,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        if not cfg.capture:
+            raise ValueError("capture = false: no sampler may exist")
+        self.cfg = cfg
+        self.ring = ring
+        self.policy = policy
+        self.device_id = device_id
+        self.crop = crop
+        self.wall = wall
+        self.on_stored = on_stored
+        self.uploader: SampleUploader | None = None
+        self.drifting = False  # set by the telemetry thread; read here (a bool: racy reads are fine)
+        policy.quotas.restore(ring.load_quota())
+        self._rng = random.Random(cfg.seed)
+        self._requests: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        self._work: queue.Queue[tuple[np.ndarray, dict[str, Any], dict[str, Any]] | None] = queue.Queue(
+            maxsize=cfg.queue_size
+        )
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self.offered = 0
+        self.taken = 0
+        self.dropped = 0
+        self.stored = 0
+        self.failed = 0
+
+    # -- any thread
+    def request(self, count: int, *, low_confidence: bool) -> None:
+        """An operator's ``capture``: the next ``count`` frames (low-confidence ones only, if asked)."""
+        self._requests.put((count, low_confidence))
+
+    def start(self) -> None:
+        self._thread.start()
+        if self.uploader is not None:
+            self.uploader.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the queued samples, then stop the worker (and the uploader)."""
+        if self._thread.is_alive():
+            try:
+                self._work.put(None, timeout=timeout)
+                self._thread.join(timeout)
+            except queue.Full:
+                log.warning("sampler queue still full at stop; its samples are lost")
+        if self.uploader is not None:
+            self.uploader.stop()
+
+    def counters(self) -> dict[str, int | None]:
+        up = self.uploader.counters() if self.uploader is not None else {}
+        return {
+            **up,
+            "taken": self.taken,
+            "dropped": self.dropped,
+            "stored": self.stored,
+            "failed": self.failed,
+            "refused_by_quota": self.policy.refused_by_quota,
+            "ring": len(self.ring),
+            "ring_bytes": self.ring.total_bytes,
+            "evicted": self.ring.evicted_total,
+        }
+
+    # -- the inference thread
+    def offer(
+        self,
+        frame: Frame,
+        decision: SampleDecision,
+        *,
+        model: ModelRef,
+        reason: Reason | None = None,
+        shadow: ShadowOutput | None = None,
+    ) -> bool:
+        """Maybe take this frame (never blocks). ``reason`` forces a strategy's wish (still under quotas)."""
+        while not self._requests.empty():
+            count, low = self._requests.get_nowait()
+            self.policy.request(count, low_confidence=low)
+        self.offered += 1
+        now = self.wall()
+        disagrees = None if shadow is None else shadow.label != decision.label
+        if reason is None:
+            taken = self.policy.decide(
+                now=now,
+                label=decision.label,
+                confidence=decision.confidence,
+                drifting=self.drifting,
+                u=self._rng.random(),
+                shadow_disagrees=disagrees,
+            )
+        else:
+            taken = reason if self.policy.quotas.try_take(decision.label, now) else None
+        if taken is None:
+            return False
+        self.taken += 1
+        probs = decision.probabilities
+        meta: dict[str, Any] = {
+            "format": SAMPLE_FORMAT,
+            "sample_id": decision.decision_id,
+            "decision_id": decision.decision_id,
+            "device_id": self.device_id,
+            "taken_at": now,
+            "reason": taken,
+            "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+            "label": decision.label,
+            "confidence": decision.confidence,
+            "probabilities": None if probs is None else [round(float(p), 6) for p in probs],
+            "dimensions_mm": None if decision.dimensions_mm is None else list(decision.dimensions_mm),
+            "shadow": None
+            if shadow is None
+            else {
+                "model": {"name": shadow.model.name, "version": shadow.model.version},
+                "label": shadow.label,
+                "confidence": shadow.confidence,
+                "probabilities": None
+                if shadow.probabilities is None
+                else [round(float(p), 6) for p in shadow.probabilities],
+            },
+        }
+        try:
+            self._work.put_nowait((frame.image, meta, self.policy.quotas.state()))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    # -- the worker
+    def _run(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (OSError, AttributeError) as exc:
+            log.info("could not lower the sampler's priority: %s", exc)
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            image, meta, quota = item
+            try:
+                self._store(image, meta, quota)
+            except Exception:
+                self.failed += 1
+                log.exception("could not store sample %s", meta.get("sample_id"))
+
+    def _store(self, image: np.ndarray, meta: dict[str, Any], quota: dict[str, Any]) -> None:
+        h, w = image.shape[:2]
+        scale = min(1.0, self.cfg.max_side_px / max(h, w))
+        if scale < 1.0:
+            image = cv2.resize(
+                image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+            )
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        jpeg = buf.tobytes()
+        meta["image"] = {
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "camera_width": w,
+            "camera_height": h,
+            "scale": scale,
+            "jpeg_quality": self.cfg.jpeg_quality,
+            # The frame as the camera gave it; the model saw this crop of it (None: the whole frame).
+            "crop": self.crop,
+        }
+        self.ring.put(meta["sample_id"], jpeg, json.dumps(meta, separators=(",", ":")).encode())
+        self.ring.save_quota(quota)
+        self.stored += 1
+        if self.on_stored is not None:
+            self.on_stored()
+
+
+def attach_to_agent(agent: Any) -> FrameSampler | None:
+    """Give ``agent`` its sampler and uploader from its config, and answer ``capture`` commands.
+
+    With ``[samples] capture = false`` nothing is built: no sampler, no uploader, and every
+    ``capture`` command is rejected with reason ``capture_disabled``. Without a fleet server to
+    send samples to (``[samples] server_url`` or ``[updates] repository_url``) nothing is sampled
+    either, and ``capture`` is rejected with reason ``no_destination``.
+    """
+    config = agent.config
+    cfg: SamplesConfig = config.samples
+    sampler: FrameSampler | None = None
+    updates = config.updates
+    server = cfg.server_url or (updates.repository_url if updates is not None else None)
+    token_file = cfg.token_file or (updates.token_file if updates is not None else None)
+    if cfg.capture and server is None:
+        # Nowhere to send them: keeping camera frames on disk for nobody is a privacy cost only.
+        log.info("no sampling: no [samples] server_url or [updates] repository_url to send samples to")
+    if cfg.capture and server is not None:
+        manifest = agent.runner.manifest
+        ring = SampleRing(config.state_dir / "samples", cfg.ring_max_bytes)
+        roi = manifest.input.roi
+        sampler = FrameSampler(
+            cfg,
+            ring,
+            policy_for(cfg, manifest),
+            device_id=config.device_id,
+            crop=None if roi is None else roi.model_dump(),
+        )
+        uploader = SampleUploader(
+            ring,
+            server_url=server,
+            device_id=config.device_id,
+            token_file=token_file,
+            max_bytes_per_s=cfg.upload_max_bytes_per_s,
+            backoff_s=cfg.upload_backoff_s,
+            backoff_max_s=cfg.upload_backoff_max_s,
+            timeout_s=cfg.upload_timeout_s,
+            seed=cfg.seed,
+        )
+        sampler.uploader = uploader
+        sampler.on_stored = uploader.notify
+        agent.sampler = sampler
+
+    def on_capture(cmd: Any) -> None:
+        if not cfg.capture or sampler is None:
+            disabled = not cfg.capture
+            agent.emit_event(
+                "command.rejected",
+                level="warning",
+                cmd_id=cmd.cmd_id,
+                message="capture is disabled on this device ([samples] capture = false)"
+                if disabled
+                else "this device has no fleet server to send samples to",
+                data={"type": "capture", "reason": "capture_disabled" if disabled else "no_destination"},
+            )
+            return
+        sampler.request(cmd.count, low_confidence=cmd.low_confidence)
+        agent.emit_event(
+            "capture",
+            cmd_id=cmd.cmd_id,
+            message=f"capturing the next {cmd.count} {'low-confidence ' if cmd.low_confidence else ''}frames",
+            data={"count": cmd.count, "low_confidence": cmd.low_confidence},
+        )
+
+    agent.set_command_handler("capture", on_capture)
+    return sampler
