@@ -22,6 +22,7 @@ const state = {
   details: new Map(),
   alerts: [],
   accuracy: [],
+  labelling: { sample: null, labels: [], total: 0, imageFor: null },
   selected: null,
   timer: null,
   polling: null,
@@ -222,6 +223,7 @@ async function refresh() {
   renderDevices();
   renderModels();
   renderAccuracy();
+  if (isAdmin()) await refreshLabelling();
   renderRollouts();
   renderAlerts();
   await refreshChart();
@@ -501,6 +503,80 @@ function renderAccuracy() {
   );
 }
 
+// -- labelling -----------------------------------------------------------------------------------
+
+async function refreshLabelling() {
+  const [page, labels] = await Promise.all([
+    api("/samples?labelled=false&limit=1"),
+    api("/samples/labels/known"),
+  ]);
+  const lab = state.labelling;
+  lab.sample = page.samples.length ? page.samples[0] : null;
+  lab.total = page.total;
+  lab.labels = labels;
+  renderLabelling();
+}
+
+function renderLabelling() {
+  const lab = state.labelling;
+  const sample = lab.sample;
+  $("labelling-count").textContent = `(${lab.total} unlabelled)`;
+  $("labelling-empty").hidden = sample !== null;
+  $("labelling-box").hidden = sample === null;
+  if (!sample) return;
+  $("labelling-box").dataset.sample = String(sample.id);
+  $("labelling-guess").textContent =
+    `${sample.device_id} · model ${sample.model.name}@${sample.model.version} says ${sample.label} ` +
+    `(confidence ${pct(sample.confidence)})`;
+  if (lab.imageFor !== sample.id) {
+    lab.imageFor = sample.id;
+    fetch(`/api/v1/samples/${sample.id}/image`, { headers: { Authorization: `Bearer ${state.token}` } })
+      .then((r) => (r.ok ? r.blob() : null))
+      .then((blob) => {
+        if (blob && state.labelling.imageFor === sample.id) $("labelling-image").src = URL.createObjectURL(blob);
+      });
+  }
+  if (changed("labelling-buttons", [sample.id, lab.labels])) {
+    replaceKeepingFocus(
+      $("labelling-buttons"),
+      lab.labels.map((name, i) =>
+        h(
+          "button",
+          { type: "button", class: "small", "data-label": name, onclick: () => label(name, false) },
+          i < 9 ? `${i + 1} · ${name}` : name,
+        ),
+      ),
+    );
+  }
+}
+
+async function label(name, isNew) {
+  const sample = state.labelling.sample;
+  if (!sample) return;
+  try {
+    await api("/samples/labels", { method: "POST", body: { labels: [{ id: sample.id, label: name }], new_labels: isNew } });
+    $("labelling-msg").className = "msg ok";
+    $("labelling-msg").textContent = `Sample ${sample.id} labelled ${name}.`;
+    announce(`Sample ${sample.id} labelled ${name}`);
+    await refreshLabelling();
+  } catch (err) {
+    $("labelling-msg").className = "msg error";
+    $("labelling-msg").textContent = `Not labelled: ${err.message}`;
+  }
+}
+
+function labellingKey(event) {
+  if (!isAdmin() || !state.labelling.sample) return;
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const n = Number(event.key);
+  if (Number.isInteger(n) && n >= 1 && n <= 9 && n <= state.labelling.labels.length) {
+    event.preventDefault();
+    label(state.labelling.labels[n - 1], false);
+  }
+}
+
 async function startRollout(event) {
   event.preventDefault();
   const msg = $("rollout-form-msg");
@@ -728,6 +804,14 @@ function init() {
   $("rollout-form").addEventListener("submit", startRollout);
   $("chart-device").addEventListener("change", (e) => selectDevice(e.target.value));
   $("alerts-open-only").addEventListener("change", renderAlerts);
+  document.addEventListener("keydown", labellingKey);
+  $("labelling-new").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("labelling-new-label").value.trim();
+    if (!name) return;
+    $("labelling-new-label").value = "";
+    label(name, true);
+  });
   // Hidden tabs stop polling; coming back refreshes at once.
   document.addEventListener("visibilitychange", () => {
     if (state.token && !document.hidden) poll();
