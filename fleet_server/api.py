@@ -69,15 +69,20 @@ def _role(request: Request, cred: HTTPAuthorizationCredentials | None) -> str:
 
 
 def reader(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """Any valid token, a device's included: for the TUF targets only."""
-    return _role(request, cred)
+    """An operator's or a device's token: for the TUF targets only (a ``truth`` token, which only
+    says what packages were, reads no model files)."""
+    role = _role(request, cred)
+    if role == "truth":
+        raise _error(403, "a truth token posts truth and labels only", reason="role")
+    return role
 
 
 def viewer(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """An admin or viewer token (a device token reads targets and nothing else)."""
     role = _role(request, cred)
     if role not in ("admin", "viewer"):
-        raise _error(403, f"a {role} token cannot use the API (it reads /tuf/targets/ only)")
+        what = "posts truth and labels only" if role == "truth" else "reads /tuf/targets/ only"
+        raise _error(403, f"a {role} token cannot use the API (it {what})", reason="role")
     return role
 
 

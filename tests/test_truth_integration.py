@@ -123,6 +123,12 @@ def test_truth_over_http_needs_a_truth_role_and_bad_input_stores_nothing(rig: Li
     robot_token = rig.token_file(DEVICE).read_text().strip()
     good = {"device_id": DEVICE, "decision_id": "1.ffff-1", "label": "circle-80"}
 
+    # A truth token says what packages were, and nothing more: no API reads, no model files.
+    for path in ("/api/v1/accuracy", "/tuf/targets/anything"):
+        r = httpx.get(
+            f"{rig.server.url}{path}", headers={"Authorization": f"Bearer {truth_token}"}, timeout=10
+        )
+        assert r.status_code == 403 and r.json()["reason"] == "role", path
     # The robot's own credential cannot post truth about its decisions.
     r = post(robot_token, good)
     assert r.status_code == 403 and r.json()["reason"] == "role"
