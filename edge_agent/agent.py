@@ -42,10 +42,23 @@ from edge_agent.capture import CaptureThread, DropOldestQueue
 from edge_agent.commands import CommandDispatcher
 from edge_agent.config import AgentConfig
 from edge_agent.decision_id import DecisionIds
+from edge_agent.decision_log import DecisionLog
 from edge_agent.decode import COLOR, Decode, accepts, decode_jpeg, serving_decode
 from edge_agent.drift import DriftDetector, WindowConfidence
+from edge_agent.errors import MessageError
 from edge_agent.manifest import DriftThresholds, Manifest
-from edge_agent.messages import DeviceState, Event, EventKind, ModelRef, ShadowBlock, Telemetry, dump
+from edge_agent.messages import (
+    DeviceState,
+    Event,
+    EventKind,
+    ModelRef,
+    ShadowBlock,
+    Telemetry,
+    Topics,
+    Truth,
+    dump,
+    parse_message,
+)
 from edge_agent.publisher import Publisher
 from edge_agent.runtime import ModelRunner, runtime_builds
 from edge_agent.sampling import FrameSampler, SampleDecision
@@ -160,6 +173,16 @@ class Agent:
         self._model_info: ModelInfo | None = None
         self._published_state: bytes | None = None  # the retained state last handed to MQTT
         self._listeners: list[Callable[[Telemetry], None]] = []
+        # Recent decisions, for joining truth from the line (decision_log.py says why on the device).
+        self.decision_log = DecisionLog(
+            config.state_dir / "decisions", capacity=config.telemetry.decision_log
+        )
+        subscribe = getattr(publisher, "subscribe", None)
+        if subscribe is not None:
+            subscribe(
+                Topics(config.broker.topic_root).device(config.device_id, "truth"),
+                lambda _topic, payload: self._on_truth(payload),
+            )
         # Local outputs (socket, OPC UA): offer() must never block the inference thread.
         self.outputs: list[DecisionOutput] = []
         self.closers: list[Callable[[], None]] = []  # run by stop(): local outputs, line-state readers
@@ -469,6 +492,7 @@ class Agent:
         label_json = [json.dumps(x) for x in labels]
         outputs = self.outputs
         next_id = self.decision_ids.next
+        log_decision = self.decision_log.record
         model_name = f"{runner.manifest.name}@{runner.manifest.version}"
         model_json = json.dumps(model_name)
         perf = time.perf_counter
@@ -530,6 +554,9 @@ class Agent:
                 # The frame as decoded for the serving model; the shadow thread decodes it again
                 # in full colour if its own model was not validated on that decode.
                 shadow.offer(runner.sha256, image, pred, decode=frame.decode, encoded=frame.encoded)
+            log_decision(
+                decision_id, model_name, labels[pred.label_index] if pred.finite else None, pred.dimensions_mm
+            )
             if publish is not None:
                 dims = pred.dimensions_mm
                 publish(
@@ -593,7 +620,28 @@ class Agent:
             except Exception:
                 log.exception("could not publish a telemetry window")
 
+    def _on_truth(self, payload: bytes) -> None:
+        """A truth message (MQTT thread): judged against the decision log, answered by an event."""
+        try:
+            truth = parse_message(Truth, payload)
+        except MessageError as exc:
+            self.emit_event("truth.rejected", level="warning", message=str(exc), data={"reason": "malformed"})
+            return
+        kind, data = self.decision_log.join(truth)
+        model = None
+        if "model" in data:
+            name, _, version = str(data["model"]).partition("@")
+            model = ModelRef(name=name, version=version)
+        self.emit_event(
+            kind,  # type: ignore[arg-type]  # judge() returns one of the two truth kinds
+            level="info" if kind == "truth.joined" else "warning",
+            message=f"truth for {truth.decision_id}: {data.get('reason', 'joined')}",
+            model=model,
+            data=data,
+        )
+
     def _publish_window(self, stats: WindowStats, manifest: Manifest) -> None:
+        self.decision_log.flush()
         spool_dropped = self.spool.take_dropped()
         built: list[Telemetry] = []
 

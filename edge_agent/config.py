@@ -179,6 +179,9 @@ class TelemetryConfig(_Section):
         default=True, description="publish every decision on {root}/devices/{id}/decisions (QoS 0)"
     )
     spool_max_messages: Annotated[int, Field(ge=10)] = 10000
+    decision_log: Annotated[int, Field(ge=100, le=10_000_000)] = Field(
+        default=20000, description="how many recent decisions the agent keeps to join truth from the line"
+    )
     flush_timeout_s: Annotated[float, Field(ge=0)] = Field(
         default=5.0, description="at shutdown, how long to wait for the spool to drain"
     )

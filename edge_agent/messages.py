@@ -11,6 +11,8 @@ Topics (root configurable, default ``lineside/v1``)::
     {root}/devices/{id}/cmd         fleet → agent  QoS 1
     {root}/devices/{id}/decisions   agent → robot  QoS 0 (local output)
     {root}/devices/{id}/line        line → agent   QoS 1, retained: the line's PackML-like state
+    {root}/devices/{id}/truth       checker → agent QoS 1: what a decision's package really was
+                                    (a line checker, an operator or the fleet server; never the robot)
 
 How the contract grows (the rule every new field and kind follows):
 
@@ -42,8 +44,8 @@ DEFAULT_TOPIC_ROOT = "lineside/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-Channel = Literal["state", "telemetry", "events", "cmd", "decisions", "line"]
-CHANNELS: tuple[Channel, ...] = ("state", "telemetry", "events", "cmd", "decisions", "line")
+Channel = Literal["state", "telemetry", "events", "cmd", "decisions", "line", "truth"]
+CHANNELS: tuple[Channel, ...] = ("state", "telemetry", "events", "cmd", "decisions", "line", "truth")
 
 
 def valid_device_id(device_id: str) -> bool:
@@ -207,6 +209,8 @@ EventKind = Literal[
     "rollback",
     "capture",
     "line.state",
+    "truth.joined",
+    "truth.rejected",
     "error",
     "shadow.started",
     "shadow.stopped",
@@ -229,6 +233,22 @@ class Event(_Msg):
     rollout_id: str | None = None
     model: ModelRef | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Truth(BaseModel):
+    """What a decision's package really was, from a line checker or an operator (``truth`` topic).
+
+    Strict (unknown fields refused): a truth message steers the correctness gates, so a field this
+    agent does not understand is an error, never silently dropped.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decision_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+-[0-9]+$")]
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    dimensions_mm: tuple[float, float] | None = None
+    truth_id: Annotated[str, Field(max_length=64)] = ""
+    source: Annotated[str, Field(max_length=64)] = ""
 
 
 class _Cmd(BaseModel):

@@ -16,6 +16,8 @@ import base64
 import binascii
 import json
 import re
+import secrets
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,13 +27,15 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
 
 from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import parse_manifest
-from edge_agent.messages import valid_device_id
-from fleet_server import auth, device_tokens, metrics
+from edge_agent.messages import Truth, dump, valid_device_id
+from fleet_server import accuracy, auth, device_tokens, metrics
 from fleet_server.app import Services
 from fleet_server.controller import NotFoundError
+from fleet_server.db import EventRow
 from fleet_server.release_check import BundleRefusedError
 from fleet_server.rollouts import Policy, StageSize, parse_duration_s, parse_fraction, parse_stages
 from fleet_server.shadow_phase import ShadowGates
@@ -66,15 +70,20 @@ def _role(request: Request, cred: HTTPAuthorizationCredentials | None) -> str:
 
 
 def reader(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
-    """Any valid token, a device's included: for the TUF targets only."""
-    return _role(request, cred)
+    """An operator's or a device's token: for the TUF targets only (a ``truth`` token, which only
+    says what packages were, reads no model files)."""
+    role = _role(request, cred)
+    if role == "truth":
+        raise _error(403, "a truth token posts truth and labels only", reason="role")
+    return role
 
 
 def viewer(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     """An admin or viewer token (a device token reads targets and nothing else)."""
     role = _role(request, cred)
     if role not in ("admin", "viewer"):
-        raise _error(403, f"a {role} token cannot use the API (it reads /tuf/targets/ only)")
+        what = "posts truth and labels only" if role == "truth" else "reads /tuf/targets/ only"
+        raise _error(403, f"a {role} token cannot use the API (it {what})", reason="role")
     return role
 
 
@@ -83,6 +92,18 @@ def admin(request: Request, cred: Annotated[HTTPAuthorizationCredentials | None,
     role = _role(request, cred)
     if role != "admin":
         raise _error(403, f"this needs an admin token (yours is a {role} token)")
+    return role
+
+
+def truth_writer(
+    request: Request, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
+    """Admin or ``truth`` role: who may say what a package really was (never a robot's token)."""
+    role = _role(request, cred)
+    if role not in ("admin", "truth"):
+        raise _error(
+            403, f"posting truth needs a truth or admin token (yours is a {role} token)", reason="role"
+        )
     return role
 
 
@@ -113,6 +134,14 @@ class RollbackRequest(_Body):
     devices: list[str] | None = None
     group: str | None = None
     reason: Annotated[str, Field(max_length=500)] = "operator rollback"
+
+
+class TruthPost(_Body):
+    device_id: str
+    decision_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+-[0-9]+$")]
+    label: Annotated[str, Field(min_length=1, max_length=64)]
+    dimensions_mm: tuple[float, float] | None = None
+    source: Annotated[str, Field(max_length=64)] = "api"
 
 
 class RolloutCreate(_Body):
@@ -163,7 +192,7 @@ class ResumeRequest(_Body):
 
 class TokenCreate(_Body):
     # Device tokens are bound to a device: POST /devices/{id}/token issues them.
-    role: Literal["admin", "viewer"]
+    role: Literal["admin", "viewer", "truth"]
     name: Annotated[str, Field(max_length=64)] = ""
 
 
@@ -441,6 +470,90 @@ def rollback(body: RollbackRequest, request: Request, _: Admin) -> dict[str, Any
     if unknown:
         raise _error(404, f"unknown devices: {', '.join(unknown[:10])}")
     return {"sent": svc.controller.rollback_devices(ids, body.reason)}
+
+
+# truth and field accuracy
+
+
+def _known_labels(svc: Services) -> set[str]:
+    labels: set[str] = set()
+    for info in _releases(svc):
+        path = _target_file(svc, info, "manifest.json")
+        if path is not None and path.exists():
+            try:
+                labels.update(str(x) for x in json.loads(path.read_bytes()).get("labels", []))
+            except (ValueError, OSError):
+                continue
+    return labels
+
+
+@v1.post("/truth", tags=["truth"], status_code=202)
+def truth_post(
+    body: TruthPost, request: Request, role: Annotated[str, Depends(truth_writer)]
+) -> dict[str, Any]:
+    """What a decision's package really was: relayed to the device that decided, which joins it to
+    its logged decision and reports ``truth.joined`` (or ``truth.rejected``: unknown decision)."""
+    svc = _svc(request)
+    if not svc.registry.known([body.device_id]):
+        raise _error(404, f"no device {body.device_id}", reason="unknown_device")
+    labels = _known_labels(svc)
+    if body.label not in labels:
+        raise _error(422, f"label {body.label!r} is in no released model's labels", reason="unknown_label")
+    if svc.link is None:
+        raise _error(503, "no MQTT link to relay the truth to the device", reason="no_link")
+    truth_id = secrets.token_hex(8)
+    msg = Truth(
+        decision_id=body.decision_id,
+        label=body.label,
+        dimensions_mm=body.dimensions_mm,
+        truth_id=truth_id,
+        source=body.source or role,
+    )
+    svc.link.publish(svc.topics.device(body.device_id, "truth"), dump(msg))
+    return {
+        "truth_id": truth_id,
+        "device_id": body.device_id,
+        "decision_id": body.decision_id,
+        "status": "sent",
+    }
+
+
+@v1.get("/truth", tags=["truth"])
+def truth_list(
+    request: Request,
+    _: Viewer,
+    device_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 500,
+) -> list[dict[str, Any]]:
+    """Stored truth outcomes (the devices' ``truth.joined`` / ``truth.rejected`` events), newest first."""
+    svc = _svc(request)
+    stmt = select(EventRow).where(EventRow.kind.in_(["truth.joined", "truth.rejected"]))
+    if device_id is not None:
+        stmt = stmt.where(EventRow.device_id == device_id)
+    with svc.db.session() as s:
+        rows = s.scalars(stmt.order_by(EventRow.id.desc()).limit(limit)).all()
+        return [
+            {"device_id": r.device_id, "kind": r.kind, "at": r.at, **((r.payload or {}).get("data") or {})}
+            for r in rows
+        ]
+
+
+@v1.get("/accuracy", tags=["truth"])
+def accuracy_get(
+    request: Request,
+    _: Viewer,
+    device_id: str | None = None,
+    model: str | None = None,
+    by_device: bool = False,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Field accuracy and dimension MAE per model version (``by_device``: per device too), over
+    the truth joined in ``[since, until)`` (by the device's clock when it joined)."""
+    rows = accuracy.query(
+        _svc(request).db, device_id=device_id, model=model, by_device=by_device, since=since, until=until
+    )
+    return [a.to_dict() for a in rows]
 
 
 # rollouts

@@ -25,9 +25,10 @@ from sqlalchemy import select
 
 from edge_agent.messages import CaptureCommand, dump
 from fleet_server import auth
-from fleet_server.api import Admin, Viewer, _error, _svc
+from fleet_server.api import Admin, Viewer, _error, _known_labels, _svc, truth_writer
 from fleet_server.db import TokenRow
 from fleet_server.device_tokens import DEVICE_ROLE
+from fleet_server.labels import LabelError, LabelRow
 from fleet_server.samples import SampleError, SampleFilter, SampleStore, parse_upload
 
 _bearer = HTTPBearer(auto_error=False, description="the device's own token (`fleet devices token DEVICE`)")
@@ -108,11 +109,15 @@ def samples_list(
     since: datetime | None = None,
     until: datetime | None = None,
     label: str | None = None,
+    labelled: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    """Samples, newest first, filtered by device, time taken (``since`` ≤ t < ``until``) and label."""
+    """Samples, newest first, filtered by device, time taken (``since`` ≤ t < ``until``), the
+    model's label and whether a person has labelled them (``labelled``)."""
     flt = _filter(device, since, until, label)
+    if labelled is not None:
+        flt = SampleFilter(flt.device_id, flt.since, flt.until, flt.label, labelled)
     store = store_of(request)
     return {"total": store.count(flt), "samples": store.query(flt, limit=limit, offset=offset)}
 
@@ -147,6 +152,49 @@ class PurgeBody(BaseModel):
     until: datetime | None = None
     label: str | None = None
     all: bool = False
+
+
+class LabelItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, Field(min_length=1, max_length=128)]
+    id: int | None = None
+    device_id: str | None = None
+    sample_id: str | None = None
+
+
+class LabelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    labels: Annotated[list[LabelItem], Field(min_length=1, max_length=100_000)]
+    new_labels: bool = Field(default=False, description="accept labels no model or sample has yet")
+
+
+@router.post("/samples/labels")
+def samples_label(
+    request: Request, body: LabelBody, role: Annotated[str, Depends(truth_writer)]
+) -> dict[str, Any]:
+    """Label samples (one, or an import's rows), all or nothing: an unknown sample (404,
+    ``unknown_sample``) or label (422, ``unknown_label``, unless ``new_labels``) stores nothing."""
+    rows = []
+    for n, it in enumerate(body.labels, 1):
+        if it.id is None and (not it.device_id or not it.sample_id):
+            raise _error(422, f"row {n}: give id, or device_id and sample_id", reason="malformed")
+        rows.append(LabelRow(it.label.strip(), id=it.id, device_id=it.device_id, sample_id=it.sample_id))
+    try:
+        done = store_of(request).apply_labels(
+            rows, by=role, known=_known_labels(_svc(request)), allow_new=body.new_labels
+        )
+    except LabelError as exc:
+        status = {"unknown_sample": 404, "unknown_label": 422, "malformed": 422}[exc.reason]
+        raise _error(status, str(exc), reason=exc.reason) from None
+    return {"labelled": len(done), "samples": done}
+
+
+@router.get("/samples/labels/known")
+def samples_known_labels(request: Request, _: Viewer) -> list[str]:
+    """The labels a person can pick: every released model's and every label a sample has."""
+    return sorted(_known_labels(_svc(request)) | store_of(request).known_labels())
 
 
 @router.post("/samples/purge")

@@ -21,8 +21,11 @@ from fleet_server.db import Database, TokenRow, utcnow
 
 log = logging.getLogger(__name__)
 
-Role = Literal["admin", "viewer", "device"]
-ROLES: tuple[Role, ...] = ("admin", "viewer", "device")
+Role = Literal["admin", "viewer", "device", "truth"]
+# ``truth``: a line checker's or labelling tool's credential; it may post truth about decisions
+# (POST /api/v1/truth) and nothing else. A robot's ``device`` token never can (forged truth would
+# steer the correctness gates).
+ROLES: tuple[Role, ...] = ("admin", "viewer", "device", "truth")
 
 
 def hash_token(token: str) -> str:

@@ -75,6 +75,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--out", type=Path, default=None, help="where to write the credentials (default: ./enroll-DEVICE)"
     )
     p.add_argument("--cert", action="store_true", help="issue a client certificate instead of a password")
+    p.add_argument(
+        "--line-checker",
+        action="store_true",
+        help="enroll NAME as a line checker: reads every device's decisions, publishes their truth",
+    )
     p.add_argument("--ca", type=Path, help="the fleet's MQTT CA folder (default: DATA_DIR/mqtt-ca)")
     p.add_argument(
         "--data-dir", type=Path, default=Path("fleet-data"), help="the fleet server's data directory"
@@ -177,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path(f"enroll-{name}")
     http_token = None
     server = args.server or os.environ.get("LINESIDE_SERVER")
-    if server and not args.fleet_server:
+    if args.line_checker and args.fleet_server:
+        raise clitools.CommandError("--line-checker and --fleet-server exclude each other")
+    if server and not args.fleet_server and not args.line_checker:
         # Before any file is written: an unreachable server or a refused token changes nothing.
         with _admin_client(server, args.token) as client:
             _register(client, name)
@@ -189,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         result = enroll(
             name,
             out,
-            kind="fleet" if args.fleet_server else "device",
+            kind="fleet" if args.fleet_server else "checker" if args.line_checker else "device",
             topic_root=args.topic_root,
             password_file=args.password_file,
             acl_file=args.acl_file,

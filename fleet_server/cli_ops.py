@@ -166,12 +166,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--open", action="store_true", help="only unacknowledged alerts")
     p.set_defaults(func=alerts)
 
+    p = _common(
+        sub.add_parser(
+            "accuracy",
+            help="field accuracy per model version (and device)",
+            description="Field accuracy and dimension MAE from truth joined to decisions on the devices.",
+        )
+    )
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--model", help="only this NAME@VERSION")
+    p.add_argument("--by-device", action="store_true", help="one row per model version and device")
+    p.add_argument("--since", metavar="ISO", help="only truth joined at or after this time (ISO 8601)")
+    p.add_argument("--until", metavar="ISO", help="only truth joined before this time (ISO 8601)")
+    p.set_defaults(func=accuracy_cmd)
+
+    p = _common(
+        sub.add_parser(
+            "truth",
+            help="say what a decision's package really was",
+            description="Post truth about one decision (needs a truth or admin token); the device joins it.",
+        )
+    )
+    p.add_argument("device", help="the device that decided")
+    p.add_argument("decision", help="the decision id (BOOT-N)")
+    p.add_argument("label", help="the true label")
+    p.add_argument("--dimensions", metavar="W,H", help="the true dimensions in mm")
+    p.set_defaults(func=truth_cmd)
+
     tokens = sub.add_parser(
         "tokens", help="API tokens", description="Bearer tokens (stored hashed on the server)."
     )
     tsub = tokens.add_subparsers(dest="tokens_cmd", required=True, metavar="ACTION")
     p = _common(tsub.add_parser("create", help="create a token (printed once)"))
-    p.add_argument("--role", choices=["admin", "viewer"], required=True)
+    p.add_argument("--role", choices=["admin", "viewer", "truth"], required=True)
     p.add_argument("--name", default="")
     p.set_defaults(func=tokens_create)
     _common(tsub.add_parser("list", help="list tokens (hash prefixes only)")).set_defaults(func=tokens_list)
@@ -520,6 +547,52 @@ def alerts(args: argparse.Namespace) -> int:
         for a in items
     ]
     _console().print(_table("alerts", ["id", "at", "severity", "kind", "about", "ack", "message"], rows))
+    return 0
+
+
+def accuracy_cmd(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.accuracy(
+            device_id=args.device,
+            model=args.model,
+            by_device=args.by_device or bool(args.device),
+            since=args.since,
+            until=args.until,
+        )
+    if args.json:
+        print_json(rows)
+        return 0
+    table = [
+        [
+            r["model"],
+            r["device_id"] or "(all)",
+            r["n"],
+            r["correct"],
+            "" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
+            "" if r["dimension_mae_mm"] is None else f"{r['dimension_mae_mm']:.2f}",
+        ]
+        for r in rows
+    ]
+    _console().print(
+        _table("field accuracy", ["model", "device", "truth", "correct", "accuracy", "dim MAE mm"], table)
+    )
+    return 0
+
+
+def truth_cmd(args: argparse.Namespace) -> int:
+    dims: tuple[float, float] | None = None
+    if args.dimensions:
+        try:
+            w, h = (float(x) for x in args.dimensions.split(","))
+        except ValueError:
+            raise CommandError(f"--dimensions {args.dimensions!r}: give W,H in mm") from None
+        dims = (w, h)
+    with _client(args) as c:
+        out = c.post_truth(args.device, args.decision, args.label, dims)
+    if args.json:
+        print_json(out)
+    else:
+        sys.stdout.write(f"truth {out['truth_id']} sent to {out['device_id']} for {out['decision_id']}\n")
     return 0
 
 

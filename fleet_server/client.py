@@ -103,6 +103,32 @@ class FleetClient:
         out: dict[str, Any] = self.request("POST", "/api/v1/models", json=body)
         return out
 
+    # truth
+    def post_truth(
+        self, device_id: str, decision_id: str, label: str, dimensions_mm: tuple[float, float] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"device_id": device_id, "decision_id": decision_id, "label": label}
+        if dimensions_mm is not None:
+            body["dimensions_mm"] = list(dimensions_mm)
+        out: dict[str, Any] = self.request("POST", "/api/v1/truth", json=body)
+        return out
+
+    def accuracy(
+        self,
+        *,
+        device_id: str | None = None,
+        model: str | None = None,
+        by_device: bool = False,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[dict[str, Any]]:
+        pairs = (("device_id", device_id), ("model", model), ("since", since), ("until", until))
+        params: dict[str, Any] = {k: v for k, v in pairs if v is not None}
+        if by_device:
+            params["by_device"] = "true"
+        out: list[dict[str, Any]] = self.request("GET", "/api/v1/accuracy", params=params)
+        return out
+
     # devices
     def devices(self, *, group: str | None = None, tag: str | None = None) -> list[dict[str, Any]]:
         params = {k: v for k, v in (("group", group), ("tag", tag)) if v is not None}

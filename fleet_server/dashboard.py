@@ -15,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-# Everything from this origin only; no inline script; API calls to ourselves.
+# Everything from this origin only; no inline script; API calls to ourselves. blob: images: the
+# labelling page fetches a sample's JPEG with the bearer token (an <img src> cannot send it).
 CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 _HEADERS = {

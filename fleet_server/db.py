@@ -206,6 +206,10 @@ class SampleRow(Base):
     image_sha256: Mapped[str] = mapped_column(String(64), index=True)
     image_bytes: Mapped[int] = mapped_column(Integer)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What the frame really shows, from a person or a labelling tool (issue 17); None: unlabelled.
+    true_label: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    labelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    labelled_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TokenRow(Base):

@@ -51,6 +51,10 @@ FLEET_USER = "lineside-fleet"
 # What a device publishes; it reads only its own cmd topic.
 DEVICE_WRITE_CHANNELS: tuple[str, ...] = ("state", "telemetry", "events", "decisions")
 DEVICE_READ_CHANNELS: tuple[str, ...] = ("cmd",)
+# Truth about a device's decisions comes from another principal (a line checker, or the fleet
+# server relaying an operator's POST /api/v1/truth): a robot reads its truth topic, never writes it,
+# since forged truth would steer the correctness gates.
+TRUTH_CHANNEL = "truth"
 # Mosquitto 2.0's own defaults for the $7$ format (mosquitto_passwd writes exactly these).
 PBKDF2_ITERATIONS = 101
 _SALT_BYTES = 12
@@ -127,6 +131,15 @@ def device_acl(device_id: str, topic_root: str = DEFAULT_TOPIC_ROOT) -> str:
     # The line's state, published (retained) by the line controller's own broker user, which needs
     # "topic write {root}/devices/+/line" (or the robots of its line); see docs/robot-side.md.
     lines.append(f"topic read {base}/line")
+    lines.append(f"topic read {base}/{TRUTH_CHANNEL}")
+    return "\n".join(lines) + "\n"
+
+
+def checker_acl(username: str, topic_root: str = DEFAULT_TOPIC_ROOT) -> str:
+    """A line checker's block: read every device's decisions, write every device's truth topic."""
+    base = f"{topic_root}/devices/+"
+    lines = [f"# lineside line checker {username}", f"user {username}"]
+    lines += [f"topic read {base}/decisions", f"topic write {base}/{TRUTH_CHANNEL}"]
     return "\n".join(lines) + "\n"
 
 
@@ -136,6 +149,8 @@ def fleet_acl(username: str = FLEET_USER, topic_root: str = DEFAULT_TOPIC_ROOT) 
     lines = [f"# lineside fleet server {username}", f"user {username}"]
     lines += [f"topic read {base}/{ch}" for ch in DEVICE_WRITE_CHANNELS]
     lines += [f"topic write {base}/{ch}" for ch in DEVICE_READ_CHANNELS]
+    # It relays truth posted over HTTP (a truth-role token) to the device that decided.
+    lines.append(f"topic write {base}/{TRUTH_CHANNEL}")
     return "\n".join(lines) + "\n"
 
 
@@ -189,7 +204,10 @@ def acl_user_kind(text: str, username: str) -> str | None:
         if user == username:
             rules = [ln.split() for ln in lines if ln.strip().startswith("topic ")]
             fleet = any(r[1:2] == ["write"] and r[-1].endswith("/devices/+/cmd") for r in rules)
-            return "fleet" if fleet else "device"
+            if fleet:
+                return "fleet"
+            truth = any(r[1:2] == ["write"] and r[-1].endswith(f"/devices/+/{TRUTH_CHANNEL}") for r in rules)
+            return "checker" if truth else "device"
     return None
 
 
@@ -456,19 +474,25 @@ def enroll(
     and the broker entries: merged into ``password_file``/``acl_file`` when given (the fleet
     user's block is always kept in the ACL), else ``NAME.mosquitto-passwd``/``NAME.mosquitto-acl``.
     """
-    if kind not in ("device", "fleet"):
-        raise ValueError(f"kind must be device or fleet, not {kind!r}")
+    if kind not in ("device", "fleet", "checker"):
+        raise ValueError(f"kind must be device, fleet or checker, not {kind!r}")
     if not valid_device_id(username):
         raise ConfigError(f"{username!r} is not a valid device id (1-64 letters, digits, '.', '_', '-')")
     if kind == "device" and username == fleet_user:
         raise ConfigError(f"{username!r} is the fleet server's own broker user; pick another device id")
-    acl = device_acl(username, topic_root) if kind == "device" else fleet_acl(username, topic_root)
+    acl = (
+        device_acl(username, topic_root)
+        if kind == "device"
+        else checker_acl(username, topic_root)
+        if kind == "checker"
+        else fleet_acl(username, topic_root)
+    )
     if acl_file is not None and acl_file.exists():
         # Re-enrolling rotates a password; it must not turn a fleet server's user into a device's
         # (which would cut that replica off every device channel) or a device into a fleet server.
         existing = acl_user_kind(acl_file.read_text(), username)
         if existing is not None and existing != kind:
-            what = "a fleet server" if existing == "fleet" else "a device"
+            what = {"fleet": "a fleet server", "checker": "a line checker"}.get(existing, "a device")
             raise ConfigError(
                 f"{username!r} is already enrolled as {what} in {acl_file}; "
                 + ("add --fleet-server" if existing == "fleet" else "pick another name")
@@ -487,7 +511,7 @@ def enroll(
         result.password = generate_password()
         result.password_line = password_line(username, result.password, use_binary=use_binary)
         files["password"] = write_private(out_dir / f"{username}.password", result.password + "\n")
-    if kind == "device":
+    if kind in ("device", "checker"):
         files["broker_config"] = write_public(
             out_dir / f"{username}.broker.toml",
             _broker_snippet(username, broker_url, device_dir, cert=ca is not None),

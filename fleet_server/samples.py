@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edge_agent.atomic import atomic_write_bytes
 from fleet_server.db import Database, SampleRow, utcnow
+from fleet_server.labels import LabelError, LabelRow, valid_label
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class SampleFilter:
     since: datetime | None = None
     until: datetime | None = None
     label: str | None = None
+    labelled: bool | None = None  # True: only samples with a true label; False: only without
 
     def apply(self, q: Any) -> Any:
         """``q`` (a ``select``) narrowed to the filter; typed Any: selects of any column tuple pass."""
@@ -125,6 +127,10 @@ class SampleFilter:
             q = q.where(SampleRow.taken_at < self.until)
         if self.label is not None:
             q = q.where(SampleRow.label == self.label)
+        if self.labelled is not None:
+            q = q.where(
+                SampleRow.true_label.is_not(None) if self.labelled else SampleRow.true_label.is_(None)
+            )
         return q
 
     @property
@@ -148,6 +154,9 @@ def row_dict(r: SampleRow) -> dict[str, Any]:
         "image_sha256": r.image_sha256,
         "image_bytes": r.image_bytes,
         "meta": r.meta,
+        "true_label": r.true_label,
+        "labelled_at": r.labelled_at,
+        "labelled_by": r.labelled_by,
     }
 
 
@@ -216,6 +225,53 @@ class SampleStore:
                     return row_dict(other), False
         self.enforce_retention(now)
         return out, True
+
+    def known_labels(self) -> set[str]:
+        """Every true label some sample already has (a label added once is known from then on)."""
+        with self.db.session() as s:
+            return {str(x) for x in s.scalars(select(SampleRow.true_label).distinct()) if x is not None}
+
+    def apply_labels(
+        self, rows: list[LabelRow], *, by: str, known: set[str], allow_new: bool, now: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Label samples, all or nothing: every row's sample must exist and its label be known
+        (``known`` plus the labels samples already have) unless ``allow_new``; else LabelError and
+        nothing is stored."""
+        now = now or utcnow()
+        labels_ok = known | self.known_labels()
+        with self.db.session() as s:
+            found: list[tuple[SampleRow, str]] = []
+            for n, r in enumerate(rows, 1):
+                if not valid_label(r.label):
+                    raise LabelError(f"row {n}: label {r.label!r} is not usable", reason="malformed")
+                if r.label not in labels_ok and not allow_new:
+                    raise LabelError(
+                        f"row {n}: label {r.label!r} is not a known label (add it as a new label)",
+                        reason="unknown_label",
+                    )
+                if r.id is not None:
+                    row = s.get(SampleRow, r.id)
+                else:
+                    row = s.scalar(
+                        select(SampleRow).where(
+                            SampleRow.device_id == r.device_id, SampleRow.sample_id == r.sample_id
+                        )
+                    )
+                if row is None:
+                    what = r.id if r.id is not None else f"{r.device_id}/{r.sample_id}"
+                    raise LabelError(f"row {n}: no sample {what}", reason="unknown_sample")
+                found.append((row, r.label))
+            for row, label in found:
+                row.true_label, row.labelled_at, row.labelled_by = label, now, by
+            s.flush()
+            return [row_dict(row) for row, _ in found]
+
+    def labelled_pairs(self) -> list[dict[str, Any]]:
+        """Every labelled sample (for an export), oldest first."""
+        flt = SampleFilter(labelled=True)
+        with self.db.session() as s:
+            q = flt.apply(select(SampleRow)).order_by(SampleRow.taken_at, SampleRow.id)
+            return [row_dict(r) for r in s.scalars(q)]
 
     def query(self, flt: SampleFilter, *, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         with self.db.session() as s:

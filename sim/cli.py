@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from edge_agent import clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = ["sim.cli_record", "sim.cli_fleet", "sim.cli_demo", "sim.cli_line"]
+COMMAND_MODULES: list[str] = [
+    "sim.cli_record",
+    "sim.cli_fleet",
+    "sim.cli_demo",
+    "sim.cli_line",
+    "sim.cli_checker",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--faulty-version", help="comma-separated versions that fail probation (auto rollback)")
     p.add_argument("--low-confidence-version", help="comma-separated versions that report low confidence")
     p.add_argument("--reject-version", help="comma-separated versions answered with update.rejected")
+    p.add_argument(
+        "--truth-share",
+        type=float,
+        default=0.0,
+        help="share of decisions the plant checks: truth.joined events, as real agents send (default 0)",
+    )
+    p.add_argument("--truth-accuracy", type=float, default=0.9, help="how often a checked decision is right")
     p.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT)
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print a JSON line when all devices are connected")
@@ -87,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
             f"--devices {args.devices} needs about {args.devices + 64} open files; the hard limit is "
             f"{limit} (raise it: `ulimit -Hn`, LimitNOFILE= in a unit)"
         )
+    for name in ("truth_share", "truth_accuracy"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise CommandError(f"--{name.replace('_', '-')} must be between 0 and 1")
     ids = [f"{args.prefix}{i}" for i in range(args.start_index, args.start_index + args.devices)]
     bad = [d for d in ids if not valid_device_id(d)]
     if bad:
@@ -103,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         reject_versions=_versions(args.reject_version),
         server_url=args.server,
         token=_read_token(args.token_file),
+        truth_share=args.truth_share,
+        truth_accuracy=args.truth_accuracy,
     )
     fleet = SimFleet(args.broker, ids, opts)
     stop = threading.Event()

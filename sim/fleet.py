@@ -81,6 +81,13 @@ class SimOptions:
     server_url: str | None = None
     token: str | None = None  # a device token (`fleet devices token`): downloads need one
     seed: int = 0
+    # The plant's truth: per window, this share of the window's decisions gets a truth.joined
+    # event (as the real agent sends once a line checker's truth joins its decision log), correct
+    # with probability truth_accuracy (low-confidence versions: low_confidence_truth_accuracy).
+    truth_share: float = 0.0
+    truth_accuracy: float = 0.9
+    low_confidence_truth_accuracy: float = 0.5
+    labels: tuple[str, ...] = ("circle-80", "square-80", "triangle-100")
 
 
 def _now_dt(now: float) -> datetime:
@@ -170,6 +177,8 @@ class SimDevice:
         self.timers: list[tuple[float, Callable[[float], None]]] = []
         self.answers: dict[str, list[bytes]] = {}  # cmd_id → events published for it (re-sent on repeat)
         self.busy_cmd: str | None = None
+        self.boot = f"{self.rng.randrange(1, 1 << 16)}.{self.rng.randrange(1 << 16):04x}"
+        self.decisions = 0
 
     # -- messages ----------------------------------------------------------------------------------
 
@@ -244,6 +253,36 @@ class SimDevice:
             model=_ref(self.active),
         )
 
+    def truth(self, frames: int, now: float) -> None:
+        """truth.joined events for ``truth_share`` of this window's ``frames`` decisions."""
+        first = self.decisions
+        self.decisions += frames
+        if self.opts.truth_share <= 0 or self.active is None:
+            return
+        low = self.active.partition("@")[2] in self.opts.low_confidence_versions
+        p = self.opts.low_confidence_truth_accuracy if low else self.opts.truth_accuracy
+        for n in range(first + 1, self.decisions + 1):
+            if self.rng.random() >= self.opts.truth_share:
+                continue
+            true = self.rng.choice(self.opts.labels)
+            correct = self.rng.random() < p
+            predicted = (
+                true if correct else self.rng.choice([x for x in self.opts.labels if x != true] or [true])
+            )
+            self.event(
+                "truth.joined",
+                now,
+                data={
+                    "decision_id": f"{self.boot}-{n}",
+                    "truth_id": "",
+                    "source": "sim-fleet",
+                    "model": self.active,
+                    "predicted": predicted,
+                    "label": true,
+                    "correct": predicted == true,
+                },
+            )
+
     # -- behaviour ---------------------------------------------------------------------------------
 
     def on_connect(self, now: float) -> None:
@@ -259,7 +298,9 @@ class SimDevice:
             for _, fn in sorted(due, key=lambda t: t[0]):
                 fn(now)
         if telemetry and self.next_window is not None and now >= self.next_window:
-            self.publish(self.topics.device(self.device_id, "telemetry"), dump(self.telemetry(now)), False)
+            tel = self.telemetry(now)
+            self.publish(self.topics.device(self.device_id, "telemetry"), dump(tel), False)
+            self.truth(tel.frames, now)
             self.next_window = max(self.next_window + self.opts.window_s, now)
 
     def on_command(self, payload: bytes, now: float) -> None:

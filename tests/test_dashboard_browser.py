@@ -88,7 +88,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "--token",
                 server.token,
             )
-        sim_args = ["--devices", "3", "--window", "0.3", "--fps", "20", "--probation", "0.5"]
+        sim_args = [
+            "--devices",
+            "3",
+            "--window",
+            "0.3",
+            "--fps",
+            "20",
+            "--probation",
+            "0.5",
+            "--truth-share",
+            "0.2",
+        ]
         sim = SimFleetProcess(tmp, broker.url, *sim_args, "--server", server.url)
         started.append(sim)
         sim.start()
@@ -170,6 +181,76 @@ def test_device_list_appears(admin_page: Any) -> None:
     sync_api.expect(page.locator("#devices-count")).to_have_text("(3 of 3 online)")
     sync_api.expect(page.locator("#models-body tr")).to_have_count(3)
     sync_api.expect(page.locator("#status")).to_contain_text("Live")
+
+
+def test_field_accuracy_table_shows_the_fleets_numbers(admin_page: Any, stack: Stack) -> None:
+    page = admin_page
+    rows = page.locator("#accuracy-body tr")
+    sync_api.expect(rows.first).to_be_visible()
+    sync_api.expect(page.locator("#accuracy-empty")).to_be_hidden()
+    devices = {r.get_attribute("data-device") for r in rows.all()}
+    assert devices <= set(DEVICES) and devices
+    # One row, checked against the API: the page polls, so read both until they agree.
+    row = rows.first
+    model, device = row.get_attribute("data-model"), row.get_attribute("data-device")
+
+    def agree() -> bool:
+        api = stack.api("GET", "/accuracy", params={"by_device": "true"}).json()
+        want = next(a for a in api if a["model"] == model and a["device_id"] == device)
+        shown = row.locator('td[data-label="Truth"]').inner_text()
+        acc = row.locator('td[data-label="Accuracy"]').inner_text()
+        return shown == str(want["n"]) and acc.endswith("%") and want["n"] > 0
+
+    wait_for(agree, 20, "the accuracy table agrees with the API")
+
+
+def test_labelling_page_labels_with_one_key_and_adds_a_new_label(admin_page: Any, stack: Stack) -> None:
+    from tests.test_samples_store import body, jpeg, meta
+
+    token = stack.api("POST", "/devices/sim-1/token").json()["token"]
+    pks = []
+    for i in range(2):
+        sid = f"000009-{i:012d}"
+        r = httpx.put(
+            f"{stack.url}/api/v1/devices/sim-1/samples/{sid}",
+            content=body(meta("sim-1", sid, taken_at=1_800_000_000.0 + i), jpeg(100 + i)),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/x-lineside-sample"},
+            timeout=10,
+        )
+        assert r.status_code == 201, r.text
+        pks.append(r.json()["sample"]["id"])
+
+    def true_label(pk: int) -> Any:
+        return stack.api("GET", f"/samples/{pk}").json()["true_label"]
+
+    page = admin_page
+    box = page.locator("#labelling-box")
+    sync_api.expect(box).to_be_visible()
+    buttons = page.locator("#labelling-buttons button")
+    sync_api.expect(buttons).to_have_count(3)  # the released models' labels
+    first = int(box.get_attribute("data-sample") or 0)
+    assert first in pks
+    wait_for(
+        lambda: page.locator("#labelling-image").evaluate("img => img.naturalWidth") > 0,
+        20,
+        "the frame shown",
+    )
+    sync_api.expect(page.locator("#labelling-guess")).to_contain_text("box")
+
+    # One key: 2 is the second label (sorted), square-80.
+    page.locator("#labelling-h").click()
+    page.keyboard.press("2")
+    wait_for(lambda: true_label(first) == "square-80", 20, "the first sample labelled by key")
+    sync_api.expect(box).not_to_have_attribute("data-sample", str(first))
+    second = int(box.get_attribute("data-sample") or 0)
+    assert second in pks and second != first
+
+    # A label the line has not seen before.
+    page.locator("#labelling-new-label").fill("crate")
+    page.locator("#labelling-new button").click()
+    wait_for(lambda: true_label(second) == "crate", 20, "the second sample labelled with a new label")
+    sync_api.expect(page.locator("#labelling-empty")).to_be_visible()
+    assert "crate" in stack.api("GET", "/samples/labels/known").json()
 
 
 def test_chart_renders_data_points_and_updates_live(admin_page: Any) -> None:

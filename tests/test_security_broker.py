@@ -59,7 +59,7 @@ def test_acl_blocks_confine_a_device_and_merge_idempotently() -> None:
     assert "topic write lineside/v1/devices/robot-1/telemetry" in block
     assert "topic read lineside/v1/devices/robot-1/cmd" in block
     rules = [ln for ln in block.splitlines() if ln.startswith("topic ")]
-    assert len(rules) == 6 and not any("+" in r or "#" in r for r in rules)
+    assert len(rules) == 7 and not any("+" in r or "#" in r for r in rules)
     assert "topic write lineside/v1/devices/robot-1/cmd" not in rules
     # The line's state: the robot reads it, never writes it (that is the line controller's).
     assert "topic read lineside/v1/devices/robot-1/line" in rules

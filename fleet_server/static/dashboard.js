@@ -21,6 +21,8 @@ const state = {
   rollouts: [],
   details: new Map(),
   alerts: [],
+  accuracy: [],
+  labelling: { sample: null, labels: [], total: 0, imageFor: null },
   selected: null,
   timer: null,
   polling: null,
@@ -203,13 +205,14 @@ async function pollOnce() {
 }
 
 async function refresh() {
-  const [devices, models, rollouts, alerts] = await Promise.all([
+  const [devices, models, rollouts, alerts, accuracy] = await Promise.all([
     api("/dashboard/devices"),
     api("/models"),
     api("/rollouts"),
     api("/alerts"),
+    api("/accuracy?by_device=true"),
   ]);
-  Object.assign(state, { devices, models, rollouts, alerts });
+  Object.assign(state, { devices, models, rollouts, alerts, accuracy });
   // Details for the rollouts a person watches: the active ones and the latest few.
   const watch = rollouts.filter((r, i) => i < 3 || r.state === "running" || r.state === "paused");
   const details = await Promise.all(watch.map((r) => api(`/rollouts/${encodeURIComponent(r.id)}`)));
@@ -219,6 +222,8 @@ async function refresh() {
   }
   renderDevices();
   renderModels();
+  renderAccuracy();
+  if (isAdmin()) await refreshLabelling();
   renderRollouts();
   renderAlerts();
   await refreshChart();
@@ -476,6 +481,102 @@ function renderModels() {
   }
 }
 
+function renderAccuracy() {
+  const rows = state.accuracy;
+  $("accuracy-empty").hidden = rows.length > 0;
+  const view = rows.map((a) => [a.model, a.device_id, a.n, a.correct, a.accuracy, a.dimension_mae_mm]);
+  if (!changed("accuracy", view)) return;
+  replaceKeepingFocus(
+    $("accuracy-body"),
+    view.map(([model, device, n, correct, accuracy, mae]) =>
+      h(
+        "tr",
+        { "data-model": model, "data-device": device || "" },
+        h("th", { scope: "row", "data-label": "Model" }, model),
+        h("td", { "data-label": "Device" }, device || "all"),
+        h("td", { "data-label": "Truth" }, String(n)),
+        h("td", { "data-label": "Correct" }, String(correct)),
+        h("td", { "data-label": "Accuracy", class: "accuracy" }, accuracy === null ? "–" : pct(accuracy)),
+        h("td", { "data-label": "Dimension MAE (mm)" }, num(mae)),
+      ),
+    ),
+  );
+}
+
+// -- labelling -----------------------------------------------------------------------------------
+
+async function refreshLabelling() {
+  const [page, labels] = await Promise.all([
+    api("/samples?labelled=false&limit=1"),
+    api("/samples/labels/known"),
+  ]);
+  const lab = state.labelling;
+  lab.sample = page.samples.length ? page.samples[0] : null;
+  lab.total = page.total;
+  lab.labels = labels;
+  renderLabelling();
+}
+
+function renderLabelling() {
+  const lab = state.labelling;
+  const sample = lab.sample;
+  $("labelling-count").textContent = `(${lab.total} unlabelled)`;
+  $("labelling-empty").hidden = sample !== null;
+  $("labelling-box").hidden = sample === null;
+  if (!sample) return;
+  $("labelling-box").dataset.sample = String(sample.id);
+  $("labelling-guess").textContent =
+    `${sample.device_id} · model ${sample.model.name}@${sample.model.version} says ${sample.label} ` +
+    `(confidence ${pct(sample.confidence)})`;
+  if (lab.imageFor !== sample.id) {
+    lab.imageFor = sample.id;
+    fetch(`/api/v1/samples/${sample.id}/image`, { headers: { Authorization: `Bearer ${state.token}` } })
+      .then((r) => (r.ok ? r.blob() : null))
+      .then((blob) => {
+        if (blob && state.labelling.imageFor === sample.id) $("labelling-image").src = URL.createObjectURL(blob);
+      });
+  }
+  if (changed("labelling-buttons", [sample.id, lab.labels])) {
+    replaceKeepingFocus(
+      $("labelling-buttons"),
+      lab.labels.map((name, i) =>
+        h(
+          "button",
+          { type: "button", class: "small", "data-label": name, onclick: () => label(name, false) },
+          i < 9 ? `${i + 1} · ${name}` : name,
+        ),
+      ),
+    );
+  }
+}
+
+async function label(name, isNew) {
+  const sample = state.labelling.sample;
+  if (!sample) return;
+  try {
+    await api("/samples/labels", { method: "POST", body: { labels: [{ id: sample.id, label: name }], new_labels: isNew } });
+    $("labelling-msg").className = "msg ok";
+    $("labelling-msg").textContent = `Sample ${sample.id} labelled ${name}.`;
+    announce(`Sample ${sample.id} labelled ${name}`);
+    await refreshLabelling();
+  } catch (err) {
+    $("labelling-msg").className = "msg error";
+    $("labelling-msg").textContent = `Not labelled: ${err.message}`;
+  }
+}
+
+function labellingKey(event) {
+  if (!isAdmin() || !state.labelling.sample) return;
+  const target = event.target;
+  if (target instanceof HTMLInputElement || target instanceof HTMLSelectElement || target instanceof HTMLTextAreaElement) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const n = Number(event.key);
+  if (Number.isInteger(n) && n >= 1 && n <= 9 && n <= state.labelling.labels.length) {
+    event.preventDefault();
+    label(state.labelling.labels[n - 1], false);
+  }
+}
+
 async function startRollout(event) {
   event.preventDefault();
   const msg = $("rollout-form-msg");
@@ -720,6 +821,14 @@ function init() {
   $("rollout-form").addEventListener("submit", startRollout);
   $("chart-device").addEventListener("change", (e) => selectDevice(e.target.value));
   $("alerts-open-only").addEventListener("change", renderAlerts);
+  document.addEventListener("keydown", labellingKey);
+  $("labelling-new").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = $("labelling-new-label").value.trim();
+    if (!name) return;
+    $("labelling-new-label").value = "";
+    label(name, true);
+  });
   // Hidden tabs stop polling; coming back refreshes at once.
   document.addEventListener("visibilitychange", () => {
     if (state.token && !document.hidden) poll();
