@@ -529,7 +529,15 @@ class Agent:
             if shadow is not None:
                 # The frame as decoded for the serving model; the shadow thread decodes it again
                 # in full colour if its own model was not validated on that decode.
-                shadow.offer(runner.sha256, image, pred, decode=frame.decode, encoded=frame.encoded)
+                shadow.offer(
+                    runner.sha256,
+                    image,
+                    pred,
+                    decode=frame.decode,
+                    encoded=frame.encoded,
+                    frame=frame,
+                    decision_id=decision_id,
+                )
             if publish is not None:
                 dims = pred.dimensions_mm
                 publish(

@@ -6,8 +6,9 @@ its metadata into a bounded queue — never blocking: a full queue drops the sam
 A worker thread at the lowest priority resizes, encodes the JPEG, writes it to the
 :class:`~edge_agent.sample_ring.SampleRing` and wakes the uploader.
 
-Operator ``capture`` requests arrive on another thread; they cross into the inference thread's
-policy through a queue that ``offer`` drains, so the policy has one owner.
+Operator ``capture`` requests arrive on another thread, and so do the shadow thread's
+disagreements (:meth:`FrameSampler.offer_disagreement`); both cross into the inference thread's
+policy through queues that ``offer`` drains, so the policy has one owner.
 """
 
 from __future__ import annotations
@@ -116,6 +117,11 @@ class FrameSampler:
         policy.quotas.restore(ring.load_quota())
         self._rng = random.Random(cfg.seed)
         self._requests: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        # Bounded: the shadow thread runs one frame at a time, and the inference thread drains
+        # this on every frame; a full queue (no frames flowing) drops the newest, counted.
+        self._disagreements: queue.Queue[tuple[Frame, SampleDecision, ModelRef, ShadowOutput]] = queue.Queue(
+            maxsize=8
+        )
         self._work: queue.Queue[tuple[np.ndarray | bytes | None, dict[str, Any], dict[str, Any]] | None] = (
             queue.Queue(maxsize=cfg.queue_size)
         )
@@ -131,6 +137,31 @@ class FrameSampler:
         """An operator's ``capture``: the next ``count`` frames (low-confidence ones only, if asked)."""
         self._requests.put((count, low_confidence))
 
+    def offer_disagreement(
+        self, frame: Frame, decision: SampleDecision, *, model: ModelRef, shadow: ShadowOutput
+    ) -> bool:
+        """The shadow thread's frame that the two models disagree on (never blocks; any thread).
+
+        It is judged on the inference thread's next ``offer`` with reason ``shadow_disagreement``
+        (when ``[samples] shadow_disagreement`` is on), under the same quotas. False: dropped.
+        """
+        if not self.policy.rules.shadow_disagreement:
+            return False
+        try:
+            self._disagreements.put_nowait((frame, decision, model, shadow))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def _drain_disagreements(self) -> None:
+        while True:
+            try:
+                frame, decision, model, shadow = self._disagreements.get_nowait()
+            except queue.Empty:
+                return
+            self._consider(frame, decision, model=model, reason="shadow_disagreement", shadow=shadow)
+
     def start(self) -> None:
         self._thread.start()
         if self.uploader is not None:
@@ -138,6 +169,7 @@ class FrameSampler:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued samples, then stop the worker (and the uploader)."""
+        self._drain_disagreements()  # the inference thread has stopped: no other owner now
         if self._thread.is_alive():
             try:
                 self._work.put(None, timeout=timeout)
@@ -175,6 +207,19 @@ class FrameSampler:
         while not self._requests.empty():
             count, low = self._requests.get_nowait()
             self.policy.request(count, low_confidence=low)
+        if not self._disagreements.empty():
+            self._drain_disagreements()
+        return self._consider(frame, decision, model=model, reason=reason, shadow=shadow)
+
+    def _consider(
+        self,
+        frame: Frame,
+        decision: SampleDecision,
+        *,
+        model: ModelRef,
+        reason: Reason | None,
+        shadow: ShadowOutput | None,
+    ) -> bool:
         self.offered += 1
         now = self.wall()
         disagrees = None if shadow is None else shadow.label != decision.label
