@@ -12,6 +12,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from edge_agent.config import SamplesConfig
 from edge_agent.messages import ModelRef
@@ -175,3 +176,52 @@ def test_a_disagreement_is_not_queued_when_the_strategy_is_off(tmp_path: Path) -
     assert not sampler.offer_disagreement(
         Frame(0, 0.0, _image(0)), d, model=ref, shadow=ShadowOutput(ref, "tube", 0.9)
     )
+
+
+def test_a_frame_already_sampled_is_not_taken_again_for_a_disagreement(tmp_path: Path) -> None:
+    cfg = SamplesConfig(low_confidence_max=1.0, per_minute=None, per_hour=None, per_day=None)
+    sampler = FrameSampler(cfg, SampleRing(tmp_path, 1 << 20), policy_for(cfg, None), device_id="r1")
+    ref = ModelRef(name="shapes", version="1", sha256="ab" * 32)
+    d0 = SampleDecision("000001-000000000000", "box", 0.5, None, None)
+    assert sampler.offer(Frame(0, 0.0, _image(0)), d0, model=ref)  # low_confidence took it
+    assert sampler.offer_disagreement(
+        Frame(0, 0.0, _image(0)), d0, model=ref, shadow=ShadowOutput(ref, "tube", 0.9)
+    )
+    d1 = SampleDecision("000001-000000000001", "box", 0.5, None, None)
+    assert sampler.offer(Frame(1, 0.0, _image(1)), d1, model=ref)
+    assert sampler.taken == 2  # d0 once, d1 once
+
+
+@pytest.mark.integration
+def test_probations_reverse_shadow_disagreements_arrive_as_samples(
+    tmp_path: Path, mosquitto: Any, edge_agent_process: Callable[..., Any]
+) -> None:
+    """A real agent, Mosquitto and ``fleet serve``: a side-loaded release whose labels are rotated
+    disagrees with the model it replaced on every frame; those frames come back as samples."""
+    from tests.mqtt import wait_until
+    from tests.shadow_support import ShadowLine
+
+    line = ShadowLine(tmp_path, mosquitto, edge_agent_process, devices=1)
+    line.start()
+    try:
+        dev = line.device_ids[0]
+        wait_until(
+            lambda: line.devices().get(dev, {}).get("active_model") == "shapes@1.0.0", 60, what="online"
+        )
+        line.release_variant("1.1.0", "rotated")
+        out = line.edge_agent_cli(
+            dev, "install", str(line.server.data_dir / "repo"), "--model", "shapes@1.1.0"
+        )
+        assert out.returncode == 0, out.stderr
+
+        def disagreements() -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = line.api("GET", "/samples", params={"device": dev})["samples"]
+            return [r for r in rows if r["reason"] == "shadow_disagreement"]
+
+        wait_until(lambda: disagreements(), 60, what="a shadow_disagreement sample at the server")
+        sample = line.api("GET", f"/samples/{disagreements()[0]['id']}")
+        assert sample["model"]["version"] == "1.1.0" and sample["label"] == "square-80"
+        shadow = sample["meta"]["shadow"]
+        assert shadow["label"] == "circle-80" and shadow["model"]["version"] == "1.0.0"
+    finally:
+        line.stop()
