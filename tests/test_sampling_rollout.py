@@ -133,19 +133,24 @@ def test_a_rollouts_sampling_reaches_the_device_and_its_own_settings_win(
     a near-empty low-confidence band and 600 samples a minute. line-1 (no [samples] settings)
     follows it once 1.1.0 serves. line-2's file says ``random_share = 0.0`` and a band of [0, 1):
     those win (all its samples are low_confidence, none random), while the rollout's quota, which
-    its file leaves unset, applies (more samples in a minute than its default 6 a minute allow)."""
+    its file leaves unset, applies (more samples in a minute than its default 6 a minute allow).
+    line-3 says ``capture = false``: it installs the release and sends no sample."""
     from tests.fault_support import LineRig
     from tests.mqtt import wait_until
 
     class Rig(LineRig):
         def config(self, device: str) -> Path:
             path = super().config(device)
-            if device == "line-2":
+            extra = {
+                "line-2": "[samples]\nrandom_share = 0.0\nlow_confidence_max = 1.0\n",
+                "line-3": "[samples]\ncapture = false\n",
+            }.get(device)
+            if extra:
                 with path.open("a") as f:
-                    f.write("[samples]\nrandom_share = 0.0\nlow_confidence_max = 1.0\n")
+                    f.write(extra)
             return path
 
-    rig = Rig(tmp_path, mosquitto, edge_agent_process, devices=2)
+    rig = Rig(tmp_path, mosquitto, edge_agent_process, devices=3)
     rig.start()
     try:
         wait_until(
@@ -158,7 +163,7 @@ def test_a_rollouts_sampling_reaches_the_device_and_its_own_settings_win(
         )
         rig.release("1.1.0")
         out = rig.server.cli(
-            "rollout", "start", "shapes@1.1.0", "--devices", "line-1,line-2", "--stages", "100%",
+            "rollout", "start", "shapes@1.1.0", "--devices", "line-1,line-2,line-3", "--stages", "100%",
             "--soak", "1s", "--min-gate-frames", "10", "--sample-random", "1", "--sample-per-minute", "600",
             "--sample-low-confidence", "0,0.01",
         )  # fmt: skip
@@ -174,5 +179,8 @@ def test_a_rollouts_sampling_reaches_the_device_and_its_own_settings_win(
         assert {r["reason"] for r in samples("line-1")} == {"random"}
         wait_until(lambda: len(samples("line-2")) >= 12, 45, what="line-2's samples on 1.1.0")
         assert {r["reason"] for r in samples("line-2")} == {"low_confidence"}
+        # capture = false is final: line-3 serves 1.1.0 like the others and sends nothing.
+        wait_until(lambda: rig.active().get("line-3") == "shapes@1.1.0", 60, what="line-3 on 1.1.0")
+        assert rig.api("GET", "/samples", params={"device": "line-3"})["total"] == 0
     finally:
         rig.stop()
