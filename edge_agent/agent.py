@@ -553,7 +553,15 @@ class Agent:
             if shadow is not None:
                 # The frame as decoded for the serving model; the shadow thread decodes it again
                 # in full colour if its own model was not validated on that decode.
-                shadow.offer(runner.sha256, image, pred, decode=frame.decode, encoded=frame.encoded)
+                shadow.offer(
+                    runner.sha256,
+                    image,
+                    pred,
+                    decode=frame.decode,
+                    encoded=frame.encoded,
+                    frame=frame,
+                    decision_id=decision_id,
+                )
             log_decision(
                 decision_id, model_name, labels[pred.label_index] if pred.finite else None, pred.dimensions_mm
             )

@@ -46,6 +46,13 @@ class AgreementTally:
         self.intended = {k: set(v) for k, v in (intended_changes or {}).items()}
         self.reset()
 
+    def disagrees(self, b_label: str, c_label: str) -> bool:
+        """A plain disagreement on one frame: both labels known to both models, different, and not
+        a declared intended change. A label only one model knows is never one (pure, no counting)."""
+        if b_label == c_label or b_label not in self._c_set or c_label not in self._b_set:
+            return False
+        return c_label not in self.intended.get(b_label, ()) and c_label not in self.intended.get("*", ())
+
     def reset(self) -> None:
         self.frames = 0
         self.compared = 0

@@ -264,6 +264,24 @@ class PingCommand(_Cmd):
     type: Literal["ping"] = "ping"
 
 
+class SamplingOverride(BaseModel):
+    """A rollout's sampling settings for the release it deploys (docs/samples.md); unset: no change.
+
+    On the device they sit above the manifest's defaults and below the device's own ``[samples]``
+    settings; ``capture = false`` on the device is final.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low_confidence_min: Annotated[float, Field(ge=0, le=1)] | None = None
+    low_confidence_max: Annotated[float, Field(ge=0, le=1)] | None = None
+    random_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    drift_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    per_minute: Annotated[int, Field(ge=0)] | None = None
+    per_hour: Annotated[int, Field(ge=0)] | None = None
+    per_day: Annotated[int, Field(ge=0)] | None = None
+
+
 class DeployCommand(_Cmd):
     """Install ``name@version``: the agent fetches and verifies it through TUF; this message is not trusted."""
 
@@ -274,6 +292,9 @@ class DeployCommand(_Cmd):
     # "shadow": verify and stage exactly like an install, then run beside the serving model on
     # a share of frames without ever acting on it (edge_agent.shadow).
     mode: Literal["install", "shadow"] = "install"
+    # The rollout's sampling overrides while this release serves (absent: none). An agent older
+    # than this field refuses such a deploy with command.rejected (unknown field), never ignores it.
+    sampling: SamplingOverride | None = None
 
 
 class StopShadowCommand(_Cmd):

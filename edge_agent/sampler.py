@@ -3,7 +3,7 @@
 Strategies, in the order a frame is judged (the first that wants it names the reason):
 
 ``capture``     an operator's ``capture`` command asked for the next N frames (or N low-confidence ones)
-``shadow``      the shadow model disagrees with the serving one (needs a shadow runner's output)
+``shadow_disagreement``  the shadow model disagrees with the serving one (the shadow thread offers it)
 ``low_confidence``  top-1 confidence inside the configured band ``[low, high)``
 ``drift``       a share of the frames while the drift detector says the window drifts
 ``random``      a uniform random share of all frames
@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Reason = Literal["capture", "shadow", "low_confidence", "drift", "random"]
-REASONS: tuple[Reason, ...] = ("capture", "shadow", "low_confidence", "drift", "random")
+Reason = Literal["capture", "shadow_disagreement", "low_confidence", "drift", "random"]
+REASONS: tuple[Reason, ...] = ("capture", "shadow_disagreement", "low_confidence", "drift", "random")
 PERIODS_S: dict[str, float] = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
@@ -178,7 +178,7 @@ class SamplingPolicy:
         if self.pending_any > 0 or (self.pending_low_confidence > 0 and low):
             return "capture"
         if self.rules.shadow_disagreement and shadow_disagrees:
-            return "shadow"
+            return "shadow_disagreement"
         if low:
             return "low_confidence"
         if drifting and u < self.rules.drift_share:

@@ -6,12 +6,14 @@ its metadata into a bounded queue — never blocking: a full queue drops the sam
 A worker thread at the lowest priority resizes, encodes the JPEG, writes it to the
 :class:`~edge_agent.sample_ring.SampleRing` and wakes the uploader.
 
-Operator ``capture`` requests arrive on another thread; they cross into the inference thread's
-policy through a queue that ``offer`` drains, so the policy has one owner.
+Operator ``capture`` requests arrive on another thread, and so do the shadow thread's
+disagreements (:meth:`FrameSampler.offer_disagreement`); both cross into the inference thread's
+policy through queues that ``offer`` drains, so the policy has one owner.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -21,15 +23,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import cv2
 import numpy as np
 
+from edge_agent.atomic import atomic_write_bytes
 from edge_agent.config import SamplesConfig
 from edge_agent.decode import COLOR, decode_jpeg
 from edge_agent.manifest import Manifest
-from edge_agent.messages import ModelRef
+from edge_agent.messages import ModelRef, SamplingOverride
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampler import Limits, Quotas, Reason, SamplingPolicy, SamplingRules
 from edge_agent.sources import Frame
@@ -61,16 +65,29 @@ class ShadowOutput:
     probabilities: Any = None
 
 
-def policy_for(cfg: SamplesConfig, manifest: Manifest | None) -> SamplingPolicy:
-    """The policy from the agent's config, the manifest's sampling defaults under it, built-ins last."""
+def policy_for(
+    cfg: SamplesConfig, manifest: Manifest | None, rollout: SamplingOverride | None = None
+) -> SamplingPolicy:
+    """The policy, each setting from the first layer that has it: the agent's config (set
+    explicitly), the rollout's overrides, the manifest's sampling defaults, then the built-ins
+    (for the quotas: the config's defaults). The plant engineer's file on the robot has the last word.
+    """
     defaults = getattr(manifest, "sampling", None) if manifest is not None else None
     low_threshold = manifest.drift.low_confidence if manifest is not None else 0.5
+    explicit = cfg.model_fields_set
 
     def pick(name: str, builtin: Any) -> Any:
-        value = getattr(cfg, name)
+        value = getattr(cfg, name) if name in explicit else None
+        if value is None and rollout is not None:
+            value = getattr(rollout, name, None)
         if value is None and defaults is not None:
             value = getattr(defaults, name, None)
         return builtin if value is None else value
+
+    def quota(name: str) -> int | None:
+        if name not in explicit and rollout is not None and getattr(rollout, name) is not None:
+            return int(getattr(rollout, name))
+        return cast("int | None", getattr(cfg, name))
 
     low_min = pick("low_confidence_min", 0.0)
     low_max = pick("low_confidence_max", low_threshold)
@@ -82,10 +99,25 @@ def policy_for(cfg: SamplesConfig, manifest: Manifest | None) -> SamplingPolicy:
         shadow_disagreement=cfg.shadow_disagreement,
     )
     quotas = Quotas(
-        Limits(cfg.per_minute, cfg.per_hour, cfg.per_day),
+        Limits(quota("per_minute"), quota("per_hour"), quota("per_day")),
         Limits(cfg.per_label_per_minute, cfg.per_label_per_hour, cfg.per_label_per_day),
     )
     return SamplingPolicy(rules, quotas)
+
+
+_MAX_ROLLOUTS = 8
+
+
+def _load_rollouts(path: Path | None) -> dict[str, SamplingOverride]:
+    """The persisted per-rollout overrides; a missing or unreadable file is none (logged)."""
+    if path is None or not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_bytes())
+        return {str(k): SamplingOverride.model_validate(v) for k, v in dict(raw).items()}
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the rollouts' sampling overrides in %s: %s", path, exc)
+        return {}
 
 
 class FrameSampler:
@@ -101,6 +133,8 @@ class FrameSampler:
         crop: Any = None,
         wall: Callable[[], float] = time.time,
         on_stored: Callable[[], None] | None = None,
+        manifest_of: Callable[[], Manifest | None] | None = None,
+        rollouts_file: Path | None = None,
     ) -> None:
         if not cfg.capture:
             raise ValueError("capture = false: no sampler may exist")
@@ -112,10 +146,26 @@ class FrameSampler:
         self.wall = wall
         self.on_stored = on_stored
         self.uploader: SampleUploader | None = None
+        # Per-rollout overrides by NAME@VERSION; with ``manifest_of`` (the serving model's manifest)
+        # the policy is rebuilt on the inference thread whenever the serving model or they change.
+        self.manifest_of = manifest_of
+        self.rollouts_file = rollouts_file
+        self._rollouts_lock = threading.Lock()
+        self._rollouts: dict[str, SamplingOverride] = _load_rollouts(rollouts_file)
+        self._rollouts_generation = 0
+        self._policy_key: tuple[str, str, int] | None = None
+        # Decisions taken lately: the shadow thread reports a frame after the inference thread
+        # judged it, and a frame is one sample (its id is the decision's), never two.
+        self._recent: collections.deque[str] = collections.deque(maxlen=64)
         self.drifting = False  # set by the telemetry thread; read here (a bool: racy reads are fine)
         policy.quotas.restore(ring.load_quota())
         self._rng = random.Random(cfg.seed)
         self._requests: queue.SimpleQueue[tuple[int, bool]] = queue.SimpleQueue()
+        # Bounded: the shadow thread runs one frame at a time, and the inference thread drains
+        # this on every frame; a full queue (no frames flowing) drops the newest, counted.
+        self._disagreements: queue.Queue[tuple[Frame, SampleDecision, ModelRef, ShadowOutput]] = queue.Queue(
+            maxsize=8
+        )
         self._work: queue.Queue[tuple[np.ndarray | bytes | None, dict[str, Any], dict[str, Any]] | None] = (
             queue.Queue(maxsize=cfg.queue_size)
         )
@@ -131,6 +181,74 @@ class FrameSampler:
         """An operator's ``capture``: the next ``count`` frames (low-confidence ones only, if asked)."""
         self._requests.put((count, low_confidence))
 
+    def set_rollout_sampling(self, name: str, version: str, sampling: SamplingOverride | None) -> None:
+        """A deploy of ``name@version`` carried these overrides (None: none); kept across restarts.
+
+        They apply while that release serves: from the next frame it decides.
+        """
+        ref = f"{name}@{version}"
+        with self._rollouts_lock:
+            if sampling is None:
+                changed = self._rollouts.pop(ref, None) is not None
+            else:
+                changed = self._rollouts.get(ref) != sampling
+                self._rollouts.pop(ref, None)
+                self._rollouts[ref] = sampling
+                while len(self._rollouts) > _MAX_ROLLOUTS:  # bounded: the oldest deploys go first
+                    del self._rollouts[next(iter(self._rollouts))]
+            if not changed:
+                return
+            if self.rollouts_file is not None:
+                doc = {k: v.model_dump(exclude_none=True) for k, v in self._rollouts.items()}
+                atomic_write_bytes(self.rollouts_file, json.dumps(doc, sort_keys=True).encode())
+            self._rollouts_generation += 1
+
+    def rollout_sampling(self, name: str, version: str) -> SamplingOverride | None:
+        """The overrides a rollout gave ``name@version``, if any."""
+        with self._rollouts_lock:
+            return self._rollouts.get(f"{name}@{version}")
+
+    def _refresh_policy(self, model: ModelRef) -> None:
+        # The inference thread: the one owner of the policy. Quota levels and pending capture
+        # requests carry over; only the rules and the limits change.
+        key = (model.name, model.version, self._rollouts_generation)
+        if key == self._policy_key or self.manifest_of is None:
+            return
+        self._policy_key = key
+        old = self.policy
+        new = policy_for(self.cfg, self.manifest_of(), self.rollout_sampling(model.name, model.version))
+        new.quotas.restore(old.quotas.state())
+        new.pending_any, new.pending_low_confidence = old.pending_any, old.pending_low_confidence
+        new.refused_by_quota = old.refused_by_quota
+        self.policy = new
+
+    def offer_disagreement(
+        self, frame: Frame, decision: SampleDecision, *, model: ModelRef, shadow: ShadowOutput
+    ) -> bool:
+        """The shadow thread's frame that the two models disagree on (never blocks; any thread).
+
+        It is judged on the inference thread's next ``offer`` with reason ``shadow_disagreement``
+        (when ``[samples] shadow_disagreement`` is on), under the same quotas. False: dropped.
+        """
+        if not self.policy.rules.shadow_disagreement:
+            return False
+        try:
+            self._disagreements.put_nowait((frame, decision, model, shadow))
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def _drain_disagreements(self) -> None:
+        while True:
+            try:
+                frame, decision, model, shadow = self._disagreements.get_nowait()
+            except queue.Empty:
+                return
+            if decision.decision_id in self._recent:
+                continue  # already a sample (another strategy took it): one sample per decision
+            self._consider(frame, decision, model=model, reason="shadow_disagreement", shadow=shadow)
+
     def start(self) -> None:
         self._thread.start()
         if self.uploader is not None:
@@ -138,6 +256,7 @@ class FrameSampler:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued samples, then stop the worker (and the uploader)."""
+        self._drain_disagreements()  # the inference thread has stopped: no other owner now
         if self._thread.is_alive():
             try:
                 self._work.put(None, timeout=timeout)
@@ -172,9 +291,23 @@ class FrameSampler:
         shadow: ShadowOutput | None = None,
     ) -> bool:
         """Maybe take this frame (never blocks). ``reason`` forces a strategy's wish (still under quotas)."""
+        self._refresh_policy(model)
         while not self._requests.empty():
             count, low = self._requests.get_nowait()
             self.policy.request(count, low_confidence=low)
+        if not self._disagreements.empty():
+            self._drain_disagreements()
+        return self._consider(frame, decision, model=model, reason=reason, shadow=shadow)
+
+    def _consider(
+        self,
+        frame: Frame,
+        decision: SampleDecision,
+        *,
+        model: ModelRef,
+        reason: Reason | None,
+        shadow: ShadowOutput | None,
+    ) -> bool:
         self.offered += 1
         now = self.wall()
         disagrees = None if shadow is None else shadow.label != decision.label
@@ -192,6 +325,7 @@ class FrameSampler:
         if taken is None:
             return False
         self.taken += 1
+        self._recent.append(decision.decision_id)
         probs = decision.probabilities
         meta: dict[str, Any] = {
             "format": SAMPLE_FORMAT,
@@ -304,6 +438,8 @@ def attach_to_agent(agent: Any) -> FrameSampler | None:
             policy_for(cfg, manifest),
             device_id=config.device_id,
             crop=None if roi is None else roi.model_dump(),
+            manifest_of=lambda: agent.runner.manifest,
+            rollouts_file=config.state_dir / "sampling-rollouts.json",
         )
         uploader = SampleUploader(
             ring,

@@ -13,6 +13,12 @@ a non-blocking put into a queue of one); the shadow model runs on its own thread
 ``every_n``-th frame, and skips frames while its own CPU time exceeds ``max_cpu_share`` of the
 wall time (both counted as ``skipped``). Each telemetry window takes the counts accumulated since
 the last (:meth:`ShadowRunner.take_block`).
+
+When the two models disagree on a frame (:meth:`AgreementTally.disagrees`: labels both know,
+different, not an intended change) and a ``sampler`` is attached, the shadow thread hands that
+frame to :meth:`FrameSampler.offer_disagreement` (non-blocking) with reason
+``shadow_disagreement``. The queued item keeps the :class:`~edge_agent.sources.Frame`, so a frame
+decoded at reduced scale is still sampled from its original JPEG.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Literal
 
 from edge_agent.agreement import AgreementTally
 from edge_agent.decode import COLOR, accepts, decode_jpeg
+from edge_agent.sampling import SampleDecision, ShadowOutput
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ class ShadowRunner:
     ``serving`` is the serving model's runner (labels, sha256); ``intended_changes`` and
     ``confident`` come from the candidate's manifest and the drift thresholds.
     ``on_close`` runs after the runner is closed (e.g. deleting a staged shadow bundle).
+    ``sampler`` (a :class:`~edge_agent.sampling.FrameSampler`, or None) receives the frames the
+    two models disagree on.
     """
 
     def __init__(
@@ -54,8 +63,12 @@ class ShadowRunner:
         confident: float = 0.7,
         on_close: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        sampler: Any = None,
     ) -> None:
         self.runner = runner
+        self.sampler = sampler
+        self.serving_ref = serving.model_ref()
+        self.shadow_ref = runner.model_ref()
         self.role: Role = role
         self.serving_sha256 = serving.sha256
         self.every_n = max(1, every_n)
@@ -75,7 +88,9 @@ class ShadowRunner:
         )
         self._shadow_labels = shadow_labels
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Any, Any, str, bytes | None] | None] = queue.Queue(maxsize=1)
+        self._queue: queue.Queue[tuple[Any, Any, str, bytes | None, Any, str | None] | None] = queue.Queue(
+            maxsize=1
+        )
         self._validated = list(getattr(getattr(runner.manifest, "input", None), "validated_decodes", [COLOR]))
         self._offered = 0
         self._skipped = 0
@@ -97,11 +112,15 @@ class ShadowRunner:
         *,
         decode: str = COLOR,
         encoded: bytes | None = None,
+        frame: Any = None,
+        decision_id: str | None = None,
     ) -> None:
         """A frame the serving model (``serving_sha256``) just decided; maybe queue it for the shadow.
 
         ``decode`` names how ``image`` was decoded; when the shadow model was not validated on it,
         the shadow thread decodes ``encoded`` again in full colour (off the serving path).
+        ``frame`` and ``decision_id`` (the camera's frame and the serving decision's id) let a
+        disagreement become a sample; without them none is offered.
         """
         if self._closed or serving_sha256 != self.serving_sha256:
             return  # a frame from before/after the swap this shadow was built for
@@ -114,7 +133,7 @@ class ShadowRunner:
             self._skipped += 1
             return
         try:
-            self._queue.put_nowait((image, pred, decode, encoded))
+            self._queue.put_nowait((image, pred, decode, encoded, frame, decision_id))
         except queue.Full:
             self._skipped += 1
 
@@ -131,7 +150,7 @@ class ShadowRunner:
             item = self._queue.get()
             if item is None or self._closed:
                 return
-            image, served, decode, encoded = item
+            image, served, decode, encoded, frame, decision_id = item
             t0 = self._clock()
             try:
                 if not accepts(self._validated, decode):
@@ -169,6 +188,29 @@ class ShadowRunner:
                         served.dimensions_mm,
                         True,
                     )
+            if self.sampler is not None and frame is not None and decision_id is not None:
+                self._offer_sample(frame, decision_id, served, s_label, shadow, h_label)
+
+    def _offer_sample(
+        self, frame: Any, decision_id: str, served: Any, s_label: str, shadow: Any, h_label: str
+    ) -> None:
+        """Offer a frame the two models disagree on to the sampler (never blocks this thread)."""
+        if not (served.finite and shadow.finite):
+            return
+        b, c = (s_label, h_label) if self.role == "candidate" else (h_label, s_label)
+        if not self._tally.disagrees(b, c):
+            return
+        try:
+            self.sampler.offer_disagreement(
+                frame,
+                SampleDecision(
+                    decision_id, s_label, served.confidence, served.probabilities, served.dimensions_mm
+                ),
+                model=self.serving_ref,
+                shadow=ShadowOutput(self.shadow_ref, h_label, shadow.confidence, shadow.probabilities),
+            )
+        except Exception:
+            log.exception("could not offer a shadow disagreement to the sampler")
 
     # -- the telemetry thread
     def take_block(self) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class ShadowControl:
             nice=self.nice,
             confident=confident,
             on_close=on_close,
+            sampler=getattr(self.host, "sampler", None),
         )
         with self._lock:
             old = self.host.set_shadow(shadow)

@@ -1405,6 +1405,10 @@ def attach_to_agent(agent: Any, updater: Updater) -> None:
                 log.exception("deploy %s@%s failed", cmd.name, cmd.version)
 
     def deploy(cmd: Any) -> None:
+        sampler = getattr(agent, "sampler", None)
+        if cmd.mode != "shadow" and sampler is not None:
+            # The rollout's sampling overrides, applied while this release serves (docs/samples.md).
+            sampler.set_rollout_sampling(cmd.name, cmd.version, getattr(cmd, "sampling", None))
         if cmd.mode == "shadow":
             # A shadow never swaps, so it never waits for the line's update window.
             updater.deploy_shadow(cmd.name, cmd.version, cmd_id=cmd.cmd_id, rollout_id=cmd.rollout_id)

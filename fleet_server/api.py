@@ -31,7 +31,7 @@ from sqlalchemy import select
 
 from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import parse_manifest
-from edge_agent.messages import Truth, dump, valid_device_id
+from edge_agent.messages import SamplingOverride, Truth, dump, valid_device_id
 from fleet_server import accuracy, auth, device_tokens, metrics
 from fleet_server.app import Services
 from fleet_server.controller import NotFoundError
@@ -168,6 +168,10 @@ class RolloutCreate(_Body):
     shadow_min_frames: Annotated[int, Field(ge=1)] | None = None
     no_baseline: Literal["inconclusive", "pass"] | None = Field(
         default=None, description="what a gate with no baseline telemetry answers (default inconclusive)"
+    )
+    sampling: SamplingOverride | None = Field(
+        default=None,
+        description="sampling settings the devices use while this release serves (docs/samples.md)",
     )
 
     @field_validator("model")
@@ -598,6 +602,8 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
             device_timeout_s=body.device_timeout_s or d.device_timeout_s,
             gate_timeout_s=body.gate_timeout_s or d.gate_timeout_s,
             no_baseline=body.no_baseline or "inconclusive",
+            # An empty override is none: the deploy then carries no field an older agent refuses.
+            sampling=body.sampling if body.sampling and body.sampling.model_dump(exclude_none=True) else None,
         )
         shadow = None
         if body.shadow is not None:

@@ -126,6 +126,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         choices=["inconclusive", "pass"],
         help="a gate with no baseline telemetry: pause as inconclusive (default) or pass (recorded)",
     )
+    p.add_argument(
+        "--sample-low-confidence",
+        type=_band,
+        metavar="MIN,MAX",
+        help="while this release serves, sample frames with confidence in [MIN, MAX), e.g. 0.3,0.6",
+    )
+    p.add_argument("--sample-random", type=_share, metavar="SHARE", help="sample this share of frames (0-1)")
+    p.add_argument(
+        "--sample-drift",
+        type=_share,
+        metavar="SHARE",
+        help="sample this share of frames while drifting (0-1)",
+    )
+    for period in ("minute", "hour", "day"):
+        p.add_argument(
+            f"--sample-per-{period}", type=int, metavar="N", help=f"at most N samples per {period}"
+        )
     p.add_argument("--watch", action="store_true", help="follow it until it ends")
     p.set_defaults(func=rollout_start)
     p = _common(rsub.add_parser("status", help="a rollout's stages and devices"))
@@ -429,6 +446,41 @@ def _watch(c: FleetClient, rollout_id: str, interval: float, as_json: bool) -> i
     return EXIT_ROLLOUT_FAILED
 
 
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return v
+
+
+def _band(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition(",")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX")
+    band = (_share(low.strip()), _share(high.strip()))
+    if band[0] >= band[1]:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN must be below MAX")
+    return band
+
+
+def rollout_sampling(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rollout's sampling overrides from the ``--sample-*`` options; None when none is given."""
+    band = args.sample_low_confidence
+    out = {
+        "low_confidence_min": None if band is None else band[0],
+        "low_confidence_max": None if band is None else band[1],
+        "random_share": args.sample_random,
+        "drift_share": args.sample_drift,
+        "per_minute": args.sample_per_minute,
+        "per_hour": args.sample_per_hour,
+        "per_day": args.sample_per_day,
+    }
+    return {k: v for k, v in out.items() if v is not None} or None
+
+
 def rollout_start(args: argparse.Namespace) -> int:
     with _client(args) as c:
         r = c.start_rollout(
@@ -446,6 +498,7 @@ def rollout_start(args: argparse.Namespace) -> int:
             shadow_min_agreement=args.shadow_min_agreement,
             shadow_min_frames=args.shadow_min_frames,
             no_baseline=args.no_baseline,
+            sampling=rollout_sampling(args),
         )
         if args.watch:
             if not args.json:

@@ -439,7 +439,12 @@ class RolloutController:
         for a in actions:
             if isinstance(a, SendDeploy):
                 cmd = DeployCommand(
-                    cmd_id=a.cmd_id, name=r.name, version=r.version, rollout_id=r.id, issued_at=issued
+                    cmd_id=a.cmd_id,
+                    name=r.name,
+                    version=r.version,
+                    rollout_id=r.id,
+                    issued_at=issued,
+                    sampling=r.policy.sampling,
                 )
                 self._publish(a.device_id, dump(cmd))
             elif isinstance(a, SendRollback):

@@ -42,6 +42,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from edge_agent.errors import ConfigError
+from edge_agent.messages import SamplingOverride
 from edge_agent.verdicts import Verdict, combine
 from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.shadow_phase import (
@@ -234,6 +235,8 @@ class Policy(BaseModel):
     # With no telemetry to compare against, a gate is inconclusive (pause, alert) unless the
     # operator's policy says "pass" — a choice recorded with the verdict.
     no_baseline: Literal["inconclusive", "pass"] = "inconclusive"
+    # Sent with every (serving) deploy of this rollout; the device applies it while the release serves.
+    sampling: SamplingOverride | None = None
 
 
 def failure_gate(policy: Policy, failed: int, total: int) -> str | None:

@@ -113,7 +113,7 @@ def policy(**rules: Any) -> SamplingPolicy:
         ({"random_share": 0.25}, {"confidence": 0.9, "u": 0.25}, None),
         ({"drift_share": 0.5}, {"confidence": 0.9, "u": 0.1, "drifting": True}, "drift"),
         ({"drift_share": 0.5}, {"confidence": 0.9, "u": 0.1, "drifting": False}, None),
-        ({"shadow_disagreement": True}, {"confidence": 0.9, "shadow_disagrees": True}, "shadow"),
+        ({"shadow_disagreement": True}, {"confidence": 0.9, "shadow_disagrees": True}, "shadow_disagreement"),
         ({"shadow_disagreement": False}, {"confidence": 0.9, "shadow_disagrees": True}, None),
         ({"shadow_disagreement": True}, {"confidence": 0.9, "shadow_disagrees": None}, None),
         # The first strategy that wants a frame names the reason.
@@ -122,7 +122,11 @@ def policy(**rules: Any) -> SamplingPolicy:
             {"confidence": 0.5, "u": 0.0},
             "low_confidence",
         ),
-        ({"low_confidence_band": (0, 0.7)}, {"confidence": 0.5, "shadow_disagrees": True}, "shadow"),
+        (
+            {"low_confidence_band": (0, 0.7)},
+            {"confidence": 0.5, "shadow_disagrees": True},
+            "shadow_disagreement",
+        ),
     ],
 )
 def test_each_strategy_wants_exactly_its_frames(
@@ -254,7 +258,7 @@ def test_shadow_output_is_kept_and_a_disagreement_is_a_reason(tmp_path: Path) ->
     (sid,) = sampler.ring.pending()
     m = json.loads((sampler.ring.load(sid) or (b"", b""))[0])
     assert (
-        m["reason"] == "shadow"
+        m["reason"] == "shadow_disagreement"
         and m["shadow"]["label"] == "tube"
         and m["shadow"]["probabilities"] == [0.4, 0.6]
     )
