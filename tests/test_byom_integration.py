@@ -81,6 +81,12 @@ def test_a_foreign_classifier_is_packaged_released_rolled_out_and_right(
                 30,
                 "the agent online at the fleet server",
             )
+            # The rollout's quality gate compares against the device's windows before it: let three arrive.
+            wait_for(
+                lambda: len(server.cli_json("devices", "show", device).get("recent_telemetry", [])) >= 3,
+                30,
+                "three telemetry windows before the rollout (the gate's baseline)",
+            )
             rollout = server.cli_json(
                 "rollout", "start", "colours@1.0.0", "--devices", device, "--stages", "100%",
                 "--soak", "1s", "--min-gate-frames", "10",
