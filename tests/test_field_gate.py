@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge_agent.messages import Topics
 from edge_agent.verdicts import Verdict, VerdictValue, combine
+from fleet_server.alerts import Alerts
+from fleet_server.controller import RolloutController
+from fleet_server.db import Database, EventRow
 from fleet_server.field_gate import METRIC, TruthCounts, field_verdict, gate_outcome
 from fleet_server.quality_verdicts import WindowSample
 from fleet_server.rollouts import (
@@ -174,3 +179,68 @@ def test_report_round_trips_with_truth() -> None:
     r.tick(2.0, _report(GOOD_CUR, TruthCounts(200, 198), TruthCounts(200, 190)))
     again = Rollout.model_validate(r.model_dump(mode="json"))
     assert [v.verdict for v in again.verdicts] == [v.verdict for v in r.verdicts]
+
+
+# -- the controller feeds it from the stored truth.joined events (a real database) ---------------
+
+
+def _joined(db: Database, device_id: str, seq: int, at: float, model: str, correct: bool) -> None:
+    data = {"model": model, "label": "a", "true_label": "a" if correct else "b", "correct": correct}
+    with db.session() as s:
+        s.add(
+            EventRow(
+                device_id=device_id,
+                seq=seq,
+                kind="truth.joined",
+                at=datetime.fromtimestamp(at, UTC),
+                received_at=datetime.fromtimestamp(at, UTC),
+                payload={"device_id": device_id, "seq": seq, "kind": "truth.joined", "data": data},
+            )
+        )
+        s.commit()
+
+
+def _measure(db: Database, r: Rollout) -> QualityReport:
+    ctl = RolloutController(db, None, Alerts(db), Topics())
+    with db.session() as s:
+        return ctl._measure(s, r)
+
+
+def test_controller_counts_candidate_on_canaries_and_prefers_a_concurrent_baseline(db_url: str) -> None:
+    db = Database(db_url)
+    db.create()
+    t0 = 1_800_000_000.0
+    policy = Policy(min_field_truth=3, baseline_window_s=600)
+    r = Rollout.create("r1", "shapes", "2.0.0", ["d0", "d1"], parse_stages("1,100%"), policy, t0)
+    r.tick(t0)
+    for kind in ("update.started", "probation.started", "probation.passed"):
+        r.on_event("d0", kind, t0 + 10, cmd_id=r.devices["d0"].cmd_id)
+    seq = itertools.count(1)
+    # before the rollout, d0 on the old version: 4 of 4 right
+    for _ in range(4):
+        _joined(db, "d0", next(seq), t0 - 60, "shapes@1.0.0", True)
+    # after: the candidate on d0, 1 of 3 right (and a stale old-version join that must not count)
+    for ok in (True, False, False):
+        _joined(db, "d0", next(seq), t0 + 20, "shapes@2.0.0", ok)
+    _joined(db, "d0", next(seq), t0 + 21, "shapes@1.0.0", True)
+    # only 2 joins on the waiting d1: below min_field_truth → the "before" baseline
+    for _ in range(2):
+        _joined(db, "d1", next(seq), t0 + 20, "shapes@1.0.0", False)
+    q = _measure(db, r)
+    assert q.field_canary == TruthCounts(3, 1)
+    assert (q.field_baseline, q.field_baseline_kind) == (TruthCounts(4, 4), "before")
+    # a third join on d1 makes the concurrent baseline usable, and it is preferred
+    _joined(db, "d1", next(seq), t0 + 22, "shapes@1.0.0", True)
+    q = _measure(db, r)
+    assert (q.field_baseline, q.field_baseline_kind) == (TruthCounts(3, 1), "concurrent")
+
+
+def test_controller_without_truth_reports_nothing(db_url: str) -> None:
+    db = Database(db_url)
+    db.create()
+    r = Rollout.create("r1", "shapes", "2.0.0", ["d0"], parse_stages("100%"), Policy(), 100.0)
+    r.tick(100.0)
+    for kind in ("update.started", "probation.started", "probation.passed"):
+        r.on_event("d0", kind, 110.0, cmd_id=r.devices["d0"].cmd_id)
+    q = _measure(db, r)
+    assert (q.field_canary, q.field_baseline) == (TruthCounts(), TruthCounts())
