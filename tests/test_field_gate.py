@@ -244,3 +244,18 @@ def test_controller_without_truth_reports_nothing(db_url: str) -> None:
         r.on_event("d0", kind, 110.0, cmd_id=r.devices["d0"].cmd_id)
     q = _measure(db, r)
     assert (q.field_canary, q.field_baseline) == (TruthCounts(), TruthCounts())
+
+
+def test_status_text_and_view_show_the_field_verdict() -> None:
+    from fleet_server.cli_ops import _status_text
+    from fleet_server.controller import rollout_view
+
+    r = _at_gate()
+    r.tick(2.0, _report(GOOD_CUR, TruthCounts(200, 40), TruthCounts(200, 196)))
+    view = rollout_view(r)
+    field = [v for v in view["verdicts"] if v["metric"] == METRIC]
+    assert [(v["gate"], v["verdict"], v["test"], v["n"]) for v in field] == [
+        ("stage-1", "fail", "newcombe", 200)
+    ]
+    assert field[0]["evidence"]["canary_truth"] == {"n": 200, "correct": 40}
+    assert f"verdict stage-1 {METRIC}: FAIL (newcombe, n=200)" in _status_text(view)
