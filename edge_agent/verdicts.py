@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any, Literal
 
-VerdictValue = Literal["pass", "inconclusive", "fail"]
+# "no data": the metric has nothing to judge (no field truth at all on a plant without a line
+# checker). It is shown like the others and ignored by :func:`combine` — it must not pause anything.
+VerdictValue = Literal["pass", "inconclusive", "fail", "no data"]
 _NORMAL = NormalDist()
 
 
@@ -259,7 +261,10 @@ def _median(values: Sequence[float]) -> float:
 
 
 def combine(verdicts: Sequence[Verdict]) -> VerdictValue:
-    """The overall verdict: any fail → fail; else any inconclusive → inconclusive; else pass."""
+    """The overall verdict: any fail → fail; else any inconclusive → inconclusive; else pass.
+
+    Verdicts of "no data" are left out (a metric with nothing to judge neither passes nor pauses)."""
+    verdicts = [v for v in verdicts if v.value != "no data"]
     values = {v.value for v in verdicts}
     if "fail" in values:
         return "fail"

@@ -29,8 +29,10 @@ from sqlalchemy import or_, select
 from edge_agent.agreement import merge_blocks
 from edge_agent.errors import ConfigError
 from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
+from fleet_server.accuracy import JOINED, field_accuracy
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
+from fleet_server.field_gate import TruthCounts
 from fleet_server.quality_verdicts import WindowSample
 from fleet_server.rollouts import (
     IN_FLIGHT,
@@ -399,13 +401,53 @@ class RolloutController:
                 for a, b, c, e in rows
             )
 
+        field_canary, field_baseline, field_kind = self._measure_truth(s, r, ids, waiting, since)
         return QualityReport(
             baseline=summarize((int(a), float(b), int(c)) for a, b, c, _ in base_rows),
             current=summarize((int(a), float(b), int(c)) for a, b, c, _ in cur_rows),
             baseline_windows=samples(base_rows),
             current_windows=samples(cur_rows),
             baseline_kind=kind,
+            field_canary=field_canary,
+            field_baseline=field_baseline,
+            field_baseline_kind=field_kind,
         )
+
+    def _measure_truth(
+        self, s: Any, r: Rollout, ids: list[str], waiting: list[str], since: float
+    ) -> tuple[TruthCounts, TruthCounts, str]:
+        """Joined truth for the field-accuracy verdict: the candidate on the canary devices since
+        they passed; the baseline concurrent (the old version on devices not yet sent the release,
+        same period) when it holds ``min_field_truth`` decisions, else the same devices before."""
+        candidate = f"{r.name}@{r.version}"
+
+        def counts(stmt: Any, *, model: str | None = None, exclude: str | None = None) -> TruthCounts:
+            rows = [(d, (p or {}).get("data") or {}) for d, p in s.execute(stmt).all()]
+            n = correct = 0
+            for a in field_accuracy(rows):
+                if (model is not None and a.model != model) or (exclude is not None and a.model == exclude):
+                    continue
+                n, correct = n + a.n, correct + a.correct
+            return TruthCounts(n, correct)
+
+        base = select(EventRow.device_id, EventRow.payload).where(EventRow.kind == JOINED)
+        canary = counts(
+            base.where(EventRow.device_id.in_(ids)).where(EventRow.at >= _dt(since)), model=candidate
+        )
+        if waiting:
+            conc = counts(
+                base.where(EventRow.device_id.in_(waiting)).where(EventRow.at >= _dt(since)),
+                exclude=candidate,
+            )
+            if conc.n >= r.policy.min_field_truth:
+                return canary, conc, "concurrent"
+        before = counts(
+            base.where(EventRow.device_id.in_(ids))
+            .where(EventRow.at < _dt(r.started_at))
+            .where(EventRow.at >= _dt(r.started_at) - timedelta(seconds=r.policy.baseline_window_s)),
+            exclude=candidate,
+        )
+        return canary, before, "before"
 
     def _measure_shadow(self, s: Any, r: Rollout) -> dict[str, Any]:
         """The shadow blocks the phase's running devices reported for this candidate, merged."""

@@ -36,6 +36,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -44,6 +45,7 @@ from pydantic import BaseModel, Field
 from edge_agent.errors import ConfigError
 from edge_agent.messages import SamplingOverride
 from edge_agent.verdicts import Verdict, combine
+from fleet_server.field_gate import TruthCounts, deciding, field_verdict, gate_outcome
 from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.shadow_phase import (
     ShadowGates,
@@ -225,6 +227,10 @@ class Policy(BaseModel):
     # Zero errors on both sides still needs ~75 frames a side for an upper bound under 0.05
     # (under 0.01 it would need ~380): a gate that can be decided on a stage's data.
     max_error_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.05
+    # Field accuracy (truth from the line) may drop by at most this much; judged only with at
+    # least ``min_field_truth`` joined decisions a side (fleet_server/field_gate.py).
+    max_field_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
+    min_field_truth: Annotated[int, Field(ge=1)] = 30
     min_gate_frames: Annotated[int, Field(ge=0)] = 50
     min_gate_windows: Annotated[int, Field(ge=1)] = 3
     baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
@@ -322,6 +328,11 @@ class QualityReport:
     baseline_windows: tuple[WindowSample, ...] = ()
     current_windows: tuple[WindowSample, ...] = ()
     baseline_kind: str = "before"  # "concurrent": devices still on the old version, same period
+    # Joined truth (fleet_server/field_gate.py): the candidate on the canary devices, the old
+    # version on ``field_baseline_kind`` ("concurrent" or "before", chosen like the telemetry's).
+    field_canary: TruthCounts = dc_field(default_factory=TruthCounts)
+    field_baseline: TruthCounts = dc_field(default_factory=TruthCounts)
+    field_baseline_kind: str = "before"
 
 
 # -- the rollout --------------------------------------------------------------------------------
@@ -706,7 +717,16 @@ class Rollout(BaseModel):
                     quality.current_windows,
                     baseline_kind=quality.baseline_kind,
                 )
-                outcome = combine(verdicts)
+                verdicts.append(
+                    field_verdict(
+                        quality.field_canary,
+                        quality.field_baseline,
+                        max_drop=self.policy.max_field_accuracy_drop,
+                        min_n=self.policy.min_field_truth,
+                        baseline_kind=quality.field_baseline_kind,
+                    )
+                )
+                outcome = gate_outcome(verdicts)
                 deadline = self.stage_settled_at + self.policy.soak_s + self.policy.gate_timeout_s
                 if outcome == "inconclusive" and now < deadline and not self._overridden(gate):
                     return actions  # more windows are coming: judge again on the next tick
@@ -714,12 +734,11 @@ class Rollout(BaseModel):
                 if outcome == "fail":
                     why = "; ".join(
                         f"{v.metric.replace('_', ' ')} {v.reason} ({v.test})"
-                        for v in verdicts
-                        if v.value == "fail"
+                        for v in deciding(verdicts, "fail")
                     )
                     return actions + self.halt(f"{why}, against a {quality.baseline_kind} baseline", now)
                 if outcome == "inconclusive" and not self._overridden(gate):
-                    why = "; ".join(f"{v.metric}: {v.reason}" for v in verdicts if v.value == "inconclusive")
+                    why = "; ".join(f"{v.metric}: {v.reason}" for v in deciding(verdicts, "inconclusive"))
                     return actions + self._pause_inconclusive(gate, why, now)
             else:
                 reason = quality_gate(self.policy, quality.baseline, quality.current)

@@ -83,8 +83,33 @@ def test_field_accuracy_equals_the_recordings_truth_across_a_restart_and_a_swap(
 
     # A swap: 2.0.0 through a rollout; decisions name the model that made them.
     rig.release("2.0.0")
-    rid = rig.rollout("2.0.0", soak="0s")
-    wait_until(lambda: rig.rollout_state(rid)["state"] == "succeeded", 90, what="the rollout to 2.0.0")
+    # The checker is off during the swap: the old version has truth and the candidate none yet,
+    # so the stage's field-accuracy verdict is inconclusive (docs/truth.md) and the rollout pauses
+    # for a person; the override is the test's, and says why.
+    rid = rig.api(
+        "POST",
+        "/rollouts",
+        json={
+            "model": "shapes@2.0.0",
+            "devices": rig.device_ids,
+            "stages": "100%",
+            "soak": "0s",
+            "min_gate_frames": 10,
+            "resend_after_s": 5.0,
+            "gate_timeout_s": 3.0,
+        },
+    )["id"]
+    paused = wait_until(
+        lambda: (r := rig.rollout_state(rid))["state"] in ("paused", "succeeded", "halted") and r,
+        90,
+        what="the rollout to 2.0.0 at its gate",
+    )
+    [field] = [v for v in paused["verdicts"] if v["metric"] == "field_accuracy"]
+    assert (paused["state"], field["verdict"]) == ("paused", "inconclusive")
+    assert field["evidence"]["canary_truth"]["n"] == 0 and field["evidence"]["baseline_truth"]["n"] > 0
+    assert field["evidence"]["baseline_kind"] == "before"
+    rig.api("POST", f"/rollouts/{rid}/resume", json={"by": "test", "why": "no truth for 2.0.0 yet"})
+    wait_until(lambda: rig.rollout_state(rid)["state"] == "succeeded", 60, what="the rollout to 2.0.0")
     check_phase(rig, mosquitto, labels, sent, "shapes@2.0.0")
 
     # Decision ids are unique across the restart and the swap.

@@ -734,7 +734,7 @@ function rolloutCard(r) {
 // Each gate's verdict (pass / inconclusive / fail, the test, the sample), the shadow phase and overrides.
 function verdictRows(r) {
   const rows = (r.verdicts || []).map((v) =>
-    h("li", { "data-gate": v.gate, "data-metric": v.metric }, h("span", { class: `pill verdict-${v.verdict}` }, v.verdict), ` ${v.gate} · ${v.metric} (${v.test}, n=${v.n}): ${v.reason}`),
+    h("li", { "data-gate": v.gate, "data-metric": v.metric }, h("span", { class: `pill verdict-${v.verdict.replace(/ /g, "-")}` }, v.verdict), ` ${v.gate} · ${v.metric} (${v.test}, n=${v.n}): ${v.reason}`),
   );
   const sh = r.shadow;
   if (sh) rows.unshift(h("li", { "data-gate": "shadow-phase" }, `shadow phase on ${Object.keys(sh.devices || {}).length} devices (${sh.size}, soak ${sh.soak_s} s): ${sh.state}`));
