@@ -430,9 +430,12 @@ def devices_events(
     request: Request,
     _: Viewer,
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
-    kind: Annotated[str | None, Query(max_length=64)] = None,
+    kind: Annotated[str | None, Query(max_length=256)] = None,
 ) -> list[dict[str, Any]]:
-    """The device's events (update steps, rollbacks with their evidence, drift, camera), newest first."""
+    """The device's events (update steps, rollbacks with their evidence, drift, camera), newest first.
+
+    ``kind``: only these kinds, comma-separated (e.g. ``update.installed,rollback``).
+    """
     events = _svc(request).registry.events(device_id, limit=limit, kind=kind)
     if events is None:
         raise _error(404, f"no device {device_id}")

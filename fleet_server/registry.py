@@ -167,13 +167,18 @@ class Registry:
     def events(
         self, device_id: str, *, limit: int = 100, kind: str | None = None
     ) -> list[dict[str, Any]] | None:
-        """A device's events, newest first (None for an unknown device)."""
+        """A device's events, newest first (None for an unknown device).
+
+        ``kind`` is one kind or several, comma-separated (the chart asks for the few it marks, so a
+        busy channel such as ``truth.joined`` cannot push them out of the newest ``limit``).
+        """
         with self.db.session() as s:
             if s.get(DeviceRow, device_id) is None:
                 return None
             q = select(EventRow).where(EventRow.device_id == device_id)
-            if kind:
-                q = q.where(EventRow.kind == kind)
+            kinds = [k.strip() for k in (kind or "").split(",") if k.strip()]
+            if kinds:
+                q = q.where(EventRow.kind.in_(kinds))
             rows = s.scalars(q.order_by(EventRow.seq.desc()).limit(limit)).all()
             return [event_dict(r) for r in rows]
 

@@ -98,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "--probation",
             "0.5",
             "--truth-share",
-            "0.2",
+            "1.0",  # every decision checked: the field-accuracy gate gets its minimum counts within seconds
         ]
         sim = SimFleetProcess(tmp, broker.url, *sim_args, "--server", server.url)
         started.append(sim)

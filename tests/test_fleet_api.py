@@ -413,6 +413,12 @@ def test_device_events_newest_first_filter_and_404(env: tuple[TestClient, Servic
     assert events[0]["kind"] == "rollback" and events[0]["data"]["reason"].startswith("confidence_p50")
     only = client.get("/api/v1/devices/cam-9/events", params={"kind": "agent.started"}).json()
     assert [e["kind"] for e in only] == ["agent.started"]
+    _feed(svc, *(_ev("cam-9", 2 + i, "truth.joined", None) for i in range(5)))
+    # Several kinds at once, newest first: a busy kind (truth) cannot push the others out of `limit`.
+    marks = client.get(
+        "/api/v1/devices/cam-9/events", params={"kind": "rollback,agent.started", "limit": 2}
+    ).json()
+    assert [e["kind"] for e in marks] == ["rollback", "agent.started"]
     assert client.get("/api/v1/devices/nobody/events").status_code == 404
     assert client.get("/api/v1/devices/cam-9/events", params={"limit": 0}).status_code == 422
 

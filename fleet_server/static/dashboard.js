@@ -309,7 +309,7 @@ async function refreshChart() {
     api(`${path}?recent=${RECENT_WINDOWS}`),
     state.eventsMissing
       ? Promise.resolve([])
-      : api(`${path}/events?limit=${EVENT_LIMIT}`).catch((err) => {
+      : api(`${path}/events?limit=${EVENT_LIMIT}&kind=${encodeURIComponent(Object.keys(MARK_KINDS).join(","))}`).catch((err) => {
           // Servers before the events endpoint: draw without release/rollback marks.
           if (err instanceof ApiError && err.status === 404 && !/device/i.test(err.message)) state.eventsMissing = true;
           return [];
