@@ -376,6 +376,22 @@ class LineRig:
         r.raise_for_status()
         return r.json()
 
+    def wait_for_baseline(self, windows: int = 3, timeout: float = 30.0) -> None:
+        """Wait until the server holds ``windows`` telemetry windows from every device.
+
+        A rollout's statistical quality gate compares the new version against the devices' windows
+        from before it; with fewer than its minimum the gate is rightly inconclusive (it waits, then
+        pauses for a person), which is not what a test of something else wants.
+        """
+        wait_until(
+            lambda: all(
+                len(self.api("GET", f"/devices/{d}").get("recent_telemetry", [])) >= windows
+                for d in self.device_ids
+            ),
+            timeout,
+            what=f"{windows} telemetry windows per device before the rollout (the gate's baseline)",
+        )
+
     def devices(self) -> dict[str, dict[str, Any]]:
         return {d["device_id"]: d for d in self.api("GET", "/devices")}
 

@@ -38,6 +38,7 @@ def line(
             60,
             what="agents online on 1.0.0",
         )
+        rig.wait_for_baseline()
         yield rig
     finally:
         rig.stop()
@@ -137,6 +138,7 @@ def pair(
             60,
             what="agents online on 1.0.0",
         )
+        rig.wait_for_baseline()
         yield rig
     finally:
         rig.stop()

@@ -58,15 +58,7 @@ def rig(
             60,
             what="2 agents online on 1.0.0",
         )
-        # The rollout's quality gate compares against each device's windows before it: let three arrive.
-        wait_until(
-            lambda: all(
-                len(line.api("GET", f"/devices/{d}").get("recent_telemetry", [])) >= 3
-                for d in line.device_ids
-            ),
-            30,
-            what="three telemetry windows per device before the rollout (the gate's baseline)",
-        )
+        line.wait_for_baseline()
         yield line
     finally:
         line.stop()
