@@ -19,6 +19,11 @@ The inference thread does only per-frame work: it never builds pydantic
 objects, logs, or takes a lock beyond the frame queue's. Once per window it
 hands a WindowStats to the telemetry thread. A new model is adopted between
 two frames (:meth:`Agent.swap_runner`).
+
+Size: one concern, the serving loop and what hangs off each decision (telemetry windows, the
+state message, local outputs, shadow and sampler offers, truth joining); the per-frame path is
+kept in one function on purpose so its cost can be read in one place. The hooks that grew here
+(shadow, sampling, truth) are candidates to move behind one decision-listener interface.
 """
 
 from __future__ import annotations

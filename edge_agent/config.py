@@ -9,6 +9,10 @@ Every section has defaults, so the smallest valid file is::
 A wrong file is one ConfigError that names the field (``broker.url: ...``).
 The common fields can be overridden on the command line (``--source``,
 ``--broker``, ``--device-id``, ``--state-dir``); see :func:`load_config`.
+
+Size: one concern, the agent's typed config file; it is long because each section (broker,
+updates, inference, samples, line, local outputs, OPC UA, shadow) is a small pydantic model
+with its units and validators, kept together so the whole file format reads in one place.
 """
 
 from __future__ import annotations

@@ -32,6 +32,9 @@ Adding a field: give its ``Field`` ``json_schema_extra={"since_schema": N}`` (N 
 module's next :data:`SCHEMA_VERSION`) and a default that keeps today's behaviour; the rest
 (validation that ``schema_version >= N`` when it is used, leaving it out of ``to_json`` when
 it is not) follows from :func:`newer_fields`.
+
+Size: one concern, the bundle manifest contract (every field, its validation and the schema
+growth rule); kept in one module so the contract is read and versioned as a whole.
 """
 
 from __future__ import annotations

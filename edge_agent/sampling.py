@@ -9,6 +9,10 @@ A worker thread at the lowest priority resizes, encodes the JPEG, writes it to t
 Operator ``capture`` requests arrive on another thread, and so do the shadow thread's
 disagreements (:meth:`FrameSampler.offer_disagreement`); both cross into the inference thread's
 policy through queues that ``offer`` drains, so the policy has one owner.
+
+Size: the sampler's shell (offer on the inference thread, the JPEG worker, attaching to the
+agent, per-release overrides); the decisions live in edge_agent/sampler.py, the ring in
+sample_ring.py and the upload in uploader.py.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ Wrong device clock (decided behaviour):
   regardless of the clock. A timestamp without the field (an older fleet server) gives no floor.
   (Earlier agents kept the device's own clock at the last success in ``clock.json``; that file is
   ignored, so a floor raised by a fast clock no longer locks a device out.)
+
+Size: one concern, the device side of TUF (fetchers for HTTP and a directory, the clock seam,
+the signed clock floor, and translating python-tuf's errors into typed reasons with advice).
 """
 
 from __future__ import annotations

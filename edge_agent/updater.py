@@ -25,6 +25,11 @@ crash-safety tests; never set it in production.
 The CLI (``edge-agent install``/``rollback``) may change the store while the daemon runs: both hold
 the store's file lock while they change it, and the daemon notices a changed ``state.json`` once per
 telemetry window (:meth:`Updater.check_external_change`) and swaps to whatever is now active.
+
+Size: over the style guide's limit, and a known debt (issue 14): it holds the staging pipeline,
+probation, the swap, the shadow hooks, update windows and the wiring to the agent. Splitting it
+into an ``edge_agent/updates/`` package, with one ``stage_verified`` used by deploy, install,
+verify and the shadow side-load (today near-copies), is the next restructuring step.
 """
 
 from __future__ import annotations
