@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.common import Section
-from edge_agent.atomic import atomic_write_bytes
+from lineside_common.atomic import atomic_write_bytes
 
 
 def _mark(ok: bool | None) -> str:

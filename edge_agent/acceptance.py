@@ -19,8 +19,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from edge_agent.errors import IncompatibleModelError, VerificationError
 from edge_agent.manifest import _NAME, _SEMVER, Manifest, version_key
+from lineside_common.errors import IncompatibleModelError, VerificationError
 
 _FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

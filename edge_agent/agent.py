@@ -50,7 +50,6 @@ from edge_agent.decision_id import DecisionIds
 from edge_agent.decision_log import DecisionLog
 from edge_agent.decode import COLOR, Decode, accepts, decode_jpeg, serving_decode
 from edge_agent.drift import DriftDetector, WindowConfidence
-from edge_agent.errors import MessageError
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import (
     DeviceState,
@@ -72,6 +71,7 @@ from edge_agent.shadow import ShadowRunner
 from edge_agent.sources import Frame, FrameSource
 from edge_agent.spool import Spool
 from edge_agent.telemetry import TelemetryWindow, WindowStats
+from lineside_common.errors import MessageError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clitools import EXIT_USAGE, CommandError, print_json
 from edge_agent.store import ModelStore
 from edge_agent.updater import Outcome, Updater, UpdaterSettings, settings_from_config, store_dir
+from lineside_common.cli import EXIT_USAGE, CommandError, print_json
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -10,14 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from edge_agent import clitools
 from edge_agent.config import AgentConfig, load_config
-from edge_agent.errors import ConfigError
 from edge_agent.messages import DeviceState, dump
 from edge_agent.runtime import ModelRunner
 from edge_agent.service import SystemdNotifier, read_status, stop_on_signals, watchdog_interval_s
 from edge_agent.sources import FrameSource, ReconnectingSource, open_source
 from edge_agent.spool import Spool
+from lineside_common import cli as clitools
+from lineside_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

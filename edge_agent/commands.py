@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.errors import LinesideError, MessageError, UnknownCommandFieldError
 from edge_agent.messages import (
     CaptureCommand,
     DeployCommand,
@@ -26,6 +25,7 @@ from edge_agent.messages import (
     RollbackCommand,
     parse_command,
 )
+from lineside_common.errors import LinesideError, MessageError, UnknownCommandFieldError
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
+from lineside_common.errors import ConfigError
 
 # ONNX Runtime's provider names, most capable first.
 DEFAULT_PROVIDER_PREFERENCE: tuple[str, ...] = (

@@ -13,8 +13,8 @@ import itertools
 import re
 from pathlib import Path
 
-from edge_agent.atomic import atomic_write_bytes
-from edge_agent.errors import StoreError
+from lineside_common.atomic import atomic_write_bytes
+from lineside_common.errors import StoreError
 
 BOOT_FILE = "boot_id"
 DECISION_ID = re.compile(r"^[0-9]{6}-[0-9]{12}$")

@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.errors import SourceError
 from edge_agent.sources import Frame
+from lineside_common.errors import SourceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 DEFAULT_FPS = 10.0

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.errors import LineStateError
 from edge_agent.update_window import LINE_STATES, UNKNOWN
+from lineside_common.errors import LineStateError
 
 MAX_LINE_STATE_BYTES = 1024
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import LocalOutputError
+from lineside_common.errors import LocalOutputError
 
 log = logging.getLogger(__name__)
 

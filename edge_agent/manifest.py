@@ -49,7 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
-from edge_agent.errors import ManifestError
+from lineside_common.errors import ManifestError
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.onnx"

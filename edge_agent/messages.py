@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from edge_agent.errors import MessageError, UnknownCommandFieldError
+from lineside_common.errors import MessageError, UnknownCommandFieldError
 
 DEFAULT_TOPIC_ROOT = "lineside/v1"
 MAX_PAYLOAD_BYTES = 256 * 1024

@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from edge_agent.errors import ConfigError, LocalOutputError
 from edge_agent.local_output import DecisionQueue
+from lineside_common.errors import ConfigError, LocalOutputError
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.decode import COLOR, FLAGS, decode_jpeg
-from edge_agent.errors import SourceError
 from edge_agent.sources import Frame
+from lineside_common.errors import SourceError
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_agent.errors import ConfigError, LineStateError, LocalOutputError
 from edge_agent.line_state import LineSnapshot, LineStateBoard, parse_line_state
 from edge_agent.local_output import LocalSocketOutput
 from edge_agent.messages import Topics
 from edge_agent.update_window import UNKNOWN, Defer, WindowPolicy, decide
+from lineside_common.errors import ConfigError, LineStateError, LocalOutputError
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent.config import DEFAULT_PROVIDER_PREFERENCE, InferenceConfig
-from edge_agent.errors import ManifestError, ModelLoadError, ProviderError, SelftestError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, parse_manifest
 from edge_agent.messages import ModelRef
 from edge_agent.preprocess import Postprocessor, Prediction, Preprocessor
 from edge_agent.selftest import run_selftest
+from lineside_common.errors import ManifestError, ModelLoadError, ProviderError, SelftestError
 
 log = logging.getLogger(__name__)
 

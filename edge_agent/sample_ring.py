@@ -16,7 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.atomic import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from typing import Any, cast
 import cv2
 import numpy as np
 
-from edge_agent.atomic import atomic_write_bytes
 from edge_agent.config import SamplesConfig
 from edge_agent.decode import COLOR, decode_jpeg
 from edge_agent.manifest import Manifest
@@ -42,6 +41,7 @@ from edge_agent.sample_ring import SampleRing
 from edge_agent.sampler import Limits, Quotas, Reason, SamplingPolicy, SamplingRules
 from edge_agent.sources import Frame
 from edge_agent.uploader import SampleUploader
+from lineside_common.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

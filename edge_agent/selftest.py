@@ -17,8 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_agent.errors import SelftestError
 from edge_agent.manifest import Manifest
+from lineside_common.errors import SelftestError
 
 log = logging.getLogger(__name__)
 MAX_SELFTEST_CASES = 64

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_agent.atomic import atomic_write_bytes
+from lineside_common.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

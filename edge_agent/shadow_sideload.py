@@ -25,9 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import ShadowCandidateError
 from edge_agent.manifest import MANIFEST_FILE, parse_manifest
+from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.errors import ShadowCandidateError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from edge_agent.errors import SourceError, SourceLostError
+from lineside_common.errors import SourceError, SourceLostError
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_agent.atomic import atomic_write_bytes
+from lineside_common.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import StoreError
 from edge_agent.manifest import MANIFEST_FILE
 from edge_agent.store_rules import BundleRef, StoreState
+from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.errors import StoreError
 
 # ---------------------------------------------------------------------------------------------
 # The store

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edge_agent.errors import StoreError
 from edge_agent.manifest import version_key
+from lineside_common.errors import StoreError
 
 MAX_SEEN_COMMANDS = 64
 STATE_FORMAT = 1

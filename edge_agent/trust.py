@@ -62,8 +62,8 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from edge_agent.acceptance import split_target_path
-from edge_agent.atomic import fsync_dir
-from edge_agent.errors import FetchError, VerificationError
+from lineside_common.atomic import fsync_dir
+from lineside_common.errors import FetchError, VerificationError
 
 log = logging.getLogger(__name__)
 

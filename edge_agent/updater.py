@@ -58,16 +58,6 @@ import numpy as np
 
 from edge_agent import __version__, store_rules
 from edge_agent.acceptance import DeviceFacts, check_release
-from edge_agent.errors import (
-    FetchError,
-    IncompatibleModelError,
-    LinesideError,
-    ManifestError,
-    ModelLoadError,
-    SelftestError,
-    StoreError,
-    VerificationError,
-)
 from edge_agent.manifest import MANIFEST_FILE, Manifest, parse_manifest, version_key
 from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.probation import ProbationResult, judge, relevant_windows
@@ -84,6 +74,16 @@ from edge_agent.trust import (
     read_token_file,
 )
 from edge_agent.verdicts import combine
+from lineside_common.errors import (
+    FetchError,
+    IncompatibleModelError,
+    LinesideError,
+    ManifestError,
+    ModelLoadError,
+    SelftestError,
+    StoreError,
+    VerificationError,
+)
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
-from edge_agent.errors import ConfigError, LinesideError, StoreError, VerificationError
 from edge_agent.manifest import parse_manifest
 from edge_agent.messages import SamplingOverride, Truth, dump, valid_device_id
 from fleet_server import accuracy, auth, device_tokens, metrics
@@ -39,6 +38,7 @@ from fleet_server.db import EventRow
 from fleet_server.release_check import BundleRefusedError
 from fleet_server.rollouts import Policy, StageSize, parse_duration_s, parse_fraction, parse_stages
 from fleet_server.shadow_phase import ShadowGates
+from lineside_common.errors import ConfigError, LinesideError, StoreError, VerificationError
 
 _bearer = HTTPBearer(
     auto_error=False, description="a token from `fleet tokens create` (or data_dir/admin.token)"

@@ -23,7 +23,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from edge_agent.atomic import atomic_write_bytes
 from edge_agent.messages import Topics
 from fleet_server import auth
 from fleet_server.alerts import Alerts, Webhook
@@ -33,6 +32,7 @@ from fleet_server.db import Database
 from fleet_server.ingest import Ingest, MqttLink
 from fleet_server.registry import Registry
 from fleet_server.settings import FleetSettings, split_hostport
+from lineside_common.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Any
 
-from edge_agent.errors import TransportError
+from lineside_common.errors import TransportError
 
 log = logging.getLogger(__name__)
 

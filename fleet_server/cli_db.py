@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_agent.clitools import CommandError, error_line, print_json
-from edge_agent.errors import LinesideError
 from fleet_server.settings import load_settings
+from lineside_common.cli import CommandError, error_line, print_json
+from lineside_common.errors import LinesideError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -9,10 +9,10 @@ import os
 import sys
 from pathlib import Path
 
-from edge_agent import clitools
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
 from fleet_server.client import ApiError, FleetClient
 from fleet_server.enroll import FLEET_USER, CertificateAuthority, enroll, write_private
+from lineside_common import cli as clitools
 
 _DESCRIPTION = """\
 Issue broker credentials for DEVICE and the Mosquitto entries that lock it to its own topics.

@@ -23,11 +23,11 @@ from typing import Any
 from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Targets
 
-from edge_agent.clitools import CommandError, print_json
-from edge_agent.errors import LinesideError, VerificationError
 from fleet_server import keys as keymod
 from fleet_server.tuf_export import Export
 from fleet_server.tuf_repo import AlreadyReleasedError, Repository, build_release_targets, release_local
+from lineside_common.cli import CommandError, print_json
+from lineside_common.errors import LinesideError, VerificationError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from edge_agent.clitools import CommandError, print_json
 from fleet_server.client import FleetClient
+from lineside_common.cli import CommandError, print_json
 
 EXIT_ROLLOUT_FAILED = 3
 

@@ -17,11 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_agent.atomic import atomic_write_bytes
-from edge_agent.clitools import CommandError, error_line, print_json
-from edge_agent.errors import LinesideError
 from fleet_server import labels
 from fleet_server.cli_ops import _client, _common, _console, _table
+from lineside_common.atomic import atomic_write_bytes
+from lineside_common.cli import CommandError, error_line, print_json
+from lineside_common.errors import LinesideError
 
 
 def _when(text: str) -> str:

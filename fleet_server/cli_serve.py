@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from edge_agent.clitools import CommandError
 from fleet_server.keys import check_online_keys
 from fleet_server.settings import load_settings, split_hostport
+from lineside_common.cli import CommandError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

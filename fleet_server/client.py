@@ -1,7 +1,7 @@
 """``FleetClient``: the HTTP API from Python (httpx); the ``fleet`` CLI is a thin shell over it.
 
 Errors: an API answer of 4xx/5xx raises ``ApiError`` (status + the server's one-line message);
-a server that cannot be reached raises ``edge_agent.errors.TransportError``. Tests pass an
+a server that cannot be reached raises ``lineside_common.errors.TransportError``. Tests pass an
 ``httpx.MockTransport`` or a FastAPI app's transport.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from edge_agent.errors import LinesideError, TransportError
+from lineside_common.errors import LinesideError, TransportError
 
 
 class ApiError(LinesideError):

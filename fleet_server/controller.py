@@ -27,7 +27,6 @@ from typing import Any, Protocol
 from sqlalchemy import or_, select
 
 from edge_agent.agreement import merge_blocks
-from edge_agent.errors import ConfigError
 from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
 from fleet_server.accuracy import JOINED, field_accuracy
 from fleet_server.alerts import Alerts
@@ -51,6 +50,7 @@ from fleet_server.rollouts import (
     summarize,
 )
 from fleet_server.shadow_phase import ShadowGates
+from lineside_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge_agent.atomic import atomic_write_bytes
-from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
+from lineside_common.atomic import atomic_write_bytes
+from lineside_common.errors import ConfigError
 
 FLEET_USER = "lineside-fleet"
 # What a device publishes; it reads only its own cmd topic.

@@ -49,11 +49,11 @@ from sqlalchemy.exc import (
     StatementError,
 )
 
-from edge_agent.errors import MessageError, TransportError
 from edge_agent.messages import DeviceState, Event, Telemetry, Topics, parse_message
 from fleet_server import registry
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeadLetterRow, EventRow, TelemetryRow, utcnow
+from lineside_common.errors import MessageError, TransportError
 
 log = logging.getLogger(__name__)
 

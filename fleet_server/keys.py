@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import ConfigError
+from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from edge_agent.errors import LocalError
+from lineside_common.errors import LocalError
 
 log = logging.getLogger(__name__)
 

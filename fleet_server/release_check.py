@@ -25,8 +25,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from edge_agent.errors import LinesideError, ManifestError, UntrustedInputError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, parse_manifest
+from lineside_common.errors import LinesideError, ManifestError, UntrustedInputError
 
 # Reasons a bundle is refused (BundleRefusedError.reason).
 NOT_REGULAR = "not_regular_file"

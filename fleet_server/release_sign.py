@@ -17,10 +17,10 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, TargetFile, Targets
 
 from edge_agent.acceptance import split_target_path
-from edge_agent.errors import ConfigError, LinesideError
 from edge_agent.manifest import MANIFEST_FILE, parse_manifest
 from fleet_server import keys as keymod
 from fleet_server.release_check import check_release_files, read_bundle_files
+from lineside_common.errors import ConfigError, LinesideError
 
 
 def _sha256(data: bytes) -> str:

@@ -42,7 +42,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from edge_agent.errors import ConfigError
 from edge_agent.messages import SamplingOverride
 from edge_agent.verdicts import Verdict, combine
 from fleet_server.field_gate import TruthCounts, deciding, field_verdict, gate_outcome
@@ -53,6 +52,7 @@ from fleet_server.shadow_phase import (
     ShadowStatus,
     evidence_of,
 )
+from lineside_common.errors import ConfigError
 
 
 class RolloutState(StrEnum):

@@ -29,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 
-from edge_agent.atomic import atomic_write_bytes
 from fleet_server.db import Database, SampleRow, utcnow
 from fleet_server.labels import LabelError, LabelRow, valid_label
+from lineside_common.atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

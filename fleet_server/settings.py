@@ -37,8 +37,8 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge_agent.errors import ConfigError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
+from lineside_common.errors import ConfigError
 
 ENV_PREFIX = "LINESIDE_FLEET_"
 

@@ -24,11 +24,11 @@ from typing import Any
 
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
 
-from edge_agent.atomic import fsync_dir
-from edge_agent.errors import ConfigError, StoreError
 from edge_agent.trust import issued_fields
 from fleet_server import keys as keymod
 from fleet_server.tuf_repo import METADATA_DIR, TARGETS_DIR, Repository, target_file_name
+from lineside_common.atomic import fsync_dir
+from lineside_common.errors import ConfigError, StoreError
 
 
 @dataclass(frozen=True)

@@ -57,12 +57,12 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
 
 from edge_agent.acceptance import split_target_path
-from edge_agent.atomic import atomic_write_bytes, fsync_dir
-from edge_agent.errors import ConfigError, StoreError, VerificationError
 from edge_agent.trust import issued_fields
 from fleet_server import keys as keymod
 from fleet_server.release_check import check_release_files
 from fleet_server.release_sign import AlreadyReleasedError, build_release_targets
+from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.errors import ConfigError, StoreError, VerificationError
 
 if TYPE_CHECKING:
     from fleet_server.tuf_export import Export

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.atomic import fsync_dir
-from edge_agent.errors import ManifestError, ModelLoadError, SelftestError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE, Manifest, load_manifest
+from lineside_common.atomic import fsync_dir
+from lineside_common.errors import ManifestError, ModelLoadError, SelftestError
 
 SELFTEST_COUNT = 8
 

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_agent import clitools
-from edge_agent.clitools import CommandError
-from edge_agent.errors import LinesideError
+from lineside_common import cli as clitools
+from lineside_common.cli import CommandError
+from lineside_common.errors import LinesideError
 from models.metrics import ReleaseGate, check_gate
 
 

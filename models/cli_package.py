@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edge_agent import clitools
-from edge_agent.clitools import CommandError
+from lineside_common import cli as clitools
+from lineside_common.cli import CommandError
 
 _EPILOG = """\
 Declare the model's preprocessing with options or a TOML file (--config) holding the same

@@ -33,7 +33,6 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edge_agent.clitools import CommandError
 from edge_agent.manifest import (
     DriftThresholds,
     InputSpec,
@@ -41,6 +40,7 @@ from edge_agent.manifest import (
     ResizeSpec,
     RoiSpec,
 )
+from lineside_common.cli import CommandError
 from models.metrics import ReleaseGate
 
 

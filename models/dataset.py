@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.errors import LocalError
+from lineside_common.errors import LocalError
 from models.data import LabelledFrame
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})

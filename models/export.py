@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_agent.clitools import CommandError
+from lineside_common.cli import CommandError
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.errors import LocalError, ModelLoadError
 from edge_agent.manifest import (
     DriftThresholds,
     InputSpec,
@@ -41,6 +40,7 @@ from edge_agent.manifest import (
     RoiSpec,
 )
 from edge_agent.preprocess import Postprocessor, Preprocessor
+from lineside_common.errors import LocalError, ModelLoadError
 from models.bundle import SELFTEST_COUNT, agent_session, output_names, write_bundle
 from models.dataset import DatasetError, dataset_frames
 from models.metrics import accuracy, confidence_baseline

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.clitools import CommandError
 from edge_agent.manifest import Manifest, OutputSpec
+from lineside_common.cli import CommandError
 from models import metrics as M
 from models.bundle import SELFTEST_COUNT, run_batch, write_bundle
 from models.config import TrainConfig

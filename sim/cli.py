@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from edge_agent import clitools
+from lineside_common import cli as clitools
 
 # Each module registers its subcommands; one module per concern.
 COMMAND_MODULES: list[str] = [

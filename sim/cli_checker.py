@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge_agent.clitools import CommandError
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
+from lineside_common.cli import CommandError
 
 
 def register(sub: Any) -> None:

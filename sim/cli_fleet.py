@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from edge_agent.clitools import CommandError, print_json
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, valid_device_id
+from lineside_common.cli import CommandError, print_json
 from sim.fleet import SimFleet, SimOptions
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from edge_agent import clitools
-from edge_agent.clitools import CommandError
-from edge_agent.errors import ConfigError
 from edge_agent.recording_source import RecordingSource
+from lineside_common import cli as clitools
+from lineside_common.cli import CommandError
+from lineside_common.errors import ConfigError
 from sim.contact_sheet import contact_sheet, write_image
 from sim.recording import load_recording, write_recording
 from sim.render import RenderConfig

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from edge_agent.errors import LinesideError
+from lineside_common.errors import LinesideError
 from sim.chart import Marker, confidence_chart
 from sim.procs import Child, ProcessGroup
 from sim.recording import write_recording

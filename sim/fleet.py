@@ -42,7 +42,6 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.errors import MessageError
 from edge_agent.messages import (
     DeployCommand,
     DeviceState,
@@ -55,6 +54,7 @@ from edge_agent.messages import (
     dump,
     parse_command,
 )
+from lineside_common.errors import MessageError
 
 log = logging.getLogger(__name__)
 

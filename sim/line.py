@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from edge_agent.errors import ConfigError
 from edge_agent.update_window import LINE_STATES
+from lineside_common.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,8 +30,6 @@ from typing import BinaryIO
 
 import numpy as np
 
-from edge_agent.atomic import fsync_dir
-from edge_agent.errors import SourceError
 from edge_agent.recording_source import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -41,6 +39,8 @@ from edge_agent.recording_source import (
     open_recording_video,
     read_meta,
 )
+from lineside_common.atomic import fsync_dir
+from lineside_common.errors import SourceError
 from sim.render import FrameLabel, RenderConfig, encode_jpeg, render_frame
 from sim.scenario import Scenario
 

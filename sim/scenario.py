@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edge_agent.errors import ConfigError
+from lineside_common.errors import ConfigError
 from sim.packages import PackageType, parse_types
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.errors import SourceError, SourceLostError
 from edge_agent.sources import Frame
 from edge_agent.spool import Spool
+from lineside_common.errors import SourceError, SourceLostError
 
 
 class ListSource:

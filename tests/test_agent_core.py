@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from edge_agent.agent import Agent, Decision
-from edge_agent.errors import ModelLoadError
 from edge_agent.messages import DeployCommand, Event, Telemetry
 from edge_agent.runtime import ModelRunner
 from edge_agent.spool import Spool
+from lineside_common.errors import ModelLoadError
 from models.synthetic import make_bundle
 from tests.agent_fakes import ListSource, SpoolDrainingPublisher, agent_config, images
 from tests.mqtt import wait_until

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load_config
-from edge_agent.errors import ConfigError
 from edge_agent.service import read_status
+from lineside_common.errors import ConfigError
 from tests.conftest import REPO, AgentProcess, edge_agent_command
 from tests.mqtt import wait_until
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import load_config
-from edge_agent.errors import ConfigError
+from lineside_common.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edge_agent.errors import ConfigError
 from fleet_server.alerts import Alerts, Webhook
 from fleet_server.db import Database
 from fleet_server.metrics import render
 from fleet_server.settings import load_settings
+from lineside_common.errors import ConfigError
 from tests.fleet_support import REPO, FleetServer, SimFleetProcess, _script, make_keys, wait_for
 from tests.mqtt import free_port
 

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_agent.errors import ConfigError
 from fleet_server.rollouts import (
     DeviceStatus,
     Policy,
@@ -26,6 +25,7 @@ from fleet_server.rollouts import (
     quality_gate,
     summarize,
 )
+from lineside_common.errors import ConfigError
 
 GOOD = QualityStats(frames=500, windows=10, confidence_p50=0.9, low_confidence_rate=0.03)
 BAD = QualityStats(frames=500, windows=10, confidence_p50=0.55, low_confidence_rate=0.7)

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.errors import SourceError
 from edge_agent.folder_source import ImageFolderSource
 from edge_agent.sources import open_source
+from lineside_common.errors import SourceError
 
 
 class FakeClock:

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.errors import ManifestError
 from edge_agent.manifest import (
     MAX_MANIFEST_BYTES,
     ConfidenceBaseline,
@@ -26,6 +25,7 @@ from edge_agent.manifest import (
     RoiSpec,
     parse_manifest,
 )
+from lineside_common.errors import ManifestError
 from tests.fuzz_inputs import RAW_NASTIES, deep, field_replaced, json_values, mutated
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

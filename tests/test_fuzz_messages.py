@@ -17,7 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from edge_agent.errors import MessageError
 from edge_agent.messages import (
     MAX_PAYLOAD_BYTES,
     CaptureCommand,
@@ -32,6 +31,7 @@ from edge_agent.messages import (
     parse_command,
     parse_message,
 )
+from lineside_common.errors import MessageError
 from tests.fuzz_inputs import RAW_NASTIES, deep, field_replaced, json_values, mutated
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,10 +10,10 @@ import pytest
 from tuf.api.metadata import Metadata, Root
 
 from edge_agent.cli import main as edge_agent
-from edge_agent.errors import ConfigError
 from fleet_server import keys as keymod
 from fleet_server.cli import main as fleet
 from fleet_server.tuf_repo import Repository
+from lineside_common.errors import ConfigError
 from models.synthetic import make_bundle
 
 

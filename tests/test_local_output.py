@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from edge_agent.agent import Decision
-from edge_agent.errors import LocalOutputError
 from edge_agent.local_output import LocalSocketOutput
+from lineside_common.errors import LocalOutputError
 from tests.mqtt import wait_until
 
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from edge_agent.errors import ManifestError
 from edge_agent.manifest import (
     SCHEMA_VERSION,
     ConfidenceBaseline,
@@ -24,6 +23,7 @@ from edge_agent.manifest import (
     parse_manifest,
 )
 from edge_agent.preprocess import Preprocessor, letterbox_geometry
+from lineside_common.errors import ManifestError
 
 
 def _manifest(schema_version: int = 1, **input_fields: object) -> Manifest:

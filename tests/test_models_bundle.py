@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent.errors import ManifestError, SelftestError
 from edge_agent.manifest import MODEL_FILE, SELFTEST_FILE, load_manifest
 from edge_agent.preprocess import softmax
+from lineside_common.errors import ManifestError, SelftestError
 from models.bundle import agent_session, check_selftest, load_bundle, run_batch, write_bundle
 from models.cli import main
 from models.data import LabelledFrame, rendered_frames

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_agent.clitools import CommandError
+from lineside_common.cli import CommandError
 from models import metrics as M
 from models.config import TrainConfig, load_config
 

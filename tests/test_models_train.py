@@ -77,7 +77,7 @@ def test_same_seed_same_weights(trained: tuple[Path, str, Path]) -> None:
 
 
 def test_gate_refuses_to_write(tmp_path: Path, trained: tuple[Path, str, Path]) -> None:
-    from edge_agent.clitools import CommandError
+    from lineside_common.cli import CommandError
 
     # A one-epoch toy is never perfectly calibrated: an ECE gate of 0 must refuse it.
     cfg = _tiny().model_copy(update={"gates": _tiny().gates.model_copy(update={"max_ece": 0.0})})

@@ -27,7 +27,6 @@ import pytest
 from tuf.api.metadata import Metadata, Root, Timestamp
 
 from edge_agent.cli import main as edge_agent
-from edge_agent.errors import ConfigError
 from edge_agent.manifest import MODEL_FILE
 from edge_agent.trust import TrustedRepository
 from fleet_server import keys as keymod
@@ -35,6 +34,7 @@ from fleet_server import release_check, tuf_repo
 from fleet_server.cli import main as fleet
 from fleet_server.release_check import BundleRefusedError, check_release_files, read_bundle_files
 from fleet_server.tuf_repo import Repository
+from lineside_common.errors import ConfigError
 from models.faulty import make_nan, make_unconfident
 from models.synthetic import make_bundle
 

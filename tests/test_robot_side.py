@@ -367,8 +367,8 @@ def test_opcua_enabled_without_the_extra_is_one_clear_config_error(
 def test_opcua_port_in_use_is_a_typed_error_not_a_hang() -> None:
     need_asyncua()
     from edge_agent.config import OpcUaConfig
-    from edge_agent.errors import LocalOutputError
     from edge_agent.opcua_server import OpcUaOutput
+    from lineside_common.errors import LocalOutputError
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

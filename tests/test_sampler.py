@@ -160,8 +160,8 @@ def test_a_low_confidence_capture_takes_only_frames_in_the_band() -> None:
 
 
 def test_policy_defaults_come_from_config_then_manifest_then_builtins(tmp_path: Path) -> None:
-    from edge_agent.errors import ManifestError
     from edge_agent.manifest import MANIFEST_FILE, parse_manifest
+    from lineside_common.errors import ManifestError
     from models.synthetic import make_bundle
 
     bundle = make_bundle(tmp_path / "b")

@@ -10,9 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent import clitools
 from edge_agent.config import SamplesConfig
-from edge_agent.errors import MessageError
 from edge_agent.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from edge_agent.messages import DeployCommand, ModelRef, SamplingOverride, dump, parse_command
 from edge_agent.sample_ring import SampleRing
@@ -20,6 +18,8 @@ from edge_agent.sampling import FrameSampler, SampleDecision, policy_for
 from edge_agent.sources import Frame
 from fleet_server.cli import COMMAND_MODULES
 from fleet_server.cli_ops import rollout_sampling
+from lineside_common import cli as clitools
+from lineside_common.errors import MessageError
 
 V1 = ModelRef(name="shapes", version="1.0.0", sha256="ab" * 32)
 V2 = ModelRef(name="shapes", version="2.0.0", sha256="cd" * 32)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.atomic import atomic_write_bytes
 from edge_agent.config import load_config
 from edge_agent.messages import Telemetry, dump
 from fleet_server import enroll as en
 from fleet_server.settings import FleetSettings
+from lineside_common.atomic import atomic_write_bytes
 from tests.fleet_support import FleetServer, make_keys
 from tests.mqtt import find_mosquitto, wait_until
 from tests.pg_support import require_program
@@ -79,7 +79,7 @@ def test_acl_blocks_confine_a_device_and_merge_idempotently() -> None:
 
 
 def test_enroll_refuses_bad_and_reserved_names(tmp_path: Path) -> None:
-    from edge_agent.errors import ConfigError
+    from lineside_common.errors import ConfigError
 
     with pytest.raises(ConfigError):
         en.enroll("a/#", tmp_path)
@@ -90,7 +90,7 @@ def test_enroll_refuses_bad_and_reserved_names(tmp_path: Path) -> None:
 def test_enroll_never_turns_a_fleet_server_user_into_a_device_or_back(tmp_path: Path) -> None:
     """Each fleet-server replica is its own broker user now; re-enrolling one without
     --fleet-server would replace its ACL with a device's and cut it off every device channel."""
-    from edge_agent.errors import ConfigError
+    from lineside_common.errors import ConfigError
 
     pw, acl = tmp_path / "passwd", tmp_path / "acl"
     en.enroll("lineside-fleet-2", tmp_path / "a", kind="fleet", password_file=pw, acl_file=acl)

@@ -98,8 +98,8 @@ def test_systemd_unit_hardening_score() -> None:
 
 
 def test_fleet_server_reads_its_broker_password_from_a_file(tmp_path: Path) -> None:
-    from edge_agent.errors import ConfigError
     from fleet_server.settings import load_settings
+    from lineside_common.errors import ConfigError
 
     r = en.enroll(en.FLEET_USER, tmp_path, kind="fleet")
     env = dict(line.split("=", 1) for line in (tmp_path / f"{en.FLEET_USER}.env").read_text().splitlines())

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from edge_agent.agreement import AgreementTally, merge_blocks
-from edge_agent.errors import ConfigError
 from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.rollouts import (
     DeviceStatus,
@@ -23,6 +22,7 @@ from fleet_server.rollouts import (
     parse_stages,
 )
 from fleet_server.shadow_phase import ShadowGates, ShadowStatus
+from lineside_common.errors import ConfigError
 
 LABELS = ["circle-80", "square-80", "triangle-100"]
 

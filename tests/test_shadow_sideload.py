@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ShadowCandidateError
 from edge_agent.manifest import BUNDLE_FILES
 from edge_agent.shadow_sideload import publish_request, read_request, shadow_paths, withdraw_request
+from lineside_common.errors import ShadowCandidateError
 from models.synthetic import make_bundle
 
 

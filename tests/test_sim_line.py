@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ConfigError
 from edge_agent.line_state import LineReading, parse_line_state
+from lineside_common.errors import ConfigError
 from sim.line import Step, parse_plan, payload
 from tests.mqtt import Collector, Mosquitto
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_agent.errors import SourceError
 from edge_agent.recording_source import RecordingSource, scan_mjpeg_avi
+from lineside_common.errors import SourceError
 from sim import cli
 from sim.recording import load_recording, write_recording
 from sim.render import RenderConfig, camera_encode, render_frame

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_agent.errors import SourceError, SourceLostError
 from edge_agent.recording_source import RecordingSource
 from edge_agent.sources import CaptureSource, Frame, FrameSource, ReconnectingSource, open_source
+from lineside_common.errors import SourceError, SourceLostError
 from sim.recording import write_recording
 from sim.render import RenderConfig
 from sim.scenario import scenario_from_types

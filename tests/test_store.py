@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.atomic import atomic_write_bytes
 from edge_agent.store import ModelStore
 from edge_agent.store_rules import BundleRef
 from edge_agent.trust import TrustedRepository
+from lineside_common.atomic import atomic_write_bytes
 from tests.updates_support import FakeHost, World
 
 

@@ -132,7 +132,7 @@ def test_seen_commands_are_bounded() -> None:
 
 
 def test_malformed_state_is_a_store_error() -> None:
-    from edge_agent.errors import StoreError
+    from lineside_common.errors import StoreError
 
     with pytest.raises(StoreError):
         StoreState.from_dict({"format": 1, "active": {"name": "x"}})

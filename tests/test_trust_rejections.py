@@ -177,7 +177,7 @@ def test_repository_refuses_an_escaping_path(world: World) -> None:
     signed.targets["tiny/2.0.0/../x"] = TargetFile.from_data("tiny/2.0.0/../x", b"x", ["sha256"])
     md = Metadata(signed)
     md.sign(keymod.load_signer(world.keys, "targets"))
-    from edge_agent.errors import VerificationError
+    from lineside_common.errors import VerificationError
 
     with pytest.raises(VerificationError):
         repo.accept_release(md.to_bytes(), {"tiny/2.0.0/../x": b"x"})

@@ -9,9 +9,9 @@ import pytest
 
 from edge_agent.decision_id import DecisionIds
 from edge_agent.decision_log import DecisionLog, LoggedDecision, judge
-from edge_agent.errors import MessageError
 from edge_agent.messages import Truth, parse_message
 from fleet_server.accuracy import field_accuracy
+from lineside_common.errors import MessageError
 from sim.checker import chosen, truth_for
 
 

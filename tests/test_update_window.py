@@ -6,10 +6,10 @@ import itertools
 
 import pytest
 
-from edge_agent.errors import LineStateError
 from edge_agent.line_state import LineReading, LineStateBoard, parse_line_state
 from edge_agent.update_window import LINE_STATES, UNKNOWN, Defer, Swap, WindowPolicy, decide
 from fleet_server.rollouts import DeviceStatus, Policy, Rollout, RolloutState, parse_stages
+from lineside_common.errors import LineStateError
 
 STATES = (*LINE_STATES, UNKNOWN)
 ALLOWED_SETS = (frozenset(), frozenset({"idle"}), frozenset({"idle", "stopped"}), frozenset(LINE_STATES))
@@ -172,7 +172,7 @@ def test_an_agent_restarted_while_deferred_gets_the_deploy_again() -> None:
 )
 def test_bad_robot_side_config_names_the_field(section: dict[str, object], field: str) -> None:
     from edge_agent.config import parse_config
-    from edge_agent.errors import ConfigError
+    from lineside_common.errors import ConfigError
 
     with pytest.raises(ConfigError) as exc:
         parse_config({"device_id": "r", "source": {"uri": "/x"}, **section})

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge_agent.errors import ModelLoadError
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, parse_manifest
 from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.store import ModelStore
 from edge_agent.updater import Updater, UpdaterSettings
 from fleet_server import keys as keymod
 from fleet_server.tuf_repo import Repository, release_local
+from lineside_common.errors import ModelLoadError
 from models.synthetic import make_bundle
 
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edge_agent.errors import LinesideError
+from lineside_common.errors import LinesideError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
