@@ -7,5 +7,6 @@ because the device is the authority on what it accepts.
 
     errors.py   the one exception hierarchy; every error carries a ``reason`` code
     atomic.py   durable writes: temp file, fsync, rename, directory fsync
+    retry.py    the one backoff and retry rule
     cli.py      the CLI frame: one line and a non-zero exit for every failure, ``--json``
 """
