@@ -2,7 +2,9 @@
 
 A temp file in the same directory (its mode set before a byte is written, so a
 secret is never readable by others), fsync, ``os.replace``, fsync the
-directory. A crash at any instant leaves the old file or the new one.
+directory. A crash at any instant leaves the old file or the new one. A
+directory (a bundle, a recording, an export) is built beside its place and
+published whole with ``replace_dir_durably``.
 """
 
 from __future__ import annotations
