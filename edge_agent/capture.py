@@ -14,9 +14,9 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from edge_agent.publisher import Backoff
 from edge_agent.sources import Frame, FrameSource
 from lineside_common.errors import SourceError
+from lineside_common.retry import Backoff
 
 log = logging.getLogger(__name__)
 

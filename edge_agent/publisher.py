@@ -33,6 +33,7 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import BrokerConfig
 from edge_agent.messages import Topics
 from edge_agent.spool import Spool
+from lineside_common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -59,25 +60,6 @@ class Publisher(Protocol):
 
     def stop(self, flush_timeout: float) -> None:
         """Deliver what can be delivered within ``flush_timeout``, then disconnect cleanly."""
-
-
-class Backoff:
-    """Capped exponential backoff with jitter (pure: the random source is injected)."""
-
-    def __init__(self, min_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
-        self.min_s = min_s
-        self.max_s = max(max_s, min_s)
-        self._rng = rng
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        """The wait before the next attempt: in [cap/2, cap], cap = min(max, min * 2**attempt)."""
-        cap = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return cap / 2 + self._rng() * cap / 2
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class MqttPublisher:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.manifest import MANIFEST_FILE, parse_manifest
-from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.atomic import atomic_write_bytes, fsync_dir, replace_dir_durably
 from lineside_common.errors import ShadowCandidateError
 
 log = logging.getLogger(__name__)
@@ -57,10 +57,7 @@ def publish_request(
     base, cand, req = shadow_paths(store_root)
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     req.unlink(missing_ok=True)  # the daemon must never read a request for half-moved files
-    if cand.exists():
-        shutil.rmtree(cand)
-    staged.rename(cand)
-    fsync_dir(base)
+    replace_dir_durably(staged, cand)
     manifest_sha = hashlib.sha256((cand / MANIFEST_FILE).read_bytes()).hexdigest()
     request = {"name": name, "version": version, "sha256": manifest_sha, "files": files}
     atomic_write_bytes(req, json.dumps(request, sort_keys=True).encode(), mode=0o600)

@@ -25,6 +25,7 @@ import urllib3
 
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampler import TokenBucket
+from lineside_common.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,15 @@ class SampleUploader:
         self.base = server_url.rstrip("/") + f"/api/v1/devices/{device_id}/samples/"
         self.token_file = token_file
         self.bucket = TokenBucket(float(max_bytes_per_s), 1.0)
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
         self.timeout_s = timeout_s
         self.transport: Transport = transport or Urllib3Transport()
         self.monotonic = monotonic
         self._rng = random.Random(seed)
+        # Its count is the consecutive failures: one delay is drawn per failed drain, a 2xx resets.
+        self.backoff = Backoff(backoff_s, backoff_max_s, rng=self._rng.random)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="uploader", daemon=True)
-        self._failures = 0
         self.uploaded = 0
         self.refused = 0
         self.attempts = 0
@@ -109,11 +109,6 @@ class SampleUploader:
             "last_status": self.last_status,
         }
 
-    def backoff_delay_s(self) -> float:
-        """Exponential in consecutive failures, capped, with jitter in [50 %, 100 %]."""
-        base = min(self.backoff_max_s, self.backoff_s * 2 ** min(self._failures - 1, 30))
-        return base * (0.5 + 0.5 * self._rng.random())
-
     def _run(self) -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
@@ -122,7 +117,7 @@ class SampleUploader:
         while not self._stop.is_set():
             self._wake.clear()
             if not self.drain_once():
-                self._stop.wait(self.backoff_delay_s())
+                self._stop.wait(self.backoff.next_delay())
                 continue
             self._wake.wait(5.0)
 
@@ -163,20 +158,18 @@ class SampleUploader:
         try:
             status = self.transport.put(self.base + sample_id, body, headers, self.timeout_s)
         except (OSError, urllib3.exceptions.HTTPError) as exc:
-            self._failures += 1
             log.info("sample upload failed (%s); backing off", type(exc).__name__)
             return False
         self.last_status = status
         if 200 <= status < 300:
             self.ring.remove(sample_id)
             self.uploaded += 1
-            self._failures = 0
+            self.backoff.reset()
             return True
         if status in _PERMANENT:
             log.warning("the fleet refused sample %s for good (HTTP %d); dropping it", sample_id, status)
             self.ring.remove(sample_id)
             self.refused += 1
             return True
-        self._failures += 1
         log.info("sample upload answered HTTP %d; backing off", status)
         return False

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ import httpx
 from sqlalchemy import select
 
 from fleet_server.db import AlertRow, Database, utcnow
+from lineside_common.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,11 @@ def alert_dict(row: AlertRow) -> dict[str, Any]:
 
 
 class Webhook:
-    """POSTs alerts as JSON to a URL on its own thread; retries with backoff, drops when full."""
+    """POSTs alerts as JSON to a URL on its own thread; retries with backoff, drops when full.
+
+    An alert gets ``retries + 1`` attempts, ``backoff_s * 2**n`` apart (no wait after the last);
+    ``sleep`` is the wait, injectable for tests.
+    """
 
     def __init__(
         self,
@@ -48,12 +54,14 @@ class Webhook:
         timeout_s: float = 5.0,
         backoff_s: float = 1.0,
         transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.url = url
         self.transport = transport
         self.retries = retries
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
+        self._sleep = sleep
         self._q: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1000)
         self._thread = threading.Thread(target=self._run, name="fleet-webhook", daemon=True)
         self._thread.start()
@@ -75,13 +83,23 @@ class Webhook:
                 if item is None:
                     return
                 body = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in item.items()}
-                for attempt in range(self.retries + 1):
-                    try:
-                        client.post(self.url, json=body).raise_for_status()
-                        break
-                    except httpx.HTTPError as exc:
-                        log.warning("webhook POST failed (attempt %d): %s", attempt + 1, exc)
-                        time.sleep(self.backoff_s * (2**attempt))
+                self._deliver(client, body)
+
+    def _deliver(self, client: httpx.Client, body: dict[str, Any]) -> None:
+        try:
+            retry(
+                lambda: client.post(self.url, json=body).raise_for_status(),
+                attempts=self.retries + 1,
+                # Uncapped doubling, as ever: the cap is the largest delay the attempts reach.
+                backoff=Backoff(self.backoff_s, self.backoff_s * 2**self.retries, jitter=False),
+                retry_on=(httpx.HTTPError,),
+                sleep=self._sleep,
+                on_retry=lambda attempt, exc, delay_s: log.warning(
+                    "webhook POST failed (attempt %d): %s", attempt, exc
+                ),
+            )
+        except httpx.HTTPError as exc:
+            log.warning("webhook POST failed (attempt %d, the last): %s", self.retries + 1, exc)
 
 
 class Alerts:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from fleet_server import labels
 from fleet_server.cli_ops import _client, _common, _console, _table
-from lineside_common.atomic import atomic_write_bytes
+from lineside_common.atomic import atomic_write_bytes, replace_dir_durably
 from lineside_common.cli import CommandError, error_line, print_json
 from lineside_common.errors import LinesideError
 
@@ -251,9 +251,7 @@ def samples_export(args: argparse.Namespace) -> int:
         "labels": sorted({x["true_label"] for x in samples}),
     }
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out_dir.exists():
-        out_dir.rmdir()
-    tmp.rename(out_dir)
+    replace_dir_durably(tmp, out_dir)  # an existing out_dir is empty (checked above)
     if args.json:
         print_json({**info, "out": str(out_dir)})
     else:

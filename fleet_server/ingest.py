@@ -54,6 +54,7 @@ from fleet_server import registry
 from fleet_server.alerts import Alerts
 from fleet_server.db import Database, DeadLetterRow, EventRow, TelemetryRow, utcnow
 from lineside_common.errors import MessageError, TransportError
+from lineside_common.retry import Backoff, retry
 
 log = logging.getLogger(__name__)
 
@@ -502,23 +503,34 @@ class MqttLink:
                 self._wake.wait(0.2)
                 self._wake.clear()
                 continue
-            for attempt in range(1_000_000):
-                try:
-                    counts = self.ingest.write_batch(batch)
-                    break
-                except Exception:
-                    # The database is down or locked (poison messages were dead-lettered inside
-                    # write_batch): keep the batch (unacked) and retry.
-                    log.exception(
-                        "writing %d messages failed (attempt %d); retrying", len(batch), attempt + 1
-                    )
-                    if self._stop.wait(min(5.0, 0.2 * 2**attempt)):
-                        return
+            counts = self._write_until_stored(batch)
+            if counts is None:
+                return
             for item in batch:
                 if item.qos > 0:
                     self.client.ack(item.mid, item.qos)
             if self.on_batch is not None:
                 self.on_batch(counts)
+
+    def _write_until_stored(self, batch: list[Inbound]) -> IngestCounts | None:
+        """write_batch's counts, retried until stored; None once stopped (the batch stays unacked)."""
+
+        def failed(attempt: int, exc: BaseException, delay_s: float) -> None:
+            # The database is down or locked (poison messages were dead-lettered inside
+            # write_batch): keep the batch (unacked) and retry.
+            log.error("writing %d messages failed (attempt %d); retrying", len(batch), attempt, exc_info=exc)
+
+        try:
+            return retry(
+                lambda: self.ingest.write_batch(batch),
+                attempts=1_000_000,  # for ever, in effect: the broker redelivers nothing we do not ack
+                backoff=Backoff(0.2, 5.0, jitter=False),
+                retry_on=(Exception,),
+                sleep=self._stop.wait,
+                on_retry=failed,
+            )
+        except Exception:
+            return None  # stopped while waiting to retry (already logged above)
 
 
 def _tls_preflight(host: str, port: int, ca_file: str | None, timeout_s: float = 5.0) -> None:

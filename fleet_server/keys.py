@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.atomic import atomic_write_bytes
 from lineside_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,15 +64,7 @@ def expiry(days: float, now: datetime | None = None) -> datetime:
 def _write_private(path: Path, pem: bytes) -> None:
     # Create 0600 from the start (no window where the key is world-readable), then rename.
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    atomic_write_bytes(path, pem, mode=0o600)
 
 
 def init_keys(out_dir: Path, expiry_days: dict[str, float] | None = None) -> Path:

@@ -14,7 +14,6 @@ which role decides it (the offline-signed targets may expire before the requeste
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from tuf.api.metadata import Metadata, MetaFile, Snapshot, Timestamp
 from edge_agent.trust import issued_fields
 from fleet_server import keys as keymod
 from fleet_server.tuf_repo import METADATA_DIR, TARGETS_DIR, Repository, target_file_name
-from lineside_common.atomic import fsync_dir
+from lineside_common.atomic import replace_dir_durably
 from lineside_common.errors import ConfigError, StoreError
 
 
@@ -115,14 +114,7 @@ def export_release(
         (tmp / "release.json").write_text(
             json.dumps({**info.to_dict(), "expires": when.isoformat(), "expires_role": role}, indent=2)
         )
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                with p.open("rb") as fh:
-                    os.fsync(fh.fileno())
-        if out_dir.exists():
-            out_dir.rmdir()
-        tmp.rename(out_dir)
-        fsync_dir(out_dir.parent)
+        replace_dir_durably(tmp, out_dir)  # an existing out_dir is empty (checked above)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, SELFTEST_FILE, Manifest, load_manifest
-from lineside_common.atomic import fsync_dir
+from lineside_common.atomic import replace_dir_durably
 from lineside_common.errors import ManifestError, ModelLoadError, SelftestError
 
 SELFTEST_COUNT = 8
@@ -63,13 +63,6 @@ def selftest_arrays(model: bytes | str | Path, inputs: np.ndarray) -> dict[str, 
     return {"inputs": inputs, **{f"out_{k}": v for k, v in run_batch(model, inputs).items()}}
 
 
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def write_bundle(
     out_dir: Path | str,
     manifest: Manifest,
@@ -95,21 +88,12 @@ def write_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is meant to be read by others
-        _write(tmp / MODEL_FILE, model)
-        _write(tmp / SELFTEST_FILE, buf.getvalue())
-        _write(tmp / MANIFEST_FILE, manifest.to_json().encode() + b"\n")
+        (tmp / MODEL_FILE).write_bytes(model)
+        (tmp / SELFTEST_FILE).write_bytes(buf.getvalue())
+        (tmp / MANIFEST_FILE).write_bytes(manifest.to_json().encode() + b"\n")
         for name, data in (extra_files or {}).items():
-            _write(tmp / name, data)
-        fsync_dir(tmp)
-        if out.exists():
-            # Move the old one aside first: os.replace cannot replace a non-empty directory.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
+            (tmp / name).write_bytes(data)
+        replace_dir_durably(tmp, out)  # fsyncs every file first; an old bundle is moved aside
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

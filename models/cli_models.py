@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lineside_common import cli as clitools
+from lineside_common.atomic import atomic_write_json
 from lineside_common.cli import CommandError
 from lineside_common.errors import LinesideError
 from models.metrics import ReleaseGate, check_gate
@@ -246,7 +246,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         }
     )
     if args.out is not None:
-        _write_json(args.out, report)
+        atomic_write_json(args.out, report, default=str)
     if args.json:
         clitools.print_json(report)
     else:
@@ -256,25 +256,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         if failures:
             raise CommandError(failures[0].message())
     return 0
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _print_report(r: dict[str, Any]) -> None:

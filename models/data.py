@@ -16,7 +16,6 @@ import json
 import logging
 import multiprocessing
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from edge_agent.manifest import InputSpec
 from edge_agent.preprocess import Preprocessor
+from lineside_common.atomic import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +175,6 @@ def cached_dataset(
         except (OSError, KeyError, ValueError) as exc:
             log.warning("ignoring unreadable dataset cache %s: %s", path, exc)
     ds = build_dataset(spec, labels, seed, frames_per_type, workers=workers, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".ds.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=ds.x, y=ds.y, dims_mm=ds.dims_mm)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, mode=0o600) as f:  # 0600 as ever (it was a mkstemp file)
+        np.savez(f, x=ds.x, y=ds.y, dims_mm=ds.dims_mm)
     return ds

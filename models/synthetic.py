@@ -10,7 +10,6 @@ without training anything.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from edge_agent.manifest import (
     ProbationGates,
     ResizeSpec,
 )
+from lineside_common.atomic import replace_dir_durably
 
 Behaviour = Literal["confident", "unconfident", "nan"]
 
@@ -166,9 +166,7 @@ def make_bundle(
         with open(tmp / SELFTEST_FILE, "wb") as f:
             arrays = {"inputs": inputs, **{f"out_{k}": np.stack(v) for k, v in outs.items()}}
             np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype **kwds
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir_durably(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

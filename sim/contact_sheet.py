@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from lineside_common.atomic import atomic_write_bytes
 from sim.recording import Recording, RecordingError
 
 
@@ -50,13 +50,7 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     ok, buf = cv2.imencode(ext, image)
     if not ok:
         raise RecordingError(f"cannot encode an image as {ext}")
-    tmp = p.with_name(f".{p.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(buf.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        atomic_write_bytes(p, buf.tobytes())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise RecordingError(f"cannot write {p}: {exc.strerror or exc}") from exc

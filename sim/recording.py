@@ -18,7 +18,6 @@ renamed into place: there is never a half-written recording at ``out``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import tempfile
@@ -39,7 +38,7 @@ from edge_agent.recording_source import (
     open_recording_video,
     read_meta,
 )
-from lineside_common.atomic import fsync_dir
+from lineside_common.atomic import replace_dir_durably
 from lineside_common.errors import SourceError
 from sim.render import FrameLabel, RenderConfig, encode_jpeg, render_frame
 from sim.scenario import Scenario
@@ -154,9 +153,6 @@ def write_recording(
                 if progress is not None:
                     progress(i + 1)
             writer.finish()
-            for f in (vf, lf):
-                f.flush()
-                os.fsync(f.fileno())
         meta = RecordingMeta(
             format=FORMAT_NAME,
             format_version=FORMAT_VERSION,
@@ -173,15 +169,8 @@ def write_recording(
             scenario=scenario.model_dump(mode="json"),
             render=cfg.model_dump(mode="json") | {"fit_scenario": fit},
         )
-        with open(tmp / META_FILE, "w", encoding="utf-8") as mf:
-            mf.write(meta.model_dump_json(indent=2) + "\n")
-            mf.flush()
-            os.fsync(mf.fileno())
-        fsync_dir(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(parent)
+        (tmp / META_FILE).write_text(meta.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        replace_dir_durably(tmp, target)  # fsyncs the three files first; an old one is moved aside
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

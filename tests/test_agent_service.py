@@ -167,7 +167,7 @@ def test_sigterm_with_systemd_notify_and_memory(
 
 
 def test_backoff_is_capped_exponential_with_jitter() -> None:
-    from edge_agent.publisher import Backoff
+    from lineside_common.retry import Backoff
 
     lo = Backoff(0.5, 8.0, rng=lambda: 0.0)
     hi = Backoff(0.5, 8.0, rng=lambda: 1.0)

@@ -321,15 +321,18 @@ def test_the_uploader_keeps_samples_through_outages_and_sends_each_until_acknowl
 
 
 def test_backoff_grows_with_jitter_and_is_capped(tmp_path: Path) -> None:
-    up = uploader(tmp_path, FakeServer([]))
+    up = uploader(tmp_path, FakeServer([503] * 11))
+    up.ring.put("000001-000000000000", b"\xff\xd8" + bytes(10), b"{}")
     delays = []
-    for failures in range(1, 12):
-        up._failures = failures
-        delays.append(up.backoff_delay_s())
+    for _ in range(11):
+        assert not up.drain_once()
+        delays.append(up.backoff.next_delay())  # what the upload thread waits after a failed drain
     for n, d in enumerate(delays, start=1):
-        base = min(up.backoff_max_s, up.backoff_s * 2 ** (n - 1))
+        base = min(up.backoff.max_s, up.backoff.min_s * 2 ** (n - 1))
         assert 0.5 * base <= d <= base
-    assert max(delays) <= up.backoff_max_s
+    assert max(delays) <= up.backoff.max_s == 60.0 and up.backoff.min_s == 1.0
+    assert up.drain_once() and len(up.ring) == 0  # a 2xx: the next failure starts from the minimum
+    assert up.backoff.next_delay() <= up.backoff.min_s
 
 
 def test_the_bandwidth_cap_paces_uploads(tmp_path: Path) -> None:
