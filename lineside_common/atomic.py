@@ -8,6 +8,7 @@ directory. A crash at any instant leaves the old file or the new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -50,3 +51,30 @@ def atomic_write_bytes(
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True when ``exc`` says the file system is out of space or the user out of quota."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_file(path: Path | str) -> None:
+    """fsync one file already written (by a library that does not) so its bytes survive power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path | str) -> None:
+    """fsync every regular file directly in ``directory`` (symlinks are skipped), then the directory.
+
+    For files written in place by another library (TUF metadata) or into a fresh directory that is
+    renamed into place as a whole (a staged bundle): after this, all of it survives power loss.
+    """
+    directory = Path(directory)
+    for p in directory.iterdir():
+        if p.is_file() and not p.is_symlink():
+            fsync_file(p)
+    fsync_dir(directory)
