@@ -45,7 +45,6 @@ from edge_agent import store_rules
 from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.shadow_control import ShadowControl
 from edge_agent.store import ModelStore
-from edge_agent.trust import TrustedRepository
 from edge_agent.updates.install import install_release
 from edge_agent.updates.outcome import Outcome, model_ref, refusal
 from edge_agent.updates.probation_monitor import ProbationMonitor
@@ -102,6 +101,12 @@ class Updater:
         self.shadows = ShadowControl()
         self.probation = ProbationMonitor(self)
         self.shadowing = Shadowing(self)
+        # The shadow commands: a shadow deploy, stop_shadow, `edge-agent install DIR --shadow`, and
+        # the daemon's side of the latter (see .shadowing).
+        self.deploy_shadow = self.shadowing.deploy
+        self.stop_shadow = self.shadowing.stop
+        self.install_shadow_from_dir = self.shadowing.install_from_dir
+        self.check_shadow_request = self.shadowing.check_request
 
     # -- events, state, swap (used by the parts) ---------------------------------------------------
 
@@ -261,34 +266,6 @@ class Updater:
             )
         finally:
             self.end(cmd_id)
-
-    # -- shadows (see .shadowing) ------------------------------------------------------------------
-
-    def deploy_shadow(
-        self,
-        name: str,
-        version: str,
-        *,
-        cmd_id: str | None = None,
-        rollout_id: str | None = None,
-        repo: Callable[[], TrustedRepository] | None = None,
-    ) -> Outcome:
-        """A ``deploy`` in shadow mode (:meth:`.shadowing.Shadowing.deploy`)."""
-        return self.shadowing.deploy(name, version, cmd_id=cmd_id, rollout_id=rollout_id, repo=repo)
-
-    def stop_shadow(self, *, cmd_id: str | None = None, rollout_id: str | None = None) -> Outcome:
-        """The ``stop_shadow`` command (:meth:`.shadowing.Shadowing.stop`)."""
-        return self.shadowing.stop(cmd_id=cmd_id, rollout_id=rollout_id)
-
-    def install_shadow_from_dir(
-        self, repo_dir: Path, *, name: str | None = None, version: str | None = None
-    ) -> Outcome:
-        """``edge-agent install DIR --shadow`` (:meth:`.shadowing.Shadowing.install_from_dir`)."""
-        return self.shadowing.install_from_dir(repo_dir, name=name, version=version)
-
-    def check_shadow_request(self) -> bool:
-        """Daemon side of ``install --shadow`` (:meth:`.shadowing.Shadowing.check_request`)."""
-        return self.shadowing.check_request()
 
     # -- telemetry windows -------------------------------------------------------------------------
 
