@@ -19,7 +19,7 @@ from edge_agent.trust import TrustedRepository
 from edge_agent.updates.outcome import REFUSALS, Outcome, model_ref
 from edge_agent.updates.seams import Runner
 from edge_agent.updates.settings import fault
-from edge_agent.updates.staging import device_facts, selftest, stage_verified
+from edge_agent.updates.staging import device_facts, load_selftested, stage_verified
 from lineside_common.errors import UpdateRefusedError
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def install_release(
                 staged = None
                 fault(u.settings, "after_rename")
             # Build, warm and self-test the new session beside the serving one.
-            new_runner, max_diff = selftest(u.load_runner, u.store.bundle_dir(ref), manifest)
+            new_runner, max_diff = load_selftested(u.load_runner, u.store.bundle_dir(ref), manifest)
             window = _await_window(u, ref, ctx)
             with u.store.locked():
                 state = u.store.read_state()

@@ -28,8 +28,8 @@ from edge_agent.updates.staging import (
     device_facts,
     dir_repository,
     http_repository,
+    load_selftested,
     pick_release,
-    selftest,
     stage_verified,
 )
 from lineside_common.errors import LinesideError, UpdateRefusedError
@@ -115,7 +115,7 @@ class Shadowing:
                 repo or (lambda: http_repository(u.store, u.settings, u.now)), name, version
             )
             staged = release.dir
-            runner, _ = selftest(u.load_runner, staged, release.manifest)
+            runner, _ = load_selftested(u.load_runner, staged, release.manifest)
             dir_ = staged
             u.shadows.start(
                 runner,
@@ -176,7 +176,7 @@ class Shadowing:
                 name, version = pick_release(repo_dir)
             release = self._stage(lambda: dir_repository(u.store, u.settings, u.now, repo_dir), name, version)
             staged = release.dir
-            runner, _ = selftest(u.load_runner, staged, release.manifest)
+            runner, _ = load_selftested(u.load_runner, staged, release.manifest)
             runner.close()
             with u.store.locked():
                 publish_request(u.store.root, staged, name, version, release.files)

@@ -227,7 +227,7 @@ def stage_verified(
     return StagedRelease(staged, release, manifest, ref, retries)
 
 
-def selftest(
+def load_selftested(
     load_runner: Callable[[Path], Runner], bundle_dir: Path, manifest: Manifest
 ) -> tuple[Runner, float]:
     """Load the model in ``bundle_dir`` and self-test it on this device: (the warm runner, max |diff|).
@@ -270,7 +270,7 @@ def verify_release(
             lambda: trust, name, version, facts, store=store, settings=settings, sleep=sleep
         )
         try:
-            runner, max_diff = selftest(load_runner, staged.dir, staged.manifest)
+            runner, max_diff = load_selftested(load_runner, staged.dir, staged.manifest)
             runner.close()
         finally:
             store.discard_staging(staged.dir)

@@ -26,18 +26,23 @@ SETTLE_TIMEOUT_S = 1.0
 class DecisionMeter:
     """Records (frame id, time) of recent decisions so a swap can report its effect on the line.
 
-    Installed as (or chained to) the Agent's ``on_decision`` hook; one deque append per frame.
+    Installed as (or chained to) the Agent's ``on_decision`` hook; one deque append per frame, and
+    a notification only while a swap waits (:meth:`wait_for`).
     """
 
     def __init__(self, maxlen: int = 8192, clock: Callable[[], float] = time.perf_counter) -> None:
         self._d: deque[tuple[int, float]] = deque(maxlen=maxlen)
         self.clock = clock
         self._decided = threading.Condition()
+        self._waiting = 0  # swaps in wait_for; changed only under the condition's lock
 
     def __call__(self, decision: Any) -> None:
         self._d.append((int(decision.frame_id), self.clock()))
-        with self._decided:
-            self._decided.notify_all()
+        # A waiter counts itself under the lock before it tests its predicate, and the lock is
+        # released only inside wait(): a decision that sees no waiter was seen by the predicate.
+        if self._waiting:
+            with self._decided:
+                self._decided.notify_all()
 
     def snapshot(self) -> list[tuple[int, float]]:
         return list(self._d)
@@ -48,7 +53,11 @@ class DecisionMeter:
     def wait_for(self, count: int, after: float, timeout_s: float) -> bool:
         """Block until ``count`` decisions were recorded after ``after``, or ``timeout_s`` passed."""
         with self._decided:
-            return self._decided.wait_for(lambda: self.count_after(after) >= count, timeout=timeout_s)
+            self._waiting += 1
+            try:
+                return self._decided.wait_for(lambda: self.count_after(after) >= count, timeout=timeout_s)
+            finally:
+                self._waiting -= 1
 
     def swap_stats(self, t_start: float, t_end: float, *, after_frames: int = 10) -> dict[str, Any]:
         """Frames dropped and the largest gap between two decisions around a swap in [t_start, t_end].

@@ -111,6 +111,7 @@ class Updater:
     # -- events, state, swap (used by the parts) ---------------------------------------------------
 
     def emit(self, kind: str, **kw: Any) -> None:
+        """Report an event (recorded in :attr:`events` too); ``level`` defaults to ``info``."""
         kw.setdefault("level", "info")
         self.events.append((kind, kw))
         if self._emit is not None:
@@ -125,6 +126,7 @@ class Updater:
         self._state_mtime = self.store.state_mtime_ns()
 
     def swap(self, runner: Runner, keep_old: Callable[[Any], None] | None = None) -> dict[str, Any]:
+        """Swap ``runner`` in (:func:`.swap.swap_in`); what the swap did to the line."""
         return swap_in(
             self.host, runner, timeout_s=self.settings.swap_timeout_s, meter=self.meter, keep_old=keep_old
         )
@@ -142,7 +144,8 @@ class Updater:
         Returns the runner of the active verified bundle (None when nothing is installed).
         Events found at start-up are emitted once a host is attached (:meth:`attach`).
         """
-        runner, self._boot_notes = boot_store(self)
+        runner, notes = boot_store(self)
+        self._boot_notes.extend(notes)
         return runner
 
     def attach(self, host: Host) -> None:
