@@ -30,6 +30,8 @@ that callers branch on (never the message). A class without a code of its own ge
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class LinesideError(Exception):
     """Base of every Lineside error; ``reason`` is its typed code (see the module docstring)."""
@@ -60,7 +62,7 @@ class UpdateRefusedError(LinesideError):
         message: str,
         *,
         reason: str,
-        kind: str = "update.rejected",
+        kind: Literal["update.rejected", "update.failed"] = "update.rejected",
         data: dict[str, object] | None = None,
     ) -> None:
         super().__init__(message, reason=reason)
@@ -158,7 +160,7 @@ class SourceLostError(SourceError):
 
 
 class ModelLoadError(LocalError):
-    """ONNX Runtime could not load or run the model."""
+    """ONNX Runtime could not load or run the model (``reason`` ``load``, as update events say)."""
 
     reason = "load"
 
