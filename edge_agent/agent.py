@@ -10,7 +10,7 @@ Threads, and what each owns::
     mqtt         spool → broker, state, cmd in, line state in   (publisher.py)
     local-output decisions → Unix socket clients               (local_output.py)
     opcua        decisions → OPC UA results and events          (opcua_server.py, asyncio)
-    updates      a deploy waiting for the line's update window  (robot_side.py, updater.py)
+    updates      a deploy waiting for the line's update window  (robot_side.py, updates/)
 
 Local outputs take each decision through ``offer()``: a bounded drop-oldest queue and a
 wake-up, never a block (:class:`DecisionOutput`).

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import Outcome, Updater, UpdaterSettings, settings_from_config, store_dir
+from edge_agent.updates import Outcome, Updater, UpdaterSettings, settings_from_config, store_dir
 from lineside_common.cli import EXIT_USAGE, CommandError, print_json
 
 
@@ -94,7 +95,7 @@ def _context(
     if args.device_class is not None:
         overrides["device_class"] = args.device_class
     if overrides:
-        settings = UpdaterSettings(**{**settings.__dict__, **overrides})
+        settings = replace(settings, **overrides)
     return ModelStore(store_dir(state_dir)), settings, config
 
 

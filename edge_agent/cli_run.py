@@ -126,7 +126,7 @@ def build_agent(config: AgentConfig) -> Any:
     updater = None
     runner: ModelRunner | None = None
     if config.updates is not None:
-        from edge_agent.updater import daemon_updater
+        from edge_agent.updates import daemon_updater
 
         updater = daemon_updater(config, on_fallback)
         runner = cast(ModelRunner | None, updater.boot())  # daemon_updater loads ModelRunners
@@ -149,7 +149,7 @@ def build_agent(config: AgentConfig) -> Any:
 
     attach_sampling(agent)
     if updater is not None:
-        from edge_agent.updater import attach_to_agent
+        from edge_agent.updates import attach_to_agent
 
         attach_to_agent(agent, updater)
     if agent.runtime.conflict:

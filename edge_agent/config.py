@@ -274,7 +274,8 @@ class UpdatesConfig(_Section):
 
     ``root_json`` is the provisioned trust anchor (from ``fleet keys init``); ``repository_url`` the
     fleet server (``{url}/tuf/metadata/``, ``{url}/tuf/targets/``); None accepts only side-loads
-    (``edge-agent install DIR``).
+    (``edge-agent install DIR``). The updater takes this section whole: every field here is a field
+    of :class:`edge_agent.updates.UpdaterSettings` of the same name and default.
     """
 
     root_json: Path

@@ -7,7 +7,6 @@ carries them out durably: temp file, fsync, ``os.replace``, directory fsync.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from edge_agent.manifest import MANIFEST_FILE
 from edge_agent.store_rules import BundleRef, StoreState
-from lineside_common.atomic import atomic_write_bytes, fsync_dir
+from lineside_common.atomic import atomic_write_bytes, fsync_dir, fsync_tree, is_disk_full
 from lineside_common.errors import StoreError
 
 # ---------------------------------------------------------------------------------------------
@@ -36,14 +35,6 @@ LOCK_FILE = "store.lock"
 RECORD_FILE = ".record.json"  # per bundle: the signed length + sha256 of every file
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256_file(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     n = 0
@@ -54,10 +45,14 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return n, h.hexdigest()
 
 
-def _translate_os_error(exc: OSError, what: str) -> StoreError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreError(f"disk full while {what}")
-    return StoreError(f"{what} failed: {exc.strerror or exc}")
+def store_error(exc: OSError, what: str, *, detail: str | None = None) -> StoreError:
+    """The StoreError for an OSError while ``what``: reason ``disk_full`` or ``store``.
+
+    ``detail`` replaces the OS's own words in the message (default: its strerror).
+    """
+    if is_disk_full(exc):
+        return StoreError(f"disk full while {what}", reason="disk_full")
+    return StoreError(f"{what} failed: {detail if detail is not None else exc.strerror or exc}")
 
 
 class ModelStore:
@@ -90,7 +85,7 @@ class ModelStore:
             for d in (self.root, self.bundles, self.staging, self.tuf_dir):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _translate_os_error(exc, f"creating the store in {self.root}") from exc
+            raise store_error(exc, f"creating the store in {self.root}") from exc
 
     # -- locking -----------------------------------------------------------------------------------
 
@@ -124,7 +119,7 @@ class ModelStore:
         except FileNotFoundError:
             return StoreState()
         except OSError as exc:
-            raise _translate_os_error(exc, "reading state.json") from exc
+            raise store_error(exc, "reading state.json") from exc
         try:
             return StoreState.from_dict(json.loads(raw))
         except json.JSONDecodeError as exc:
@@ -135,7 +130,7 @@ class ModelStore:
         try:
             atomic_write_bytes(self.state_path, json.dumps(state.to_dict(), indent=2).encode())
         except OSError as exc:
-            raise _translate_os_error(exc, "writing state.json") from exc
+            raise store_error(exc, "writing state.json") from exc
 
     def state_mtime_ns(self) -> int:
         try:
@@ -156,7 +151,7 @@ class ModelStore:
         try:
             return Path(tempfile.mkdtemp(prefix="stage-", dir=self.staging))
         except OSError as exc:
-            raise _translate_os_error(exc, "creating a staging directory") from exc
+            raise store_error(exc, "creating a staging directory") from exc
 
     def discard_staging(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
@@ -166,7 +161,8 @@ class ModelStore:
         free = shutil.disk_usage(self.root).free
         if free < needed_bytes + self.reserve_bytes:
             raise StoreError(
-                f"disk full: {needed_bytes} bytes needed (+{self.reserve_bytes} reserve), {free} free"
+                f"disk full: {needed_bytes} bytes needed (+{self.reserve_bytes} reserve), {free} free",
+                reason="disk_full",
             )
 
     def commit_staged(self, staged: Path, files: Mapping[str, tuple[int, str]], ref: BundleRef) -> BundleRef:
@@ -182,10 +178,9 @@ class ModelStore:
                 "ref": ref.to_dict(),
                 "files": {f: {"length": n, "sha256": s} for f, (n, s) in files.items()},
             }
+            # Written in place: the whole directory is fresh and becomes visible only by the rename.
             (staged / RECORD_FILE).write_bytes(json.dumps(record, indent=2).encode())
-            for p in staged.iterdir():
-                _fsync_file(p)
-            fsync_dir(staged)
+            fsync_tree(staged)
             dest = self.bundle_dir(ref)
             if dest.exists():
                 # Same manifest hash already stored (e.g. reinstall): keep the existing one if intact.
@@ -199,7 +194,7 @@ class ModelStore:
             fsync_dir(self.bundles)
             fsync_dir(self.staging)
         except OSError as exc:
-            raise _translate_os_error(exc, "staging the bundle") from exc
+            raise store_error(exc, "staging the bundle") from exc
         return ref
 
     def verify_bundle(self, ref: BundleRef) -> None:

@@ -45,12 +45,11 @@ the signed clock floor, and translating python-tuf's errors into typed reasons w
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import urllib3
@@ -62,7 +61,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from edge_agent.acceptance import split_target_path
-from lineside_common.atomic import fsync_dir
+from lineside_common.atomic import fsync_file, fsync_tree
 from lineside_common.errors import FetchError, VerificationError
 
 log = logging.getLogger(__name__)
@@ -106,9 +105,28 @@ def signed_issue_time(md: Metadata[Any]) -> datetime | None:
     return when if when.tzinfo is not None else None
 
 
+class MetadataLimits(Protocol):
+    """Upper bounds for metadata downloads (targets are bounded by their signed length).
+
+    The updater passes its settings (``[updates] root_max_bytes`` …) as they are.
+    """
+
+    @property
+    def root_max_bytes(self) -> int: ...
+
+    @property
+    def timestamp_max_bytes(self) -> int: ...
+
+    @property
+    def snapshot_max_bytes(self) -> int: ...
+
+    @property
+    def targets_max_bytes(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class FetchLimits:
-    """Upper bounds for metadata downloads (targets are bounded by their signed length)."""
+    """The default :class:`MetadataLimits` (the same as ``[updates]``'s defaults)."""
 
     root_max_bytes: int = 512_000
     timestamp_max_bytes: int = 16_384
@@ -234,7 +252,7 @@ class TrustedRepository:
         metadata_base_url: str,
         target_base_url: str,
         fetcher: FetcherInterface | None = None,
-        limits: FetchLimits | None = None,
+        limits: MetadataLimits | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.metadata_dir = Path(metadata_dir)
@@ -242,7 +260,7 @@ class TrustedRepository:
         self.metadata_base_url = metadata_base_url
         self.target_base_url = target_base_url
         self.fetcher = fetcher
-        self.limits = limits or FetchLimits()
+        self.limits: MetadataLimits = limits or FetchLimits()
         self.now = now
         self._updater: Updater | None = None
 
@@ -363,16 +381,8 @@ class TrustedRepository:
     def _fsync_metadata(self) -> None:
         # ngclient writes with os.replace but no fsync: make the trusted state durable.
         for d in (self.metadata_dir, self.metadata_dir / "root_history"):
-            if not d.is_dir():
-                continue
-            for p in d.iterdir():
-                if p.is_file() and not p.is_symlink():
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            fsync_dir(d)
+            if d.is_dir():
+                fsync_tree(d)
 
     def refresh(self) -> None:
         """Run the TUF client workflow for the top-level metadata. UpdateVerificationError / FetchError."""
@@ -493,9 +503,5 @@ class TrustedRepository:
             # ngclient wraps errors of the request but not of the body stream: a connection cut
             # mid-download surfaces as urllib3's ProtocolError (IncompleteRead). Transport, retry.
             raise FetchError(f"download of {target.path} was cut: {exc}") from exc
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_file(path)
         return Path(path)

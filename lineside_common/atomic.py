@@ -10,6 +10,7 @@ published whole with ``replace_dir_durably``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -100,6 +101,11 @@ def fsync_tree(root: Path | str) -> None:
             if not os.path.islink(full):  # a link's target is not ours; the link is in its directory
                 fsync_file(full)
         fsync_dir(dirpath)
+
+
+def is_disk_full(exc: OSError) -> bool:
+    """True when ``exc`` says the file system is out of space or the user out of quota (by errno only)."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def fsync_file(path: Path | str) -> None:

@@ -60,13 +60,6 @@ def error_line(message: str) -> None:
         sys.stderr.write(f"error: {message}\n")
 
 
-def _reason_of(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, str):
-        return reason
-    return type(exc).__name__.removesuffix("Error").lower() or "error"
-
-
 def _fail(args: argparse.Namespace, message: str, reason: str, code: int) -> int:
     """One line on stderr; with --json, also a JSON document on stdout unless one was written."""
     error_line(message)
@@ -93,7 +86,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except CommandError as exc:
         return _fail(args, str(exc), exc.reason, exc.exit_code)
     except LinesideError as exc:
-        return _fail(args, str(exc), _reason_of(exc), EXIT_ERROR)
+        return _fail(args, str(exc), exc.reason, EXIT_ERROR)
     except OSError as exc:
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(args, f"{exc.strerror or exc}{where}", "os_error", EXIT_ERROR)

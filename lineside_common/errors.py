@@ -1,6 +1,7 @@
 """Every error the agent raises, by cause.
 
     LinesideError
+    ├── UpdateRefusedError         an update refused or abandoned for a reason of its own (event kind)
     ├── UntrustedInputError        the input can't be trusted or is malformed: reject it, never crash
     │   ├── ManifestError          manifest.json fails its schema or its own rules
     │   ├── IncompatibleModelError valid, but not for this device / agent version
@@ -21,13 +22,52 @@
 
 Foreign errors (onnxruntime, paho, tuf, OSError) are translated at the boundary
 with ``raise OurError(...) from exc``.
+
+Every error carries a ``reason``: the typed code that events and ``--json`` failures report and
+that callers branch on (never the message). A class without a code of its own gets its name
+(``FetchError`` → ``fetch``); a raise site may give a finer one (``StoreError(reason="disk_full")``).
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class LinesideError(Exception):
-    """Base of every Lineside error."""
+    """Base of every Lineside error; ``reason`` is its typed code (see the module docstring)."""
+
+    reason: str = "lineside"
+
+    def __init_subclass__(cls, **kw: object) -> None:
+        super().__init_subclass__(**kw)
+        if "reason" not in cls.__dict__:
+            cls.reason = cls.__name__.removesuffix("Error").lower() or "error"
+
+    def __init__(self, *args: object, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
+
+
+class UpdateRefusedError(LinesideError):
+    """An update refused or abandoned for a reason of its own: not configured, too large, no
+    release in a directory, cancelled while deferred, no inference loop to shadow.
+
+    ``kind`` is the event it is reported as (``update.rejected`` or ``update.failed``); ``data``
+    the facts behind the message.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        kind: Literal["update.rejected", "update.failed"] = "update.rejected",
+        data: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.kind = kind
+        self.data = dict(data or {})
 
 
 class UntrustedInputError(LinesideError):
@@ -41,17 +81,15 @@ class ManifestError(UntrustedInputError):
     """
 
     def __init__(self, message: str, *, field: str | None = None, reason: str = "manifest") -> None:
-        super().__init__(message)
+        super().__init__(message, reason=reason)
         self.field = field
-        self.reason = reason
 
 
 class IncompatibleModelError(UntrustedInputError):
     """A valid bundle that this device must not run (device class, agent version, downgrade)."""
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 class MessageError(UntrustedInputError):
@@ -90,8 +128,7 @@ class LineStateError(UntrustedInputError):
     """A line-state message we cannot read; ``reason`` is ``not_json``, ``bad_value`` or ``bad_shape``."""
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 class TransportError(LinesideError):
@@ -123,7 +160,9 @@ class SourceLostError(SourceError):
 
 
 class ModelLoadError(LocalError):
-    """ONNX Runtime could not load or run the model."""
+    """ONNX Runtime could not load or run the model (``reason`` ``load``, as update events say)."""
+
+    reason = "load"
 
 
 class ProviderError(LocalError):
@@ -135,15 +174,17 @@ class ProviderError(LocalError):
 
 
 class StoreError(LocalError):
-    """The model store is missing, corrupt or out of space."""
+    """The model store is missing, corrupt or out of space.
+
+    ``reason``: ``disk_full`` (no space or quota left) or ``store`` (anything else).
+    """
 
 
 class LocalOutputError(LocalError):
     """A local output cannot start; ``reason`` is e.g. ``socket_path``, ``bind``, ``missing_extra``."""
 
     def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
 
 
 class ShadowCandidateError(StoreError):

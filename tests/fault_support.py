@@ -322,7 +322,7 @@ class LineRig:
 
     def side_load(self, device: str, version: str) -> None:
         from edge_agent.config import load_config
-        from edge_agent.updater import daemon_updater
+        from edge_agent.updates import daemon_updater
 
         out = daemon_updater(load_config(self.config(device))).install_from_dir(
             self.server.data_dir / "repo", name="shapes", version=version

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import store_dir
+from edge_agent.updates import store_dir
 from tests.conftest import edge_agent_command
 
 pytestmark = pytest.mark.integration

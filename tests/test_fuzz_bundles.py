@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edge_agent.config import parse_config
 from edge_agent.store import ModelStore
-from edge_agent.updater import settings_from_config
+from edge_agent.updates import settings_from_config
 from tests.fault_support import CuttingProxy
 from tests.updates_support import FakeHost, World, tuf_http_server
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.updater import Updater
+from edge_agent.updates import Updater
 from tests.conftest import AgentProcess, edge_agent_command
 from tests.fault_support import agent_toml, record
 from tests.mqtt import Collector, Mosquitto

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent import updater as updater_mod
 from edge_agent.manifest import parse_manifest
 from edge_agent.store import ModelStore
+from edge_agent.updates import staging as updater_mod
 from tests.updates_support import FakeHost, World
 
 

@@ -135,7 +135,7 @@ def test_openvino_thread_count_follows_the_config() -> None:
 
 
 def test_install_event_carries_the_provider_choice() -> None:
-    from edge_agent.updater import _provider_choice
+    from edge_agent.updates import provider_choice as _provider_choice
 
     runner = ModelRunner.load(SHAPES, inference=InferenceConfig())
     assert _provider_choice(runner) == {"provider": CPU, "provider_timings_ms": {}}

@@ -316,7 +316,7 @@ def test_a_real_agent_installs_over_http_with_its_device_token(
     """One ``edge-agent run`` with ``[updates] token_file``: a rollout installs 2.0.0 over HTTP.
     The same update with no token is refused by the server (reason ``unauthorized``)."""
     from edge_agent.config import load_config
-    from edge_agent.updater import daemon_updater
+    from edge_agent.updates import daemon_updater
     from tests.fault_support import LineRig, persistent_broker
 
     line = LineRig(tmp_path, persistent_broker(mosquitto_factory), edge_agent_process, devices=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import store_dir
+from edge_agent.updates import store_dir
 from tests.conftest import AgentProcess
 from tests.mqtt import Mosquitto, wait_until
 from tests.shadow_support import ShadowLine

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import Updater
+from edge_agent.updates import Updater
 from fleet_server.tuf_repo import target_file_name
 from tests.fault_support import DeviceClock
 from tests.updates_support import FakeHost, World

@@ -10,7 +10,7 @@ import pytest
 from tuf.api.metadata import Metadata, TargetFile, Targets, Timestamp
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import Outcome, Updater
+from edge_agent.updates import Outcome, Updater
 from fleet_server import keys as keymod
 from fleet_server.tuf_repo import Repository, target_file_name
 from tests.updates_support import FakeHost, World

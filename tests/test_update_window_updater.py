@@ -14,7 +14,7 @@ import pytest
 from edge_agent.line_state import LineReading, LineStateBoard
 from edge_agent.robot_side import WindowGate
 from edge_agent.update_window import WindowPolicy
-from edge_agent.updater import Outcome, Updater
+from edge_agent.updates import Outcome, Updater
 from tests.mqtt import wait_until
 from tests.updates_support import FakeHost, World
 

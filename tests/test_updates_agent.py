@@ -13,7 +13,7 @@ from edge_agent.messages import DeployCommand, Event, RollbackCommand
 from edge_agent.runtime import ModelRunner
 from edge_agent.spool import Spool
 from edge_agent.store import ModelStore
-from edge_agent.updater import Updater, attach_to_agent, store_dir
+from edge_agent.updates import Updater, attach_to_agent, store_dir
 from tests.agent_fakes import ListSource, SpoolDrainingPublisher, agent_config, images
 from tests.mqtt import wait_until
 from tests.updates_support import World, tuf_http_server
@@ -39,7 +39,7 @@ def _agent(
             **over,
         },
     )
-    from edge_agent.updater import daemon_updater
+    from edge_agent.updates import daemon_updater
 
     updater = daemon_updater(config)
     # First install (no agent yet): the store is empty.

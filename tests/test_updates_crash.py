@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import FAULT_POINTS
+from edge_agent.updates import FAULT_POINTS
 from tests.conftest import REPO
 from tests.updates_support import OrtRunner, World
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from edge_agent.store import ModelStore
-from edge_agent.updater import Updater, UpdaterSettings
+from edge_agent.updates import Updater, UpdaterSettings
 from tests.updates_support import OrtRunner, window
 
 

@@ -19,7 +19,7 @@ import onnxruntime as ort
 from edge_agent.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, parse_manifest
 from edge_agent.messages import ModelRef, Telemetry
 from edge_agent.store import ModelStore
-from edge_agent.updater import Updater, UpdaterSettings
+from edge_agent.updates import Updater, UpdaterSettings
 from fleet_server import keys as keymod
 from fleet_server.tuf_repo import Repository, release_local
 from lineside_common.errors import ModelLoadError
