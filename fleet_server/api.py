@@ -33,7 +33,6 @@ from edge_agent.manifest import parse_manifest
 from edge_agent.messages import Truth, dump, valid_device_id
 from fleet_server import accuracy, auth, device_tokens, metrics
 from fleet_server.app import Services
-from fleet_server.controller import NotFoundError
 from fleet_server.db import EventRow
 from fleet_server.policy import (
     REQUEST_FIELDS,
@@ -45,7 +44,14 @@ from fleet_server.policy import (
 from fleet_server.release_check import BundleRefusedError
 from fleet_server.rollouts import StageSize, parse_stages
 from fleet_server.shadow_phase import ShadowGates
-from lineside_common.errors import ConfigError, LinesideError, StoreError, VerificationError
+from lineside_common.errors import (
+    ConfigError,
+    ConflictError,
+    LinesideError,
+    NotFoundError,
+    StoreError,
+    VerificationError,
+)
 
 _bearer = HTTPBearer(
     auto_error=False, description="a token from `fleet tokens create` (or data_dir/admin.token)"
@@ -615,9 +621,10 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
             shadow_soak_s=parse_duration_s(body.shadow_soak) if body.shadow_soak is not None else 300.0,
             shadow_gates=shadow_gates,
         )
+    except ConflictError as exc:
+        raise _error(409, str(exc), field=exc.field) from exc
     except ConfigError as exc:
-        status = 409 if "still" in str(exc) else 422
-        raise _error(status, str(exc), field=exc.field) from exc
+        raise _error(422, str(exc), field=exc.field) from exc
 
 
 @v1.get("/rollouts/{rollout_id}", tags=["rollouts"])
