@@ -26,19 +26,32 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from sqlalchemy import select
 
 from edge_agent.manifest import parse_manifest
-from edge_agent.messages import SamplingOverride, Truth, dump, valid_device_id
+from edge_agent.messages import Truth, dump, valid_device_id
 from fleet_server import accuracy, auth, device_tokens, metrics
 from fleet_server.app import Services
-from fleet_server.controller import NotFoundError
 from fleet_server.db import EventRow
+from fleet_server.policy import (
+    REQUEST_FIELDS,
+    TEXT_FIELDS,
+    parse_duration_s,
+    policy_fields,
+    resolve_policy,
+)
 from fleet_server.release_check import BundleRefusedError
-from fleet_server.rollouts import Policy, StageSize, parse_duration_s, parse_fraction, parse_stages
+from fleet_server.rollouts import StageSize, parse_stages
 from fleet_server.shadow_phase import ShadowGates
-from lineside_common.errors import ConfigError, LinesideError, StoreError, VerificationError
+from lineside_common.errors import (
+    ConfigError,
+    ConflictError,
+    LinesideError,
+    NotFoundError,
+    StoreError,
+    VerificationError,
+)
 
 _bearer = HTTPBearer(
     auto_error=False, description="a token from `fleet tokens create` (or data_dir/admin.token)"
@@ -144,20 +157,20 @@ class TruthPost(_Body):
     source: Annotated[str, Field(max_length=64)] = "api"
 
 
-class RolloutCreate(_Body):
+# Its policy fields, each optional, are Policy's REQUEST_FIELDS (fleet_server/policy.py; ``soak``
+# and ``max_failure`` are text, as on the CLI); resolve_policy fills the rest. No docstring: it
+# would become the OpenAPI schema's description.
+class RolloutCreate(
+    create_model(  # type: ignore[misc]  # a dynamic base: its fields are Policy's (fleet_server/policy.py)
+        "_RolloutPolicyRequest", __base__=_Body, **policy_fields(REQUEST_FIELDS, optional=True)
+    )
+):
     model: Annotated[str, Field(description="NAME@VERSION", examples=["shapes@2.0.0"])]
     devices: list[str] | None = None
     group: str | None = None
     stages: str | None = Field(default=None, examples=["1,25%,100%"])
     soak: str | None = Field(default=None, examples=["60s"])
     max_failure: str | None = Field(default=None, examples=["10%"])
-    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] | None = None
-    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] | None = None
-    min_gate_frames: Annotated[int, Field(ge=0)] | None = None
-    baseline_window_s: Annotated[float, Field(gt=0)] | None = None
-    resend_after_s: Annotated[float, Field(gt=0)] | None = None
-    device_timeout_s: Annotated[float, Field(gt=0)] | None = None
-    gate_timeout_s: Annotated[float, Field(gt=0)] | None = None
     shadow: str | None = Field(
         default=None,
         description="a shadow phase first, on this share of the devices (not counted in the stages)",
@@ -166,13 +179,6 @@ class RolloutCreate(_Body):
     shadow_soak: str | None = Field(default=None, examples=["5m"])
     shadow_min_agreement: Annotated[float, Field(ge=0, le=1)] | None = None
     shadow_min_frames: Annotated[int, Field(ge=1)] | None = None
-    no_baseline: Literal["inconclusive", "pass"] | None = Field(
-        default=None, description="what a gate with no baseline telemetry answers (default inconclusive)"
-    )
-    sampling: SamplingOverride | None = Field(
-        default=None,
-        description="sampling settings the devices use while this release serves (docs/samples.md)",
-    )
 
     @field_validator("model")
     @classmethod
@@ -232,10 +238,6 @@ def _manifest_p50_drop(svc: Services, info: Any) -> float | None:
         return float(parse_manifest(path.read_bytes()).drift.max_p50_drop)
     except (OSError, LinesideError):
         return None
-
-
-def _first_set(*values: float | None) -> float:
-    return next(v for v in values if v is not None)
 
 
 def _serve_file(path: Path, media_type: str) -> Response:
@@ -583,30 +585,10 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
     d = svc.settings.rollout
     try:
         stages = parse_stages(body.stages or d.stages)
-        policy = Policy(
-            soak_s=parse_duration_s(body.soak) if body.soak is not None else d.soak_s,
-            max_failure_rate=parse_fraction(body.max_failure)
-            if body.max_failure is not None
-            else d.max_failure_rate,
-            max_confidence_p50_drop=(
-                body.max_confidence_p50_drop
-                if body.max_confidence_p50_drop is not None
-                else _first_set(_manifest_p50_drop(svc, info), d.max_confidence_p50_drop)
-            ),
-            max_low_confidence_rate_rise=(
-                body.max_low_confidence_rate_rise
-                if body.max_low_confidence_rate_rise is not None
-                else d.max_low_confidence_rate_rise
-            ),
-            min_gate_frames=body.min_gate_frames if body.min_gate_frames is not None else d.min_gate_frames,
-            baseline_window_s=body.baseline_window_s or d.baseline_window_s,
-            resend_after_s=body.resend_after_s or d.resend_after_s,
-            max_sends=d.max_sends,
-            device_timeout_s=body.device_timeout_s or d.device_timeout_s,
-            gate_timeout_s=body.gate_timeout_s or d.gate_timeout_s,
-            no_baseline=body.no_baseline or "inconclusive",
-            # An empty override is none: the deploy then carries no field an older agent refuses.
-            sampling=body.sampling if body.sampling and body.sampling.model_dump(exclude_none=True) else None,
+        policy = resolve_policy(
+            d.model_dump(),
+            {k: getattr(body, k) for k in (*TEXT_FIELDS, *REQUEST_FIELDS)},
+            release_p50_drop=_manifest_p50_drop(svc, info),
         )
         shadow = None
         if body.shadow is not None:
@@ -639,9 +621,10 @@ def rollouts_create(body: RolloutCreate, request: Request, _: Admin) -> dict[str
             shadow_soak_s=parse_duration_s(body.shadow_soak) if body.shadow_soak is not None else 300.0,
             shadow_gates=shadow_gates,
         )
+    except ConflictError as exc:
+        raise _error(409, str(exc), field=exc.field) from exc
     except ConfigError as exc:
-        status = 409 if "still" in str(exc) else 422
-        raise _error(status, str(exc), field=exc.field) from exc
+        raise _error(422, str(exc), field=exc.field) from exc
 
 
 @v1.get("/rollouts/{rollout_id}", tags=["rollouts"])

@@ -11,13 +11,14 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from fleet_server.client import FleetClient
+from fleet_server.policy import Policy
 from lineside_common.cli import CommandError, print_json
 
 EXIT_ROLLOUT_FAILED = 3
@@ -123,7 +124,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--shadow-min-frames", type=int, help="compared frames the shadow verdict needs")
     p.add_argument(
         "--no-baseline",
-        choices=["inconclusive", "pass"],
+        choices=get_args(Policy.model_fields["no_baseline"].annotation),  # the one definition
         help="a gate with no baseline telemetry: pause as inconclusive (default) or pass (recorded)",
     )
     p.add_argument(

@@ -50,7 +50,7 @@ from fleet_server.rollouts import (
     summarize,
 )
 from fleet_server.shadow_phase import ShadowGates
-from lineside_common.errors import ConfigError
+from lineside_common.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,6 @@ class Publisher(Protocol):
     """Where commands go (the MQTT link; a list in tests)."""
 
     def publish(self, topic: str, payload: bytes) -> None: ...
-
-
-class NotFoundError(LookupError):
-    """No such rollout."""
 
 
 def _dt(ts: float) -> datetime:
@@ -106,7 +102,7 @@ class RolloutController:
     def _load(self, s: Any, rollout_id: str) -> tuple[RolloutRow, Rollout]:
         row = s.scalar(select(RolloutRow).where(RolloutRow.id == rollout_id).with_for_update())
         if row is None:
-            raise NotFoundError(rollout_id)
+            raise NotFoundError(rollout_id, reason="unknown_rollout")
         return row, Rollout.model_validate(row.doc)
 
     @staticmethod
@@ -156,9 +152,10 @@ class RolloutController:
                 for other in busy:
                     overlap = set(device_ids) & set(other.doc.get("devices", {}))
                     if overlap:
-                        raise ConfigError(
+                        raise ConflictError(
                             f"rollout {other.id} ({other.name}@{other.version}) is still {other.state} on "
                             f"{', '.join(sorted(overlap)[:5])}; pause/abort it first",
+                            reason="devices_busy",
                             field="devices",
                         )
                 s.add(
@@ -179,7 +176,7 @@ class RolloutController:
         with self.db.session() as s:
             row = s.get(RolloutRow, rollout_id)
             if row is None:
-                raise NotFoundError(rollout_id)
+                raise NotFoundError(rollout_id, reason="unknown_rollout")
             return rollout_view(Rollout.model_validate(row.doc))
 
     def list_rollouts(self, *, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -19,15 +19,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from lineside_common.errors import FleetError
+
 LabelReason = Literal["malformed", "unknown_sample", "unknown_label"]
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._+-]{0,127}$")
 
 
-class LabelError(ValueError):
-    """A label or import row that cannot be used; ``reason`` is typed, never branch on the text."""
+class LabelError(FleetError, ValueError):
+    """A label or import row that cannot be used; ``reason`` is typed, never branch on the text.
+
+    Still a ValueError, as before it joined the one hierarchy, for callers that catch that."""
 
     def __init__(self, message: str, *, reason: LabelReason) -> None:
-        super().__init__(message)
+        super().__init__(message, reason=reason)
         self.reason: LabelReason = reason
 
 

@@ -33,18 +33,17 @@ an event after a crash changes nothing.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from edge_agent.messages import SamplingOverride
 from edge_agent.verdicts import Verdict, combine
 from fleet_server.field_gate import TruthCounts, deciding, field_verdict, gate_outcome
+from fleet_server.policy import Policy
 from fleet_server.quality_verdicts import WindowSample, quality_verdicts
 from fleet_server.shadow_phase import (
     ShadowGates,
@@ -156,30 +155,6 @@ def plan_stages(device_ids: Sequence[str], stages: Sequence[StageSize]) -> list[
     return plan
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-
-
-def parse_duration_s(text: str) -> float:
-    """``"60s"``, ``"5m"``, ``"1h"``, ``"90"`` (seconds) → seconds."""
-    m = _DURATION.match(text)
-    if not m:
-        raise ConfigError(f"{text!r} is not a duration like 60s, 5m or 1h", field="soak")
-    value, unit = float(m.group(1)), m.group(2) or "s"
-    return value * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-
-
-def parse_fraction(text: str) -> float:
-    """``"10%"`` or ``"0.1"`` → 0.1."""
-    t = text.strip()
-    try:
-        value = float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
-    except ValueError:
-        raise ConfigError(f"{text!r} is not a percentage like 10% or a fraction like 0.1") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"{text!r} must be between 0% and 100%")
-    return value
-
-
 # -- quality ------------------------------------------------------------------------------------
 
 
@@ -215,34 +190,6 @@ def summarize(windows: Iterable[tuple[int, float, int]]) -> QualityStats:
         confidence_p50=weighted / frames,
         low_confidence_rate=min(1.0, low / frames),
     )
-
-
-class Policy(BaseModel):
-    """Gates and timings of one rollout (defaults from settings, overridden per rollout)."""
-
-    soak_s: Annotated[float, Field(ge=0)] = 60.0
-    max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
-    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
-    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
-    # Zero errors on both sides still needs ~75 frames a side for an upper bound under 0.05
-    # (under 0.01 it would need ~380): a gate that can be decided on a stage's data.
-    max_error_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.05
-    # Field accuracy (truth from the line) may drop by at most this much; judged only with at
-    # least ``min_field_truth`` joined decisions a side (fleet_server/field_gate.py).
-    max_field_accuracy_drop: Annotated[float, Field(ge=0, le=1)] = 0.05
-    min_field_truth: Annotated[int, Field(ge=1)] = 30
-    min_gate_frames: Annotated[int, Field(ge=0)] = 50
-    min_gate_windows: Annotated[int, Field(ge=1)] = 3
-    baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
-    resend_after_s: Annotated[float, Field(gt=0)] = 30.0
-    max_sends: Annotated[int, Field(ge=1)] = 5
-    device_timeout_s: Annotated[float, Field(gt=0)] = 900.0
-    gate_timeout_s: Annotated[float, Field(gt=0)] = 300.0
-    # With no telemetry to compare against, a gate is inconclusive (pause, alert) unless the
-    # operator's policy says "pass" — a choice recorded with the verdict.
-    no_baseline: Literal["inconclusive", "pass"] = "inconclusive"
-    # Sent with every (serving) deploy of this rollout; the device applies it while the release serves.
-    sampling: SamplingOverride | None = None
 
 
 def failure_gate(policy: Policy, failed: int, total: int) -> str | None:

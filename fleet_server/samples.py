@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from fleet_server.db import Database, SampleRow, utcnow
 from fleet_server.labels import LabelError, LabelRow, valid_label
 from lineside_common.atomic import atomic_write_bytes
+from lineside_common.errors import FleetError
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,12 @@ SampleReason = Literal["malformed", "too_large", "wrong_device"]
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class SampleError(Exception):
+class SampleError(FleetError):
     """An upload the store refuses; ``reason`` is what callers branch on."""
 
     def __init__(self, message: str, *, reason: SampleReason) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
+        self.reason: SampleReason = reason
 
 
 class _Strict(BaseModel):

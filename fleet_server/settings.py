@@ -35,34 +35,36 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.messages import DEFAULT_TOPIC_ROOT
+from fleet_server.policy import SETTINGS_FIELDS, policy_fields
 from lineside_common.errors import ConfigError
 
 ENV_PREFIX = "LINESIDE_FLEET_"
 
 
-class RolloutDefaults(BaseModel):
+class RolloutDefaults(
+    create_model(  # type: ignore[misc]  # a dynamic base: its fields are Policy's (fleet_server/policy.py)
+        "_RolloutSettingsFields", __base__=BaseModel, **policy_fields(SETTINGS_FIELDS, optional=False)
+    )
+):
     """Defaults for ``fleet rollout start`` flags the operator leaves out."""
+
+    # Its policy fields (names, bounds, defaults) are Policy's SETTINGS_FIELDS
+    # (fleet_server/policy.py); resolve_policy puts a request's over them.
 
     model_config = ConfigDict(extra="forbid")
 
     stages: str = "1,25%,100%"
-    soak_s: Annotated[float, Field(ge=0)] = 60.0
-    max_failure_rate: Annotated[float, Field(ge=0, le=1)] = 0.10
-    # Quality gates vs the same devices' pre-rollout telemetry (absolute differences of fractions).
-    max_confidence_p50_drop: Annotated[float, Field(ge=0, le=1)] = 0.10
-    max_low_confidence_rate_rise: Annotated[float, Field(ge=0, le=1)] = 0.10
-    min_gate_frames: Annotated[int, Field(ge=0)] = 50
-    baseline_window_s: Annotated[float, Field(gt=0)] = 600.0
-    # A deploy with no answer is re-sent after this long (agents are idempotent on cmd_id).
-    resend_after_s: Annotated[float, Field(gt=0)] = 30.0
-    max_sends: Annotated[int, Field(ge=1)] = 5
-    # A device that has not passed or failed probation within this long counts as failed.
-    device_timeout_s: Annotated[float, Field(gt=0)] = 900.0
-    # After the soak, wait at most this long for enough telemetry to judge quality, then halt.
-    gate_timeout_s: Annotated[float, Field(gt=0)] = 300.0
 
 
 class FleetSettings(BaseModel):

@@ -20,6 +20,13 @@
         ├── StoreError             the model store is missing, corrupt or out of space
         └── LocalOutputError       a local decision output (socket, OPC UA server) cannot start
 
+    LinesideError (the fleet server's requests; block at the end of this file)
+    └── FleetError                 a request the fleet server cannot do as asked; ``reason`` says why
+        ├── NotFoundError          no such thing (also a LookupError): HTTP 404
+        ├── ConflictError          it conflicts with the current state: HTTP 409
+        ├── SampleError            (fleet_server.samples) a sample upload the store refuses
+        └── LabelError             (fleet_server.labels) a label or import row that cannot be used
+
 Foreign errors (onnxruntime, paho, tuf, OSError) are translated at the boundary
 with ``raise OurError(...) from exc``.
 
@@ -193,3 +200,29 @@ class ShadowCandidateError(StoreError):
     def __init__(self, message: str, *, file: str) -> None:
         super().__init__(message)
         self.file = file
+
+
+# -- the fleet server's requests ----------------------------------------------------------------
+# Callers (the HTTP API) branch on the type and on ``reason``, never on the message's text.
+
+
+class FleetError(LinesideError):
+    """A request the fleet server cannot do as asked; ``reason`` is a short code, ``field`` the
+    request field at fault (or None)."""
+
+    def __init__(self, message: str, *, reason: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+class NotFoundError(FleetError, LookupError):
+    """No such thing; ``reason`` says which kind (``unknown_rollout``)."""
+
+    def __init__(self, message: str, *, reason: str = "not_found", field: str | None = None) -> None:
+        super().__init__(message, reason=reason, field=field)
+
+
+class ConflictError(FleetError):
+    """The request conflicts with the current state; ``reason`` e.g. ``devices_busy`` (devices still
+    in another active rollout)."""

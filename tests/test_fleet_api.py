@@ -17,7 +17,10 @@ from edge_agent.messages import DeviceState, Event, ModelRef, Telemetry, dump, p
 from fleet_server.app import Services, create_app
 from fleet_server.client import ApiError, FleetClient
 from fleet_server.ingest import Inbound
-from fleet_server.settings import load_settings
+from fleet_server.policy import Policy
+from fleet_server.rollouts import parse_stages
+from fleet_server.settings import RolloutDefaults, load_settings
+from lineside_common.errors import ConflictError, NotFoundError
 from tests.fleet_support import make_bundle, make_keys, signed_release
 
 ADMIN = "admin-secret"
@@ -304,6 +307,10 @@ def test_rollout_through_the_api(
     # Overlapping rollout refused while this one runs.
     r2 = client.post("/api/v1/rollouts", json={"model": "shapes@2.0.0", "devices": ["cam-0"]})
     assert r2.status_code == 409 and rid in r2.json()["message"]
+    assert set(r2.json()) == {"message", "field"} and r2.json()["field"] == "devices"
+    with pytest.raises(ConflictError) as busy:  # typed: the API branches on it, not on the text
+        svc.controller.create("shapes", "2.0.0", ["cam-0"], parse_stages("100%"), Policy())
+    assert busy.value.reason == "devices_busy" and busy.value.field == "devices"
     _answer(svc, pub, 100)
     # Three windows: the gate's Mann-Whitney test needs at least 3 a side (2 against 3 can never
     # reach p < 0.05, so it would stay inconclusive).
@@ -463,3 +470,43 @@ def test_patch_of_an_unknown_device_is_404_and_registering_is_explicit(
         True,
         "shapes@1.0.0",
     )
+
+
+def test_rollout_policy_is_request_over_settings_over_defaults(
+    env: tuple[TestClient, Services, FakePublisher],
+    keys: Path,
+    bundles: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, svc, _ = env
+    _setup_fleet(client, svc, keys, bundles)
+    monkeypatch.setattr(
+        svc.settings,
+        "rollout",
+        RolloutDefaults(stages="100%", soak_s=7, max_failure_rate=0.3, max_sends=2, gate_timeout_s=45),
+    )
+    body = {"model": "shapes@2.0.0", "group": "line"}
+    # Invalid values: 422 naming the field (None where the parser names none), nothing started.
+    for extra, field in (
+        ({"soak": "soon"}, "soak"),
+        ({"max_failure": "150%"}, None),
+        ({"stages": "0"}, "stages"),
+    ):
+        r = client.post("/api/v1/rollouts", json=body | extra)
+        assert r.status_code == 422, r.text
+        assert set(r.json()) == {"message", "field"} and r.json()["field"] == field
+    r = client.post("/api/v1/rollouts", json=body | {"max_confidence_p50_drop": 1.5})
+    assert r.status_code == 422 and r.json()["message"].startswith("body.max_confidence_p50_drop:")
+    assert client.get("/api/v1/rollouts").json() == []
+    r = client.post("/api/v1/rollouts", json=body | {"max_failure": "20%", "no_baseline": "pass"})
+    assert r.status_code == 201, r.text
+    policy = r.json()["policy"]
+    assert r.json()["stage_sizes"] == ["100%"]  # settings
+    assert (policy["soak_s"], policy["max_sends"], policy["gate_timeout_s"]) == (7, 2, 45)  # settings
+    assert (policy["max_failure_rate"], policy["no_baseline"]) == (0.2, "pass")  # request
+    assert policy["max_confidence_p50_drop"] == 0.1  # the release's manifest (drift.max_p50_drop)
+    assert policy["device_timeout_s"] == Policy().device_timeout_s  # built-in default
+    assert policy["sampling"] is None
+    with pytest.raises(NotFoundError) as missing:
+        svc.controller.get("nope")
+    assert missing.value.reason == "unknown_rollout" and isinstance(missing.value, LookupError)

@@ -18,8 +18,6 @@ from fleet_server.rollouts import (
     SendRollback,
     StageSize,
     failure_gate,
-    parse_duration_s,
-    parse_fraction,
     parse_stages,
     plan_stages,
     quality_gate,
@@ -99,22 +97,6 @@ def test_plan_stages_properties(n: int, sizes: list[str]) -> None:
     assert all(plan)  # no empty stage
     if sizes[-1] == "100%":
         assert len(flat) == n
-
-
-def test_parse_duration_and_fraction() -> None:
-    assert parse_duration_s("60s") == 60
-    assert parse_duration_s("5m") == 300
-    assert parse_duration_s("1.5h") == 5400
-    assert parse_duration_s("90") == 90
-    assert parse_duration_s("250ms") == 0.25
-    assert parse_fraction("10%") == pytest.approx(0.1)
-    assert parse_fraction("0.25") == 0.25
-    for bad in ("soon", "-5s"):
-        with pytest.raises(ConfigError):
-            parse_duration_s(bad)
-    for bad in ("x", "150%", "2"):
-        with pytest.raises(ConfigError):
-            parse_fraction(bad)
 
 
 # -- gates ---------------------------------------------------------------------------------------
