@@ -1,4 +1,4 @@
-"""Every error the agent raises, by cause.
+"""Every Lineside error, by cause: one hierarchy for the agent, the server, training and the simulators.
 
     LinesideError
     ├── UpdateRefusedError         an update refused or abandoned for a reason of its own (event kind)
