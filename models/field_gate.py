@@ -140,7 +140,7 @@ def judge(
     for wanted in ("fail", "inconclusive"):
         hit = next((p for p in parts if p["verdict"] == wanted), None)
         if hit is not None:
-            verdict, reason = wanted, hit["reason"]  # type: ignore[assignment]  # wanted is a Verdict
+            verdict, reason = wanted, hit["reason"]
             break
     return {
         "verdict": verdict,
