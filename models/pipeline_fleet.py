@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet_server.client import ApiError, FleetClient
-from lineside_common.errors import LinesideError
+from lineside_common.errors import LinesideError, TransportError
 from models.pipeline_config import PipelineConfig
 from models.pipeline_steps import (
     BUNDLE_DIR,
@@ -92,6 +92,8 @@ def release_step(config: PipelineConfig, workdir: Path, client: FleetClient | No
         raise PipelineStop(f"the server refused the release: {exc}", reason="release_refused") from exc
     except PipelineStop:
         raise
+    except TransportError as exc:
+        raise PipelineStop(str(exc), reason="fleet_unreachable") from exc
     except LinesideError as exc:
         raise PipelineStop(f"release: {exc}", reason=f"release_{getattr(exc, 'reason', 'error')}") from exc
     write_json(workdir / "release" / "release.json", {**record, "server": answer})
@@ -118,6 +120,8 @@ def rollout_step(config: PipelineConfig, workdir: Path, client: FleetClient | No
         started = client.start_rollout(ref, **config.rollout.options())
     except ApiError as exc:
         raise PipelineStop(f"the server refused the rollout: {exc}", reason="rollout_refused") from exc
+    except TransportError as exc:
+        raise PipelineStop(str(exc), reason="fleet_unreachable") from exc
     except LinesideError as exc:
         raise PipelineStop(f"rollout: {exc}", reason=f"rollout_{getattr(exc, 'reason', 'error')}") from exc
     write_json(record_file, {"ref": ref, "digest": release["digest"], "rollout_id": started["id"]})

@@ -236,18 +236,18 @@ def train(
             progress("data", k, {})
 
     image_sets = [field_data.scan(path) for path in d.datasets]
-    field_parts = [field_data.load(s, spec, config.labels) for s in image_sets]
-    n_field = sum(len(part) for part in field_parts)
+    n_field = sum(sum(1 for lab in s.labels if lab) for s in image_sets)
     per_label = field_data.renders_per_label(
         n_field, len(config.labels), d.render_share, d.train_frames_per_type
     )
-    train_ds = cached_dataset(
-        spec, config.labels, d.train_seed, per_label,
-        cache_dir=cache_dir, workers=d.workers, progress=data_progress,
-    ) if per_label else field_data.concat(field_parts)  # fmt: skip
-    if per_label and field_parts:
-        train_ds = field_data.concat([train_ds, *field_parts])
-    init = init_weights.resolve(config.train.init_from) if config.train.init_from else None
+    # Every render first: their worker processes are forked before this process decodes an image.
+    renders: list[Dataset] = []
+    outliers: list[Dataset] = []
+    if per_label:
+        renders.append(cached_dataset(
+            spec, config.labels, d.train_seed, per_label,
+            cache_dir=cache_dir, workers=d.workers, progress=data_progress,
+        ))  # fmt: skip
     val_ds = cached_dataset(
         spec, config.labels, d.val_seed, d.val_frames_per_type,
         cache_dir=cache_dir, workers=d.workers, progress=data_progress,
@@ -258,11 +258,10 @@ def train(
             spec, d.outlier_types, d.train_seed + 500_000, d.outlier_frames_per_type,
             cache_dir=cache_dir, workers=d.workers, progress=data_progress,
         )  # fmt: skip
-        train_ds = Dataset(
-            np.concatenate([train_ds.x, out_ds.x]),
-            np.concatenate([train_ds.y, np.full_like(out_ds.y, -1)]),
-            np.concatenate([train_ds.dims_mm, out_ds.dims_mm]),
-        )
+        outliers.append(Dataset(out_ds.x, np.full_like(out_ds.y, -1), out_ds.dims_mm))
+    field = [field_data.load(s, spec, config.labels) for s in image_sets]
+    train_ds = field_data.concat([*renders, *field, *outliers])
+    init = init_weights.resolve(config.train.init_from) if config.train.init_from else None
     t_data = time.perf_counter() - t0
 
     t1 = time.perf_counter()

@@ -34,7 +34,7 @@ train_seed = 1000
 train_frames_per_type = 50
 val_seed = 2000
 val_frames_per_type = 10
-workers = 2
+workers = 1  # in-process after torch has run: no fork (OpenMP is not fork-safe)
 [input]
 width = 48
 height = 32
