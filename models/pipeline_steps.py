@@ -155,10 +155,12 @@ def train_step(
 
     tc = train_config(config, labels)
     init = tc.train.init_from
-    init_sha = None
+    init_sha: list[str] = []
     if init:
         p = Path(init)
-        init_sha = file_sha256(p if p.is_file() else p / "model.onnx") if p.exists() else None
+        # A bundle's weights may come from the checkpoint beside it (models/init_weights.py): hash both.
+        for f in (p,) if p.is_file() else (p / "model.onnx", p.parent / CHECKPOINT):
+            init_sha.append(file_sha256(f) if f.is_file() else "")
     inputs = digest_json({"config": tc.model_dump(mode="json"), "datasets": dataset_hashes, "init": init_sha})
     out, ckpt, step_file = workdir / CANDIDATE_DIR, workdir / CHECKPOINT, workdir / "train" / "step.json"
     if unchanged(step_file, inputs, out / "manifest.json", ckpt):

@@ -298,7 +298,7 @@ def train(
     )
     failures = M.check_gate(report, config.gates.gate())
     if failures and enforce_gates:
-        raise CommandError(failures[0].message() + " (on the validation split)")
+        raise CommandError(failures[0].message() + " (on the validation split)", reason="validation_gate")
 
     manifest = Manifest(
         name=config.name,
