@@ -1,0 +1,321 @@
+"""The retraining demo's decisions, with no files, sockets or clocks: ``sim.demo_retrain`` is the shell.
+
+- :data:`STEPS` — the story, in order, from new packages to field accuracy recovered;
+  :class:`LoopTimeline` holds when each step happened (seconds since the demo started, the
+  caller's clock) and reports the whole loop: the time from the first drift alert to the last
+  robot serving the new model, against the goal.
+- :func:`training_labels` — what the simulated plant's labeller says about the samples it is
+  shown: the recording's label of the frame each sample's decision was about, for every sample
+  the line checker did *not* check (those are held out: their labels come from the truth channel,
+  an independent source, and must never grade their own training data).
+- :func:`heldout_labels` — the held-out set: samples whose decision got a ``truth.joined``.
+- :func:`collection_done` — whether enough of each label is in hand to train and to gate.
+- :func:`field_accuracy_of` / :func:`release_gate` — the field gate on the held-out samples.
+- :func:`train_config` — the new release's ``train.toml``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sim.checker import chosen
+
+GOAL_S = 600.0  # the brief's goal: first drift alert → last robot serving the new model, < 10 min
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of the story: a key, the chart's label and its colour."""
+
+    key: str
+    label: str
+    colour: str
+
+
+STEPS: tuple[Step, ...] = (
+    Step("packages", "new packages arrive", "tab:orange"),
+    Step("drift", "first drift alert", "tab:red"),
+    Step("sampled", "samples in hand", "tab:olive"),
+    Step("labelled", "samples labelled", "tab:cyan"),
+    Step("trained", "model trained", "tab:blue"),
+    Step("gated", "field gate passed", "tab:purple"),
+    Step("released", "released", "tab:pink"),
+    Step("shadow", "shadow verdict passed", "tab:brown"),
+    Step("served", "last robot serves it", "tab:green"),
+    Step("recovered", "confidence + field accuracy recovered", "tab:gray"),
+)
+_INDEX = {s.key: i for i, s in enumerate(STEPS)}
+
+
+class StoryOrderError(ValueError):
+    """A step recorded out of the story's order, twice, or one the story does not have."""
+
+
+@dataclass
+class LoopTimeline:
+    """When each step of the story happened; steps are recorded in order, each once."""
+
+    at_s: dict[str, float] = field(default_factory=dict)
+
+    def record(self, key: str, t_s: float) -> None:
+        if key not in _INDEX:
+            raise StoryOrderError(f"unknown step {key!r}")
+        if key in self.at_s:
+            raise StoryOrderError(f"step {key!r} recorded twice")
+        later = [k for k in self.at_s if _INDEX[k] > _INDEX[key]]
+        if later:
+            raise StoryOrderError(f"step {key!r} recorded after {later[0]!r}, which follows it")
+        earlier = [self.at_s[k] for k in self.at_s if _INDEX[k] < _INDEX[key]]
+        if earlier and t_s < max(earlier):
+            raise StoryOrderError(f"step {key!r} at {t_s:.1f} s is before an earlier step")
+        self.at_s[key] = t_s
+
+    @property
+    def alert_to_served_s(self) -> float | None:
+        """First drift alert → last robot serving the new model, or None until both happened."""
+        if "drift" not in self.at_s or "served" not in self.at_s:
+            return None
+        return self.at_s["served"] - self.at_s["drift"]
+
+    def within_goal(self, goal_s: float = GOAL_S) -> bool | None:
+        loop = self.alert_to_served_s
+        return None if loop is None else loop < goal_s
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per recorded step: its time, the time since the step before, since the first alert."""
+        out: list[dict[str, Any]] = []
+        previous: float | None = None
+        alert = self.at_s.get("drift")
+        for step in STEPS:
+            if step.key not in self.at_s:
+                continue
+            t = self.at_s[step.key]
+            out.append(
+                {
+                    "step": step.key,
+                    "label": step.label,
+                    "at_s": round(t, 1),
+                    "took_s": None if previous is None else round(t - previous, 1),
+                    "since_alert_s": None if alert is None or t < alert else round(t - alert, 1),
+                }
+            )
+            previous = t
+        return out
+
+    def report(self, goal_s: float = GOAL_S) -> dict[str, Any]:
+        loop = self.alert_to_served_s
+        return {
+            "steps": self.rows(),
+            "alert_to_served_s": None if loop is None else round(loop, 1),
+            "goal_s": goal_s,
+            "within_goal": self.within_goal(goal_s),
+            "missing": [s.key for s in STEPS if s.key not in self.at_s],
+        }
+
+
+def frame_label(frame_id: int, labels: Sequence[str]) -> str | None:
+    """The recording's label for a replayed frame (the robots loop their streams)."""
+    if not labels or frame_id < 0:
+        return None
+    return labels[frame_id % len(labels)]
+
+
+def training_labels(
+    samples: Iterable[Mapping[str, Any]],
+    frames: Mapping[tuple[str, str], int],
+    labels_by_device: Mapping[str, Sequence[str]],
+    truth_share: float,
+) -> list[dict[str, Any]]:
+    """Import rows (``{"id", "label"}``) for the unlabelled samples the plant's labeller can label.
+
+    ``frames`` maps (device, decision id) to the frame number the decision was about (read from
+    the decisions topic). A sample whose decision the line checker checks (``chosen`` under
+    ``truth_share``) is left unlabelled: it is held out, judged by the truth channel only.
+    """
+    rows = []
+    for s in samples:
+        if s.get("true_label"):
+            continue
+        device, decision = str(s.get("device_id")), str(s.get("sample_id"))
+        if chosen(decision, truth_share):
+            continue
+        frame = frames.get((device, decision))
+        label = None if frame is None else frame_label(frame, labels_by_device.get(device, ()))
+        if label is not None:
+            rows.append({"id": s["id"], "label": label})
+    return rows
+
+
+def heldout_labels(
+    samples: Iterable[Mapping[str, Any]], joined: Iterable[Mapping[str, Any]]
+) -> dict[int, str]:
+    """Sample pk → true label, for every sample whose decision the truth channel judged.
+
+    ``joined`` are the fleet's stored ``truth.joined`` outcomes (``device_id``, ``decision_id``,
+    ``label``). A sample's id is its decision's id, so truth for the decision labels the sample.
+    """
+    truth = {
+        (str(j.get("device_id")), str(j.get("decision_id"))): str(j["label"])
+        for j in joined
+        if j.get("kind", "truth.joined") == "truth.joined" and j.get("label")
+    }
+    out = {}
+    for s in samples:
+        label = truth.get((str(s.get("device_id")), str(s.get("sample_id"))))
+        if label is not None:
+            out[int(s["id"])] = label
+    return out
+
+
+@dataclass(frozen=True)
+class Need:
+    """How many samples of each label the loop waits for before it trains."""
+
+    new_train: int = 30  # per new type, labelled by the plant's labeller
+    old_train: int = 6  # per type the serving model knows
+    new_heldout: int = 8  # per new type, labelled by the truth channel
+
+
+def collection_done(
+    trained: Mapping[str, int], heldout: Mapping[str, int], old: Sequence[str], new: Sequence[str], need: Need
+) -> list[str]:
+    """What is still missing (empty: enough to train and to gate), e.g. ``["hexagon-100: 12/30 train"]``."""
+    missing = []
+    for label in new:
+        if trained.get(label, 0) < need.new_train:
+            missing.append(f"{label}: {trained.get(label, 0)}/{need.new_train} train")
+        if heldout.get(label, 0) < need.new_heldout:
+            missing.append(f"{label}: {heldout.get(label, 0)}/{need.new_heldout} held out")
+    for label in old:
+        if trained.get(label, 0) < need.old_train:
+            missing.append(f"{label}: {trained.get(label, 0)}/{need.old_train} train")
+    return missing
+
+
+def count(labels: Iterable[str]) -> dict[str, int]:
+    return dict(Counter(labels))
+
+
+def field_accuracy_of(report: Mapping[str, Any]) -> tuple[int, int]:
+    """(correct, frames) of an ``edge-models evaluate --dataset`` report over every held-out frame.
+
+    Frames of types the model does not know count as wrong: the serving model cannot be right
+    about a package it has no label for.
+    """
+    known = int(report.get("frames", 0))
+    correct = round(float(report.get("accuracy", 0.0)) * known)
+    unknown = sum(int(u.get("frames", 0)) for u in (report.get("unknown_types") or {}).values())
+    return correct, known + unknown
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    ok: bool
+    reason: str  # "pass", "too_few_frames", "unknown_labels", "below_minimum", "not_better"
+    candidate: tuple[int, int]
+    serving: tuple[int, int]
+
+
+def release_gate(
+    candidate: Mapping[str, Any],
+    serving: Mapping[str, Any],
+    *,
+    min_frames: int = 20,
+    min_accuracy: float = 0.9,
+) -> GateVerdict:
+    """May the candidate replace the serving model, judged on the held-out field samples?
+
+    It must know every held-out type, reach ``min_accuracy`` on them all, and be at least as
+    accurate as the serving model on the same frames.
+    """
+    c, s = field_accuracy_of(candidate), field_accuracy_of(serving)
+    if c[1] < min_frames:
+        return GateVerdict(False, "too_few_frames", c, s)
+    if candidate.get("unknown_types"):
+        return GateVerdict(False, "unknown_labels", c, s)
+    if c[0] < min_accuracy * c[1]:
+        return GateVerdict(False, "below_minimum", c, s)
+    if s[1] and c[0] * s[1] < s[0] * c[1]:
+        return GateVerdict(False, "not_better", c, s)
+    return GateVerdict(True, "pass", c, s)
+
+
+def train_config(
+    *,
+    version: str,
+    labels: Sequence[str],
+    field_dataset: str | None,
+    init_from: str | None,
+    fast: bool,
+) -> str:
+    """The new release's ``train.toml``: shapes-2.0.0's recipe, smaller, for a 2-core machine.
+
+    With ``field_dataset`` (and ``init_from``) the trainer learns from the labelled field samples
+    beside fewer renders, fine-tuned from the serving bundle; without them (a trainer that does not
+    take field data yet) it learns from rendered frames only, and the held-out field samples are
+    all new to it.
+    """
+    frames = 150 if fast else 250
+    epochs = 4 if fast else 6
+    quoted = ", ".join(f'"{label}"' for label in labels)
+    data_extra = f'datasets = ["{field_dataset}"]\nrender_share = 0.5\n' if field_dataset else ""
+    train_extra = f'init_from = "{init_from}"\n' if init_from else ""
+    return f"""# Written by `edge-sim demo --retrain`: the field retrain of shapes after new packages arrived.
+name = "shapes"
+version = "{version}"
+description = "Package shape/size classifier retrained after drift (adds the new types the line sent)."
+labels = [{quoted}]
+
+[data]
+train_seed = 1200
+train_frames_per_type = {frames}
+val_seed = 2200
+val_frames_per_type = 60
+workers = 2
+outlier_types = ["rectangle-80", "rectangle-120", "square-100", "triangle-120", "circle-60", "circle-150"]
+outlier_frames_per_type = 80
+{data_extra}
+[input]
+roi = {{ x = 0.0, y = 0.05, width = 1.0, height = 0.9 }}
+width = 128
+height = 88
+color_order = "GRAY"
+interpolation = "area"
+mean = [0.5]
+std = [0.25]
+
+[train]
+epochs = {epochs}
+batch_size = 64
+lr = 0.003
+weight_decay = 0.0001
+width = 16
+seed = 0
+threads = 2
+flips = true
+min_temperature = 1.0
+outlier_loss_weight = 0.5
+{train_extra}
+[gates]
+min_accuracy = 0.95
+max_dimension_mae_mm = 5.0
+max_ece = 0.06
+
+[probation]
+window_s = 30.0
+min_frames = 50
+max_error_rate = 0.01
+max_nonfinite = 0
+max_latency_p99_ms = 50.0
+min_confidence_p50 = 0.8
+max_low_confidence_rate = 0.1
+
+[drift]
+low_confidence = 0.7
+max_p50_drop = 0.1
+max_low_confidence_rate = 0.1
+sustain_windows = 2
+"""
