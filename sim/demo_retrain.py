@@ -458,6 +458,7 @@ class RetrainDemo(Demo):
             self.out / "retrain.png",
             title=f"Drift → field retrain → {NEW_REF} on every robot",
             low_rate_series=low_rate,
+            label_rows=len(markers),
         )
         self.report["loop"] = loop
         path = self.out / "retrain-report.json"

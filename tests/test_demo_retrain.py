@@ -241,3 +241,13 @@ def test_retrain_is_a_flag_not_a_value(capsys: pytest.CaptureFixture[str]) -> No
         main(["demo", "--retrain=yes"])
     assert exc.value.code != 0
     assert "--retrain" in capsys.readouterr().err
+
+
+def test_the_chart_marks_every_step_of_the_story(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from sim.chart import Marker, confidence_chart
+
+    markers = [Marker(10.0 + i, s.label, s.colour) for i, s in enumerate(STEPS)]
+    series = {"robot-1": [(0.0, 0.9), (30.0, 0.5), (60.0, 0.95)]}
+    out = confidence_chart(series, markers, tmp_path / "c.png", label_rows=len(markers))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
