@@ -366,11 +366,9 @@ class RetrainDemo(Demo):
             raise DemoFailed(f"the {NEW_REF} rollout ended {final['state']}: {final.get('reason')}")
         installs = []
         for robot in self.robots:
-            got = [
-                self._rel(e["at"])
-                for e in self._events(robot.device_id)
-                if e["kind"] == "update.installed" and (e.get("model") or {}).get("version") == NEW_VERSION
-            ]
+            with self.api() as c:  # by kind: the truth channel's events would push it out of the newest N
+                events = c.device_events(robot.device_id, limit=500, kind="update.installed")
+            got = [self._rel(e["at"]) for e in events if (e.get("model") or {}).get("version") == NEW_VERSION]
             if not got:
                 raise DemoFailed(f"{robot.device_id} reported no update.installed for {NEW_REF}")
             installs.append(max(got))
