@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from lineside_common import cli as clitools
 
 # Each module registers its subcommands; one module per concern.
-COMMAND_MODULES: list[str] = ["models.cli_models", "models.cli_package"]
+COMMAND_MODULES: list[str] = ["models.cli_models", "models.cli_package", "models.cli_pipeline"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

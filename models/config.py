@@ -61,6 +61,12 @@ class DataConfig(_Strict):
     # Never list a type the model is later evaluated on as "unknown": that would be cheating.
     outlier_types: list[str] = Field(default_factory=list)
     outlier_frames_per_type: Annotated[int, Field(ge=0, le=100_000)] = 300
+    # Labelled image folders (DIR/LABEL/*.jpg: `fleet samples export --labelled`, or any folder-per-label
+    # set) trained on beside the renders. Their frames have no true dimensions: the dimension loss skips them.
+    datasets: list[str] = Field(default_factory=list)
+    # With datasets: the share of the training frames that are renders (balanced over the labels), e.g.
+    # 0.5 = as many renders as field frames. None: train_frames_per_type renders per label, as without datasets.
+    render_share: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     @model_validator(mode="after")
     def _disjoint(self) -> DataConfig:
@@ -113,6 +119,9 @@ class TrainParams(_Strict):
     seed: int = 0
     threads: Annotated[int, Field(ge=1, le=256)] = 2
     flips: bool = Field(default=True, description="random h/v flips (labels and dims are flip-invariant)")
+    # Fine-tuning: start from a checkpoint (.pt written by a pipeline) or a bundle directory trained by
+    # this network (weights read from its ONNX initializers). New labels grow the head; old rows keep theirs.
+    init_from: str | None = None
 
 
 class GatesConfig(_Strict):

@@ -41,8 +41,11 @@ def evaluate_bundle(
     *,
     progress: Callable[[int], None] | None = None,
     decode: str | None = None,
+    on_frame: Callable[[LabelledFrame, str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Run every frame through the agent's path; the full report (see :mod:`models.metrics`).
+
+    ``on_frame(frame, predicted label, confidence)`` is called for each frame (paired comparisons).
 
     ``decode``: each frame is first JPEG-encoded at the camera's quality and decoded that way
     (``color``, or a reduced greyscale path a manifest may declare in ``input.validated_decodes``),
@@ -74,6 +77,8 @@ def evaluate_bundle(
         latency_ms.append((time.perf_counter() - t0) * 1000.0)
         p = post(outs)
         nonfinite += 0 if p.finite else 1
+        if on_frame is not None:
+            on_frame(frame, labels[p.label_index], p.confidence)
         if frame.package in index_of:
             y_true.append(index_of[frame.package])
             y_pred.append(p.label_index)

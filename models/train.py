@@ -29,6 +29,7 @@ from models.bundle import SELFTEST_COUNT, run_batch, write_bundle
 from models.config import TrainConfig
 from models.data import DEFAULT_CACHE_DIR, Dataset, cached_dataset
 from models.export import CLASS_OUTPUT, DIMS_OUTPUT, ParityReport, export_onnx, parity_check
+from models.init_weights import InitialWeights
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,34 @@ def _selftest_indices(y: np.ndarray, count: int) -> np.ndarray:
     return np.array(picked, dtype=np.int64)
 
 
-def _train_net(config: TrainConfig, train: Dataset, progress: Progress | None):
+def _train_net(
+    config: TrainConfig, train: Dataset, progress: Progress | None, init: InitialWeights | None = None
+):
     import torch
     import torch.nn.functional as F
 
+    from models import init_weights
     from models.net import ShapeNet
 
     p = config.train
     net = ShapeNet(train.x.shape[1], len(config.labels), width=p.width)
-    known = train.y >= 0  # y == -1: an outlier frame (see DataConfig.outlier_types)
-    dims_mean = train.dims_mm[known].mean(axis=0)
-    dims_std = train.dims_mm[known].std(axis=0) + 1e-6
+    # y == -1: an outlier frame (see DataConfig.outlier_types); NaN dims: a field image (none measured).
+    measured = (train.y >= 0) & np.isfinite(train.dims_mm).all(axis=1)
+    if init is not None:
+        init_weights.apply(init, net, config.labels)
+        # Keep the dimension head's scale: it was trained for these.
+        dims_mean = np.array(init.dims_mean, dtype=np.float32)
+        dims_std = np.array(init.dims_std, dtype=np.float32)
+    elif measured.any():
+        dims_mean = train.dims_mm[measured].mean(axis=0)
+        dims_std = train.dims_mm[measured].std(axis=0) + 1e-6
+    else:
+        dims_mean, dims_std = np.zeros(2, dtype=np.float32), np.ones(2, dtype=np.float32)
+    frozen_bn = init is not None and init.frozen_batchnorm
     x_all = torch.from_numpy(train.x)
     y_all = torch.from_numpy(train.y)
-    d_all = torch.from_numpy(((train.dims_mm - dims_mean) / dims_std).astype(np.float32))
+    d_all = torch.from_numpy(np.nan_to_num((train.dims_mm - dims_mean) / dims_std).astype(np.float32))
+    m_all = torch.from_numpy(measured)
     n = len(train)
     steps_per_epoch = math.ceil(n / p.batch_size)
     opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
@@ -147,12 +162,16 @@ def _train_net(config: TrainConfig, train: Dataset, progress: Progress | None):
     gen = torch.Generator().manual_seed(p.seed)
     for epoch in range(p.epochs):
         net.train()
+        if frozen_bn:
+            for module in net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.eval()
         order = torch.randperm(n, generator=gen)
         seen = correct = 0
         loss_sum = 0.0
         for step in range(steps_per_epoch):
             idx = order[step * p.batch_size : (step + 1) * p.batch_size]
-            xb, yb, db = x_all[idx], y_all[idx], d_all[idx]
+            xb, yb, db, mb = x_all[idx], y_all[idx], d_all[idx], m_all[idx]
             if p.flips:
                 # Shapes and their unrotated bounding boxes are unchanged by mirroring.
                 flip = torch.rand(2, generator=gen)
@@ -162,7 +181,9 @@ def _train_net(config: TrainConfig, train: Dataset, progress: Progress | None):
                     xb = torch.flip(xb, dims=(2,))
             logits, dims = net(xb)
             k = yb >= 0
-            loss = F.cross_entropy(logits[k], yb[k]) + p.dims_loss_weight * F.smooth_l1_loss(dims[k], db[k])
+            loss = F.cross_entropy(logits[k], yb[k])
+            if bool(mb.any()):
+                loss = loss + p.dims_loss_weight * F.smooth_l1_loss(dims[mb], db[mb])
             if not bool(k.all()):
                 # Outlier exposure: cross-entropy to the uniform distribution over the labels.
                 loss = loss - p.outlier_loss_weight * F.log_softmax(logits[~k], dim=1).mean()
@@ -193,10 +214,15 @@ def train(
     config_text: str | None = None,
     enforce_gates: bool = True,
     progress: Progress | None = None,
+    checkpoint_out: Path | None = None,
 ) -> TrainResult:
-    """Run the whole pipeline; writes the bundle to ``out_dir`` (None: write nothing) if the gates pass."""
+    """Run the whole pipeline; writes the bundle to ``out_dir`` (None: write nothing) if the gates pass.
+
+    ``checkpoint_out``: also write the training checkpoint there (never into the bundle).
+    """
     import torch
 
+    from models import field_data, init_weights
     from models.net import ExportedShapeNet, ShapeNet, param_count
 
     if out_dir is not None and Path(out_dir).exists() and not force:
@@ -209,10 +235,19 @@ def train(
         if progress is not None:
             progress("data", k, {})
 
+    image_sets = [field_data.scan(path) for path in d.datasets]
+    field_parts = [field_data.load(s, spec, config.labels) for s in image_sets]
+    n_field = sum(len(part) for part in field_parts)
+    per_label = field_data.renders_per_label(
+        n_field, len(config.labels), d.render_share, d.train_frames_per_type
+    )
     train_ds = cached_dataset(
-        spec, config.labels, d.train_seed, d.train_frames_per_type,
+        spec, config.labels, d.train_seed, per_label,
         cache_dir=cache_dir, workers=d.workers, progress=data_progress,
-    )  # fmt: skip
+    ) if per_label else field_data.concat(field_parts)  # fmt: skip
+    if per_label and field_parts:
+        train_ds = field_data.concat([train_ds, *field_parts])
+    init = init_weights.resolve(config.train.init_from) if config.train.init_from else None
     val_ds = cached_dataset(
         spec, config.labels, d.val_seed, d.val_frames_per_type,
         cache_dir=cache_dir, workers=d.workers, progress=data_progress,
@@ -232,7 +267,7 @@ def train(
 
     t1 = time.perf_counter()
     with _torch_setup(config.train.threads, config.train.seed):
-        net, dims_mean, dims_std = _train_net(config, train_ds, progress)
+        net, dims_mean, dims_std = _train_net(config, train_ds, progress, init)
         with torch.no_grad():
             raw_logits = torch.cat(
                 [net(torch.from_numpy(val_ds.x[i : i + 256]))[0] for i in range(0, len(val_ds), 256)]
@@ -287,6 +322,10 @@ def train(
             "temperature": round(temperature, 6),
             "parameters": n_params,
             "train_frames": int((train_ds.y >= 0).sum()),
+            "field_frames": n_field,
+            "rendered_frames_per_label": per_label,
+            "datasets": [s.summary() for s in image_sets],
+            **({"init_from": init.describe()} if init is not None else {}),
             "outlier_frames": int((train_ds.y < 0).sum()),
             "outlier_types": list(d.outlier_types),
             "val_frames": len(val_ds),
@@ -303,6 +342,11 @@ def train(
         golden = val_ds.x[_selftest_indices(val_ds.y, SELFTEST_COUNT)]
         extra_files = {"train.toml": config_text.encode()} if config_text else None
         bundle_dir = write_bundle(out_dir, manifest, model, golden, extra_files=extra_files, force=force)
+    if checkpoint_out is not None:
+        init_weights.save_checkpoint(
+            checkpoint_out, net, labels=config.labels, dims_mean=dims_mean.tolist(), dims_std=dims_std.tolist(),
+            model_sha256=hashlib.sha256(model).hexdigest(),
+        )  # fmt: skip
     return TrainResult(bundle_dir, manifest, digest, parity, report, t_train, t_data)
 
 
