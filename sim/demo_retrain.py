@@ -8,14 +8,12 @@ reach robot-1 and robot-2, drift alerts fire), then the loop a plant would run, 
    (``fleet samples import``), from the recording's labels of the frames the decisions were
    about — except the decisions the line checker checks: those samples are held out, labelled
    only by the truth channel (``truth.joined``), an independent source;
-4. ``edge-models train`` learns ``shapes-1.1.0`` (the serving labels plus the new types) — from
-   the labelled field samples, fine-tuned from ``shapes-1.0.0``, where the trainer takes field
-   data (``models.config`` has ``data.datasets`` and ``train.init_from``); else from rendered
-   frames only, and the report says so;
-5. a field gate on the held-out samples: the candidate knows every type, reaches 0.9, and is
-   at least as accurate as the serving model on the same frames;
-6. ``fleet release``, then a staged rollout with a shadow stage on every robot first;
-7. confidence and field accuracy (the line checker's truth) recover on the new model.
+4. ``edge-models pipeline`` (models/README.md) learns ``shapes-1.1.0`` — the serving labels
+   plus the new types — from the labelled field samples and some renders, fine-tuned from
+   ``shapes-1.0.0``; its field gate judges it against ``shapes-1.0.0`` on the held-out samples;
+   it releases it and starts a rollout (its steps are placed on the timeline from its report);
+5. the rollout: a shadow stage on every robot first, then ``1,100%``;
+6. confidence and field accuracy (the line checker's truth) recover on the new model.
 
 It reports when each step happened and the time from the first drift alert to the last robot
 serving the new model (goal: under ten minutes), marks each step on the chart, and writes
@@ -25,11 +23,11 @@ serving the new model (goal: under ten minutes), marks each step on the chart, a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import threading
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sim.chart import Marker, confidence_chart
@@ -38,25 +36,22 @@ from sim.retrain_story import (
     STEPS,
     LoopTimeline,
     Need,
+    PipelinePlan,
+    PipelineReportError,
+    base_config,
     collection_done,
     count,
     heldout_labels,
-    release_gate,
-    train_config,
+    pipeline_config,
+    pipeline_marks,
+    read_pipeline_report,
     training_labels,
 )
 
 NEW_VERSION = "1.1.0"
 NEW_REF = f"shapes@{NEW_VERSION}"
 TRUTH_SHARE = 0.3  # of decisions the line checker checks (their samples are the held-out set)
-TRAIN_TIMEOUT_S = 1200.0
-
-
-def field_training_supported() -> bool:
-    """Whether ``edge-models train`` learns from labelled folders and fine-tunes from a bundle."""
-    from models.config import DataConfig, TrainParams
-
-    return "datasets" in DataConfig.model_fields and "init_from" in TrainParams.model_fields
+PIPELINE_TIMEOUT_S = 1800.0
 
 
 class PlantFloor:
@@ -148,12 +143,11 @@ class RetrainDemo(Demo):
                 self._step1_healthy()
                 self._step2_drift()
                 self._loop_started()
-                heldout = self._step3_samples()
-                bundle, trainer = self._step4_train()
-                self._step5_gate(bundle, heldout)
-                self._step6_rollout(bundle)
+                self._step3_samples()
+                rollout_id = self._step4_pipeline()
+                self._step6_rollout(rollout_id)
                 self._step7_recovered()
-                result = self._retrain_summary(trainer)
+                result = self._retrain_summary()
             finally:
                 if self.floor is not None:
                     self.floor.stop()
@@ -193,7 +187,7 @@ class RetrainDemo(Demo):
             got: dict[str, Any] = c.request("GET", "/api/v1/samples", params={"limit": 10000})
         return list(got.get("samples", []))
 
-    def _step3_samples(self) -> dict[int, str]:
+    def _step3_samples(self) -> None:
         self.step(3, "The robots send samples; the plant labels them (truth-checked ones held out)")
         assert self.floor is not None
         labels_by_device = {d: [lab.package for lab in ls] for d, ls in self.floor.labels.items()}
@@ -258,97 +252,79 @@ class RetrainDemo(Demo):
             "labelled_for_training": trained,
             "heldout_by_truth": count(heldout.values()),
         }
-        return heldout
 
-    # -- 4. train ----------------------------------------------------------------------------------
+    # -- 4-6. the pipeline: train, gate, release, roll out ------------------------------------------
 
-    def _long_cli(self, what: str, *argv: str) -> str:
-        with self.console.status(what):
-            proc = subprocess.run(
-                list(argv), capture_output=True, text=True, timeout=TRAIN_TIMEOUT_S, check=False
-            )
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise DemoFailed(f"`{Path(argv[0]).name} {argv[1]}` failed: {err}")
-        return proc.stdout
-
-    def _step4_train(self) -> tuple[Path, str]:
-        self.step(4, f"A new model, {NEW_REF}, is trained")
-        field = field_training_supported()
-        trainer = (
-            "field samples, fine-tuned from shapes-1.0.0" if field else "rendered frames only (stand-in)"
-        )
-        config = self.out / "retrain" / "train.toml"
-        config.parent.mkdir(parents=True, exist_ok=True)
+    def _step4_pipeline(self) -> str:
+        self.step(4, f"edge-models pipeline: {NEW_REF} from the field samples, gated, released, rolled out")
+        work = self.out / "retrain"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        (work / "train.toml").write_text(base_config(fast=self.fast))
+        config = work / "PIPELINE.toml"
         config.write_text(
-            train_config(
-                version=NEW_VERSION,
-                labels=[*BASELINE_TYPES, *NEW_TYPES],
-                field_dataset=str(self.train_dir) if field else None,
-                init_from=str(RELEASES / "shapes-1.0.0") if field else None,
-                fast=self.fast,
+            pipeline_config(
+                PipelinePlan(
+                    version=NEW_VERSION,
+                    base_config=str(work / "train.toml"),
+                    serving=str(RELEASES / "shapes-1.0.0"),
+                    train_dir=str(self.train_dir),
+                    heldout_dir=str(self.heldout_dir),
+                    server=self.server_url,
+                    keys=str(self.keys),
+                    devices=[r.device_id for r in self.robots],
+                    soak_s=self.timing.soak_s,
+                )
             )
         )
-        if not field:
-            self.say(
-                "[yellow]this trainer does not take field data yet: it learns from rendered frames, "
-                "and every held-out field sample is new to it[/yellow]"
-            )
-        bundle = self.out / "bundles" / f"shapes-{NEW_VERSION}"
-        out = self._long_cli(
-            f"training {NEW_REF} ({trainer})",
-            _bin("edge-models"), "train", "--config", str(config), "--out", str(bundle), "--force",
+        started = self._t()
+        argv = [
+            _bin("edge-models"), "pipeline", "--config", str(config), "--workdir", str(work / "run"),
             "--cache-dir", str(self.out / "cache" / "models"), "--json",
-        )  # fmt: skip
-        self.at("trained")
-        result = json.loads(out) if out.strip().startswith("{") else {}
-        self.ok(f"trained {NEW_REF} from {trainer}")
-        self.report["training"] = {"trainer": trainer, "config": str(config), "result": result}
-        return bundle, trainer
-
-    # -- 5. the field gate -------------------------------------------------------------------------
-
-    def _evaluate(self, bundle: Path) -> dict[str, Any]:
-        out = self._long_cli(
-            f"evaluating {bundle.name} on the held-out field samples",
-            _bin("edge-models"), "evaluate", str(bundle), "--dataset", str(self.heldout_dir), "--json",
-        )  # fmt: skip
-        report: dict[str, Any] = json.loads(out)
-        return report
-
-    def _step5_gate(self, bundle: Path, heldout: dict[int, str]) -> None:
-        self.step(5, "Field gate: the held-out samples, labelled by the truth channel")
-        verdict = release_gate(self._evaluate(bundle), self._evaluate(RELEASES / "shapes-1.0.0"))
-        (cc, cn), (sc, sn) = verdict.candidate, verdict.serving
-        self.report["field_gate"] = {
-            "ok": verdict.ok,
-            "reason": verdict.reason,
-            "candidate": {"correct": cc, "frames": cn},
-            "serving": {"correct": sc, "frames": sn},
+        ]  # fmt: skip
+        with self.console.status(f"edge-models pipeline: training {NEW_REF} (fine-tuned from shapes@1.0.0)"):
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=PIPELINE_TIMEOUT_S,
+                check=False,
+                env={**os.environ, "LINESIDE_TOKEN": self.token},
+            )
+        (self.out / "logs" / "pipeline.log").write_text(proc.stderr)
+        try:
+            report = read_pipeline_report(proc.stdout)
+        except PipelineReportError as exc:
+            err = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise DemoFailed(f"edge-models pipeline failed ({exc}): {err}") from exc
+        for step in report.steps:
+            why = f" ({step['reason']})" if step.get("reason") else ""
+            self.say(
+                f"  pipeline {step['name']:<9} {step.get('status')}{why}  {float(step.get('seconds', 0)):.1f} s"
+            )
+        self.report["pipeline"] = {
+            "steps": report.steps,
+            "field_gate": report.field_gate,
+            "release": report.release,
         }
-        line = (
-            f"{NEW_REF} {cc}/{cn} right, shapes@1.0.0 {sc}/{sn} on the same {len(heldout)} held-out samples"
-        )
-        if not verdict.ok:
-            raise DemoFailed(f"the field gate refused {NEW_REF} ({verdict.reason}): {line}")
-        self.at("gated")
-        self.ok(f"field gate passed: {line}")
+        if not report.ok:
+            failed = report.failed_step() or {}
+            raise DemoFailed(
+                f"edge-models pipeline stopped at {failed.get('name', '?')}: {report.reason} "
+                f"(report in {work / 'run' / 'pipeline.json'})"
+            )
+        if report.release is None or report.release.get("version") != NEW_VERSION or not report.rollout_id:
+            raise DemoFailed(f"the pipeline released {report.release} with rollout {report.rollout_id}")
+        for key, t in sorted(pipeline_marks(report, started).items(), key=lambda kv: kv[1]):
+            self.at(key, t)
+        gate = report.field_gate or {}
+        self.ok(f"trained {NEW_REF} on the field samples, fine-tuned from shapes@1.0.0")
+        self.ok(f"field gate on the held-out samples: {gate.get('verdict', '?')} ({gate.get('reason', '')})")
+        self.ok(f"released {NEW_REF}; rollout {report.rollout_id} started with a shadow stage on every robot")
+        return report.rollout_id
 
-    # -- 6. release and roll out -------------------------------------------------------------------
-
-    def _step6_rollout(self, bundle: Path) -> None:
-        self.step(6, f"{NEW_REF} is released and rolled out: shadow on every robot, then 1, 100%")
-        self._release(bundle)
-        self.at("released")
-        self.ok(f"released {NEW_REF}, signed with the demo's targets key")
-        started: dict[str, Any] = self.cli(
-            _bin("fleet"), "rollout", "start", NEW_REF,
-            "--devices", ",".join(r.device_id for r in self.robots),
-            "--shadow", "all", "--shadow-soak", f"{self.timing.soak_s:g}s", "--shadow-min-frames", "30",
-            "--stages", "1,100%", "--soak", f"{self.timing.soak_s:g}s",
-            "--server", self.server_url, "--token", self.token, "--json", json_out=True,
-        )  # fmt: skip
-        rollout_id = started["id"]
+    def _step6_rollout(self, rollout_id: str) -> None:
+        self.step(5, f"The rollout of {NEW_REF}: shadow on every robot, then 1, 100%")
 
         def shadow_passed() -> dict[str, Any] | None:
             with self.api() as c:
@@ -358,15 +334,17 @@ class RetrainDemo(Demo):
             shadow = r.get("shadow") or {}
             return r if shadow.get("state") in ("passed", "overridden") else None
 
-        shadow_passed_r = self.wait_for("the shadow verdict", shadow_passed, self.timing.step_timeout_s * 2)
+        passed = self.wait_for("the shadow verdict", shadow_passed, self.timing.step_timeout_s * 2)
         self.at("shadow")
-        self.ok(f"shadow stage passed on every robot: {(shadow_passed_r.get('shadow') or {}).get('state')}")
+        self.ok(f"shadow stage on every robot: {(passed.get('shadow') or {}).get('state')}")
         final = self._follow(rollout_id, {"succeeded", "halted", "aborted", "paused"})
         if final["state"] != "succeeded":
             raise DemoFailed(f"the {NEW_REF} rollout ended {final['state']}: {final.get('reason')}")
         installs = []
         for robot in self.robots:
-            with self.api() as c:  # by kind: the truth channel's events would push it out of the newest N
+            with (
+                self.api() as c
+            ):  # by kind: the truth channel's many events would push it out of the newest N
                 events = c.device_events(robot.device_id, limit=500, kind="update.installed")
             got = [self._rel(e["at"]) for e in events if (e.get("model") or {}).get("version") == NEW_VERSION]
             if not got:
@@ -385,7 +363,7 @@ class RetrainDemo(Demo):
         return {str(r.get("model")): r for r in rows}
 
     def _step7_recovered(self) -> None:
-        self.step(7, "Confidence and field accuracy recover")
+        self.step(6, "Confidence and field accuracy recover")
         state: dict[str, Any] = {}
 
         def recovered() -> bool:
@@ -420,8 +398,8 @@ class RetrainDemo(Demo):
 
     # -- summary -----------------------------------------------------------------------------------
 
-    def _retrain_summary(self, trainer: str) -> DemoResult:
-        self.step(8, "The loop, from drift alert to a better model on every robot")
+    def _retrain_summary(self) -> DemoResult:
+        self.step(7, "The loop, from drift alert to a better model on every robot")
         from rich.table import Table
 
         loop = self.timeline.report()
@@ -432,7 +410,7 @@ class RetrainDemo(Demo):
         verdict = "within" if loop["within_goal"] else "OVER"
         self.ok(
             f"first drift alert → last robot on {NEW_REF}: {loop['alert_to_served_s']:.0f} s "
-            f"({verdict} the {loop['goal_s'] / 60:.0f}-minute goal; trainer: {trainer})"
+            f"({verdict} the {loop['goal_s'] / 60:.0f}-minute goal)"
         )
         series: dict[str, list[tuple[float, float]]] = {}
         low_rate: dict[str, list[tuple[float, float]]] = {}

@@ -10,12 +10,14 @@
   an independent source, and must never grade their own training data).
 - :func:`heldout_labels` — the held-out set: samples whose decision got a ``truth.joined``.
 - :func:`collection_done` — whether enough of each label is in hand to train and to gate.
-- :func:`field_accuracy_of` / :func:`release_gate` — the field gate on the held-out samples.
-- :func:`train_config` — the new release's ``train.toml``.
+- :func:`base_config` / :func:`pipeline_config` — the ``train.toml`` and ``PIPELINE.toml`` the
+  demo hands to ``edge-models pipeline``; :func:`read_pipeline_report` checks its JSON report and
+  :func:`pipeline_marks` places its steps on the story's timeline.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,7 +178,10 @@ class Need:
 
     new_train: int = 30  # per new type, labelled by the plant's labeller
     old_train: int = 6  # per type the serving model knows
-    new_heldout: int = 8  # per new type, labelled by the truth channel
+    # The pipeline's field gate's defaults: new_label_min_frames per new type, min_shared_frames
+    # over the types both models know (models/pipeline_config.py, PipelineGate).
+    new_heldout: int = 20  # per new type, labelled by the truth channel
+    shared_heldout: int = 30  # over the serving model's types, labelled by the truth channel
 
 
 def collection_done(
@@ -192,6 +197,9 @@ def collection_done(
     for label in old:
         if trained.get(label, 0) < need.old_train:
             missing.append(f"{label}: {trained.get(label, 0)}/{need.old_train} train")
+    shared = sum(heldout.get(label, 0) for label in old)
+    if shared < need.shared_heldout:
+        missing.append(f"known types: {shared}/{need.shared_heldout} held out")
     return missing
 
 
@@ -199,85 +207,29 @@ def count(labels: Iterable[str]) -> dict[str, int]:
     return dict(Counter(labels))
 
 
-def field_accuracy_of(report: Mapping[str, Any]) -> tuple[int, int]:
-    """(correct, frames) of an ``edge-models evaluate --dataset`` report over every held-out frame.
+def base_config(*, fast: bool) -> str:
+    """The pipeline's ``base_config``: shapes-2.0.0's recipe, smaller, for a 2-core machine.
 
-    Frames of types the model does not know count as wrong: the serving model cannot be right
-    about a package it has no label for.
+    The pipeline sets name, version, labels and the field datasets itself, and fine-tunes from
+    the serving bundle (``[train] init_from`` in PIPELINE.toml); renders fill ``render_share`` of
+    the training frames, so every label has frames even where the field sent few.
     """
-    known = int(report.get("frames", 0))
-    correct = round(float(report.get("accuracy", 0.0)) * known)
-    unknown = sum(int(u.get("frames", 0)) for u in (report.get("unknown_types") or {}).values())
-    return correct, known + unknown
-
-
-@dataclass(frozen=True)
-class GateVerdict:
-    ok: bool
-    reason: str  # "pass", "too_few_frames", "unknown_labels", "below_minimum", "not_better"
-    candidate: tuple[int, int]
-    serving: tuple[int, int]
-
-
-def release_gate(
-    candidate: Mapping[str, Any],
-    serving: Mapping[str, Any],
-    *,
-    min_frames: int = 20,
-    min_accuracy: float = 0.9,
-) -> GateVerdict:
-    """May the candidate replace the serving model, judged on the held-out field samples?
-
-    It must know every held-out type, reach ``min_accuracy`` on them all, and be at least as
-    accurate as the serving model on the same frames.
-    """
-    c, s = field_accuracy_of(candidate), field_accuracy_of(serving)
-    if c[1] < min_frames:
-        return GateVerdict(False, "too_few_frames", c, s)
-    if candidate.get("unknown_types"):
-        return GateVerdict(False, "unknown_labels", c, s)
-    if c[0] < min_accuracy * c[1]:
-        return GateVerdict(False, "below_minimum", c, s)
-    if s[1] and c[0] * s[1] < s[0] * c[1]:
-        return GateVerdict(False, "not_better", c, s)
-    return GateVerdict(True, "pass", c, s)
-
-
-def train_config(
-    *,
-    version: str,
-    labels: Sequence[str],
-    field_dataset: str | None,
-    init_from: str | None,
-    fast: bool,
-) -> str:
-    """The new release's ``train.toml``: shapes-2.0.0's recipe, smaller, for a 2-core machine.
-
-    With ``field_dataset`` (and ``init_from``) the trainer learns from the labelled field samples
-    beside fewer renders, fine-tuned from the serving bundle; without them (a trainer that does not
-    take field data yet) it learns from rendered frames only, and the held-out field samples are
-    all new to it.
-    """
-    frames = 150 if fast else 250
     epochs = 4 if fast else 6
-    quoted = ", ".join(f'"{label}"' for label in labels)
-    data_extra = f'datasets = ["{field_dataset}"]\nrender_share = 0.5\n' if field_dataset else ""
-    train_extra = f'init_from = "{init_from}"\n' if init_from else ""
-    return f"""# Written by `edge-sim demo --retrain`: the field retrain of shapes after new packages arrived.
+    return f"""# Written by `edge-sim demo --retrain`: the base of the field retrain (edge-models pipeline).
 name = "shapes"
-version = "{version}"
-description = "Package shape/size classifier retrained after drift (adds the new types the line sent)."
-labels = [{quoted}]
+version = "0.0.0"  # the pipeline's
+description = "Package shape/size classifier retrained on field samples after drift (adds the new types)."
+labels = ["circle-80", "circle-120"]  # the pipeline's: the serving model's, then the new ones
 
 [data]
 train_seed = 1200
-train_frames_per_type = {frames}
+train_frames_per_type = 60
 val_seed = 2200
 val_frames_per_type = 60
 workers = 2
 outlier_types = ["rectangle-80", "rectangle-120", "square-100", "triangle-120", "circle-60", "circle-150"]
-outlier_frames_per_type = 80
-{data_extra}
+outlier_frames_per_type = 40
+
 [input]
 roi = {{ x = 0.0, y = 0.05, width = 1.0, height = 0.9 }}
 width = 128
@@ -290,7 +242,7 @@ std = [0.25]
 [train]
 epochs = {epochs}
 batch_size = 64
-lr = 0.003
+lr = 0.002
 weight_decay = 0.0001
 width = 16
 seed = 0
@@ -298,7 +250,7 @@ threads = 2
 flips = true
 min_temperature = 1.0
 outlier_loss_weight = 0.5
-{train_extra}
+
 [gates]
 min_accuracy = 0.95
 max_dimension_mae_mm = 5.0
@@ -319,3 +271,120 @@ max_p50_drop = 0.1
 max_low_confidence_rate = 0.1
 sustain_windows = 2
 """
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a TOML basic string
+
+
+@dataclass(frozen=True)
+class PipelinePlan:
+    """What the demo asks of ``edge-models pipeline`` (paths absolute)."""
+
+    version: str
+    base_config: str
+    serving: str  # the serving bundle: the field gate's opponent and the fine-tune's start
+    train_dir: str
+    heldout_dir: str
+    server: str
+    keys: str
+    devices: Sequence[str]
+    soak_s: float
+    render_share: float = 0.5
+
+
+def pipeline_config(plan: PipelinePlan) -> str:
+    """PIPELINE.toml (models/README.md): train, gate, release, and a rollout with a shadow stage."""
+    devices = ", ".join(_q(d) for d in plan.devices)
+    return f"""# Written by `edge-sim demo --retrain`.
+[pipeline]
+version = {_q(plan.version)}
+base_config = {_q(plan.base_config)}
+serving = {_q(plan.serving)}
+
+[data]
+datasets = [{_q(plan.train_dir)}]
+heldout = {_q(plan.heldout_dir)}
+render_share = {plan.render_share}
+
+[train]
+init_from = {_q(plan.serving)}
+
+[release]
+server = {_q(plan.server)}
+keys = {_q(plan.keys)}
+token_env = "LINESIDE_TOKEN"
+
+[rollout]
+start = true
+devices = [{devices}]
+stages = "1,100%"
+soak = "{plan.soak_s:g}s"
+shadow = "all"
+shadow_soak_s = {plan.soak_s:g}
+shadow_min_frames = 30
+"""
+
+
+class PipelineReportError(ValueError):
+    """``edge-models pipeline --json`` printed something that is not its report."""
+
+
+@dataclass(frozen=True)
+class PipelineReport:
+    ok: bool
+    reason: str
+    steps: list[dict[str, Any]]
+    release: dict[str, Any] | None
+    rollout_id: str | None
+    field_gate: dict[str, Any] | None
+
+    def failed_step(self) -> dict[str, Any] | None:
+        return next((s for s in self.steps if s.get("status") == "failed"), None)
+
+
+def read_pipeline_report(text: str) -> PipelineReport:
+    """The pipeline's JSON report, checked for the fields the demo reads."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise PipelineReportError(f"not JSON: {text[:80]!r}") from exc
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("ok"), bool)
+        or not isinstance(doc.get("steps"), list)
+    ):
+        raise PipelineReportError("no ok/steps in the pipeline's report")
+    for step in doc["steps"]:
+        if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+            raise PipelineReportError(f"a step without a name: {step!r}")
+        if not isinstance(step.get("seconds", 0), (int, float)):
+            raise PipelineReportError(f"step {step['name']}: seconds is not a number")
+    release = doc.get("release")
+    if doc["ok"] and not (isinstance(release, dict) and release.get("version")):
+        raise PipelineReportError("an ok report without a release")
+    return PipelineReport(
+        ok=doc["ok"],
+        reason=str(doc.get("reason") or ("ok" if doc["ok"] else "unknown")),
+        steps=doc["steps"],
+        release=release if isinstance(release, dict) else None,
+        rollout_id=doc.get("rollout_id") if isinstance(doc.get("rollout_id"), str) else None,
+        field_gate=doc.get("field_gate") if isinstance(doc.get("field_gate"), dict) else None,
+    )
+
+
+# The pipeline's steps that end a step of the story.
+_PIPELINE_STEP_ENDS = {"train": "trained", "gate": "gated", "release": "released"}
+
+
+def pipeline_marks(report: PipelineReport, started_s: float) -> dict[str, float]:
+    """When the story's steps ended, from the pipeline's per-step seconds (run one after another)."""
+    marks, t = {}, started_s
+    for step in report.steps:
+        if step.get("status") in ("not_run", "failed"):
+            break
+        t += float(step.get("seconds", 0.0))
+        key = _PIPELINE_STEP_ENDS.get(step["name"])
+        if key is not None:
+            marks[key] = t
+    return marks

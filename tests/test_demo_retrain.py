@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from sim.checker import chosen
 from sim.cli import main
+from sim.demo import RELEASES
 from sim.retrain_story import (
     STEPS,
     LoopTimeline,
     Need,
+    PipelinePlan,
+    PipelineReportError,
     StoryOrderError,
+    base_config,
     collection_done,
-    field_accuracy_of,
     frame_label,
     heldout_labels,
-    release_gate,
-    train_config,
+    pipeline_config,
+    pipeline_marks,
+    read_pipeline_report,
     training_labels,
 )
 
 SHARE = 0.3
+BASELINE = ["circle-80", "circle-120", "square-80", "square-120", "triangle-100", "triangle-140"]
 
 
 def _ids(held: bool, n: int, device: str = "robot-1") -> list[str]:
@@ -148,79 +154,116 @@ def test_heldout_labels_come_from_joined_truth_only() -> None:
 
 
 def test_collection_waits_for_every_type_in_both_sets() -> None:
-    need = Need(new_train=3, old_train=1, new_heldout=2)
+    need = Need(new_train=3, old_train=1, new_heldout=2, shared_heldout=4)
     trained = {"new-a": 3, "new-b": 2, "old-a": 1}
-    heldout = {"new-a": 2, "new-b": 5}
+    heldout = {"new-a": 2, "new-b": 5, "old-a": 3}
     missing = collection_done(trained, heldout, ["old-a", "old-b"], ["new-a", "new-b"], need)
-    assert missing == ["new-b: 2/3 train", "old-b: 0/1 train"]
+    assert missing == ["new-b: 2/3 train", "old-b: 0/1 train", "known types: 3/4 held out"]
     trained |= {"new-b": 3, "old-b": 1}
+    heldout |= {"old-b": 1}
     assert collection_done(trained, heldout, ["old-a", "old-b"], ["new-a", "new-b"], need) == []
 
 
-# -- the field gate -----------------------------------------------------------------------------
+# -- the pipeline ------------------------------------------------------------------------------
 
 
-def _report(frames: int, accuracy: float, unknown: dict[str, int] | None = None) -> dict:
-    return {
-        "frames": frames,
-        "accuracy": accuracy,
-        "unknown_types": {k: {"frames": n} for k, n in (unknown or {}).items()},
+def _plan(tmp_path: Path) -> PipelinePlan:
+    base = tmp_path / "train.toml"
+    base.write_text(base_config(fast=True))
+    return PipelinePlan(
+        version="1.1.0",
+        base_config=str(base),
+        serving=str(RELEASES / "shapes-1.0.0"),
+        train_dir=str(tmp_path / "field" / "train"),
+        heldout_dir=str(tmp_path / "field" / "heldout"),
+        server="http://127.0.0.1:8080",
+        keys=str(tmp_path / "keys"),
+        devices=["robot-1", "robot-2", "robot-3"],
+        soak_s=5.0,
+    )
+
+
+def test_pipeline_config_is_one_the_pipeline_accepts(tmp_path: Path) -> None:
+    from models.pipeline_config import load_pipeline_config
+
+    plan = _plan(tmp_path)
+    path = tmp_path / "PIPELINE.toml"
+    path.write_text(pipeline_config(plan))
+    config = load_pipeline_config(path)
+    assert config.pipeline.version == "1.1.0"
+    assert config.pipeline.serving == plan.serving and config.train["init_from"] == plan.serving
+    assert config.data.datasets == [plan.train_dir] and config.data.heldout == plan.heldout_dir
+    assert config.rollout.start and config.rollout.devices == ["robot-1", "robot-2", "robot-3"]
+    assert config.rollout.shadow == "all" and config.rollout.stages == "1,100%"
+    assert config.release is not None and config.release.token_env == "LINESIDE_TOKEN"
+
+
+def test_base_config_gives_the_pipeline_a_valid_training_config(tmp_path: Path) -> None:
+    from models.pipeline_config import load_pipeline_config
+    from models.pipeline_steps import train_config
+
+    path = tmp_path / "PIPELINE.toml"
+    path.write_text(pipeline_config(_plan(tmp_path)))
+    labels = [*BASELINE, "circle-100", "hexagon-100"]
+    tc = train_config(load_pipeline_config(path), labels)
+    assert (tc.name, tc.version, tc.labels) == ("shapes", "1.1.0", labels)
+    assert tc.train.init_from == str(RELEASES / "shapes-1.0.0")
+    assert tc.data.render_share == 0.5
+
+
+def _report(**over: object) -> str:
+    doc: dict[str, object] = {
+        "ok": True,
+        "reason": "ok",
+        "steps": [
+            {"name": "dataset", "status": "ok", "seconds": 2.0, "reason": ""},
+            {"name": "train", "status": "ok", "seconds": 100.0, "reason": ""},
+            {"name": "evaluate", "status": "ok", "seconds": 10.0, "reason": ""},
+            {"name": "gate", "status": "ok", "seconds": 0.5, "reason": ""},
+            {"name": "bundle", "status": "ok", "seconds": 1.5, "reason": ""},
+            {"name": "release", "status": "ok", "seconds": 3.0, "reason": ""},
+            {"name": "rollout", "status": "ok", "seconds": 1.0, "reason": ""},
+        ],
+        "release": {"name": "shapes", "version": "1.1.0", "digest": "ab"},
+        "rollout_id": "r-1",
+        "field_gate": {"verdict": "pass"},
     }
+    doc.update(over)
+    return json.dumps(doc)
 
 
-def test_field_accuracy_counts_unknown_types_as_wrong() -> None:
-    assert field_accuracy_of(_report(20, 0.95, {"hexagon-100": 10, "circle-100": 10})) == (19, 40)
+def test_pipeline_steps_land_on_the_timeline_in_order() -> None:
+    report = read_pipeline_report(_report())
+    assert pipeline_marks(report, 100.0) == {"trained": 202.0, "gated": 212.5, "released": 217.0}
+    assert report.rollout_id == "r-1"
+
+
+def test_a_stopped_pipeline_marks_only_what_it_finished() -> None:
+    steps = json.loads(_report())["steps"]
+    steps[3] |= {"status": "failed", "reason": "field_gate"}
+    for s in steps[4:]:
+        s["status"] = "not_run"
+    report = read_pipeline_report(
+        _report(ok=False, reason="field_gate", steps=steps, release=None, rollout_id=None)
+    )
+    assert not report.ok and report.reason == "field_gate"
+    assert report.failed_step() == steps[3]
+    assert pipeline_marks(report, 0.0) == {"trained": 102.0}
 
 
 @pytest.mark.parametrize(
-    ("candidate", "serving", "ok", "reason"),
+    "text",
     [
-        (_report(40, 0.95), _report(20, 1.0, {"hexagon-100": 20}), True, "pass"),
-        (_report(10, 1.0), _report(10, 1.0), False, "too_few_frames"),
-        (
-            _report(38, 1.0, {"hexagon-100": 2}),
-            _report(20, 1.0, {"hexagon-100": 20}),
-            False,
-            "unknown_labels",
-        ),
-        (_report(40, 0.85), _report(20, 0.5, {"hexagon-100": 20}), False, "below_minimum"),
-        (_report(40, 0.925), _report(40, 0.95), False, "not_better"),
+        "pipeline ok: released shapes@1.1.0",  # the human line, not --json
+        json.dumps({"ok": True}),
+        json.dumps({"ok": "yes", "steps": []}),
+        _report(release=None),  # ok without a release
+        _report(steps=[{"status": "ok"}]),
     ],
 )
-def test_release_gate(candidate: dict, serving: dict, ok: bool, reason: str) -> None:
-    verdict = release_gate(candidate, serving, min_frames=20, min_accuracy=0.9)
-    assert (verdict.ok, verdict.reason) == (ok, reason)
-
-
-# -- the training config ------------------------------------------------------------------------
-
-
-def test_stand_in_train_config_is_a_valid_config_with_the_new_labels(tmp_path: Path) -> None:
-    from models.config import load_config
-
-    labels = ["circle-80", "circle-120", "square-80", "square-120", "triangle-100", "triangle-140"]
-    path = tmp_path / "train.toml"
-    path.write_text(
-        train_config(
-            version="1.1.0",
-            labels=[*labels, "hexagon-100", "circle-100"],
-            field_dataset=None,
-            init_from=None,
-            fast=True,
-        )
-    )
-    config = load_config(path)
-    assert (config.name, config.version) == ("shapes", "1.1.0")
-    assert config.labels[:6] == labels  # the serving model's rows first: a fine-tune keeps them
-    assert config.labels[6:] == ["hexagon-100", "circle-100"]
-    assert config.data.train_frames_per_type == 150
-
-
-def test_field_train_config_names_the_dataset_and_the_bundle_it_starts_from() -> None:
-    text = train_config(
-        version="1.1.0", labels=["a", "b"], field_dataset="/x/train", init_from="/r/shapes-1.0.0", fast=False
-    )
-    assert 'datasets = ["/x/train"]' in text and 'init_from = "/r/shapes-1.0.0"' in text
+def test_a_report_the_demo_cannot_read_is_refused(text: str) -> None:
+    with pytest.raises(PipelineReportError):
+        read_pipeline_report(text)
 
 
 # -- the CLI ------------------------------------------------------------------------------------
