@@ -305,6 +305,7 @@ class RetrainDemo(Demo):
         self.report["pipeline"] = {
             "steps": report.steps,
             "field_gate": report.field_gate,
+            "field_accuracy": report.field_accuracy,
             "release": report.release,
         }
         if not report.ok:
@@ -319,7 +320,11 @@ class RetrainDemo(Demo):
             self.at(key, t)
         gate = report.field_gate or {}
         self.ok(f"trained {NEW_REF} on the field samples, fine-tuned from shapes@1.0.0")
-        self.ok(f"field gate on the held-out samples: {gate.get('verdict', '?')} ({gate.get('reason', '')})")
+        acc = (report.field_accuracy or {}).get("all_frames") or {}
+        self.ok(
+            f"field gate on the held-out samples: {gate.get('verdict', '?')} ({gate.get('reason', '')}); "
+            f"accuracy on all of them {NEW_REF} {_pct(acc.get('candidate'))}, shapes@1.0.0 {_pct(acc.get('serving'))}"
+        )
         self.ok(f"released {NEW_REF}; rollout {report.rollout_id} started with a shadow stage on every robot")
         return report.rollout_id
 
@@ -445,3 +450,7 @@ class RetrainDemo(Demo):
 
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.1%}" if isinstance(v, (int, float)) else "-"

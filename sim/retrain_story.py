@@ -338,6 +338,7 @@ class PipelineReport:
     release: dict[str, Any] | None
     rollout_id: str | None
     field_gate: dict[str, Any] | None
+    field_accuracy: dict[str, Any] | None = None
 
     def failed_step(self) -> dict[str, Any] | None:
         return next((s for s in self.steps if s.get("status") == "failed"), None)
@@ -370,6 +371,7 @@ def read_pipeline_report(text: str) -> PipelineReport:
         release=release if isinstance(release, dict) else None,
         rollout_id=doc.get("rollout_id") if isinstance(doc.get("rollout_id"), str) else None,
         field_gate=doc.get("field_gate") if isinstance(doc.get("field_gate"), dict) else None,
+        field_accuracy=doc.get("field_accuracy") if isinstance(doc.get("field_accuracy"), dict) else None,
     )
 
 
