@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
-import threading
 from datetime import datetime
 from typing import Any
 
 from sim.chart import Marker, confidence_chart
 from sim.demo import BASELINE_TYPES, NEW_TYPES, RELEASES, Demo, DemoFailed, DemoResult, Robot, _bin
+from sim.plant_floor import PlantFloor
 from sim.retrain_story import (
     STEPS,
     LoopTimeline,
@@ -52,65 +53,6 @@ NEW_VERSION = "1.1.0"
 NEW_REF = f"shapes@{NEW_VERSION}"
 TRUTH_SHARE = 0.3  # of decisions the line checker checks (their samples are the held-out set)
 PIPELINE_TIMEOUT_S = 1800.0
-
-
-class PlantFloor:
-    """The simulated plant on the broker: remembers which frame each decision was about, and
-    publishes the line checker's truth for ``share`` of them (paho's thread; one lock)."""
-
-    def __init__(self, host: str, port: int, labels: dict[str, list[Any]], share: float) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        from edge_agent.messages import DEFAULT_TOPIC_ROOT, Topics
-
-        self.labels = labels  # device → the recording's FrameLabels
-        self.share = share
-        self.topics = Topics(DEFAULT_TOPIC_ROOT)
-        self._frames: dict[tuple[str, str], int] = {}
-        self._lock = threading.Lock()
-        self.truth_sent = 0
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-plant-floor")
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._host, self._port = host, port
-
-    def start(self) -> None:
-        self._client.connect(self._host, self._port)
-        self._client.loop_start()
-
-    def stop(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
-
-    def frames(self) -> dict[tuple[str, str], int]:
-        with self._lock:
-            return dict(self._frames)
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
-        client.subscribe(self.topics.wildcard("decisions"), qos=0)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        from edge_agent.messages import dump
-        from sim.checker import truth_for
-
-        parsed = self.topics.parse(msg.topic)
-        if parsed is None or parsed[1] != "decisions":
-            return
-        try:
-            decision = json.loads(msg.payload)
-        except ValueError:
-            return
-        labels = self.labels.get(parsed[0])
-        if not isinstance(decision, dict) or not labels or not isinstance(decision.get("frame_id"), int):
-            return
-        frame = decision["frame_id"] % len(labels)  # the robots loop their streams
-        with self._lock:
-            self._frames[(parsed[0], str(decision.get("id")))] = frame
-        truth = truth_for({**decision, "frame_id": frame}, labels, self.share)
-        if truth is not None:
-            client.publish(self.topics.device(parsed[0], "truth"), dump(truth), qos=1)
-            self.truth_sent += 1
 
 
 class RetrainDemo(Demo):
@@ -278,6 +220,9 @@ class RetrainDemo(Demo):
             )
         )
         started = self._t()
+        # CPU seconds the pipeline used (its process and the workers it waited for): on a shared
+        # machine the wall time says as much about the neighbours as about the pipeline.
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         argv = [
             _bin("edge-models"), "pipeline", "--config", str(config), "--workdir", str(work / "run"),
             "--cache-dir", str(self.out / "cache" / "models"), "--json",
@@ -291,6 +236,13 @@ class RetrainDemo(Demo):
                 check=False,
                 env={**os.environ, "LINESIDE_TOKEN": self.token},
             )
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        self.report["pipeline_run"] = {
+            "wall_s": round(self._t() - started, 1),
+            "cpu_s": round(cpu_s, 1),
+            "load_average_1m_after": round(os.getloadavg()[0], 2),
+        }
         (self.out / "logs" / "pipeline.log").write_text(proc.stderr)
         try:
             report = read_pipeline_report(proc.stdout)
@@ -302,6 +254,10 @@ class RetrainDemo(Demo):
             self.say(
                 f"  pipeline {step['name']:<9} {step.get('status')}{why}  {float(step.get('seconds', 0)):.1f} s"
             )
+        self.say(
+            f"  the pipeline took {self.report['pipeline_run']['wall_s']:.0f} s and {cpu_s:.0f} CPU-seconds "
+            f"(machine load {self.report['pipeline_run']['load_average_1m_after']:.1f} on {os.cpu_count()} CPUs)"
+        )
         self.report["pipeline"] = {
             "steps": report.steps,
             "field_gate": report.field_gate,
@@ -442,6 +398,10 @@ class RetrainDemo(Demo):
             label_rows=len(markers),
         )
         self.report["loop"] = loop
+        self.report["machine"] = {
+            "cpus": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        }
         path = self.out / "retrain-report.json"
         path.write_text(json.dumps(self.report, indent=2, default=str))
         self.ok(f"chart: {chart}; report: {path}")
