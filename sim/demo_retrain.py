@@ -90,6 +90,11 @@ class RetrainDemo(Demo):
                 self._step6_rollout(rollout_id)
                 self._step7_recovered()
                 result = self._retrain_summary()
+            except DemoFailed as exc:
+                # A stopped loop still leaves what it measured: the steps it reached and why it stopped.
+                self.report |= {"loop": self.timeline.report(), "stopped": str(exc)}
+                (self.out / "retrain-report.json").write_text(json.dumps(self.report, indent=2, default=str))
+                raise
             finally:
                 if self.floor is not None:
                     self.floor.stop()
