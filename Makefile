@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo demo-fast test test-fast lint typecheck bench clean deps-test deps-demo mosquitto postgresql soak
+.PHONY: demo demo-fast demo-retrain test test-fast lint typecheck bench clean deps-test deps-demo mosquitto postgresql soak
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,14 @@ $(VENV)/.demo-deps: pyproject.toml | $(PY)
 	$(PIP) install -e '.[demo]'
 	@touch $@
 
+# The retraining demo trains a model: the demo's dependencies and PyTorch (the train extra).
+$(VENV)/.retrain-deps: pyproject.toml | $(PY)
+	$(PIP) install -e '.[demo,train]'
+	@touch $@ $(VENV)/.demo-deps
+
 $(VENV)/.test-deps: pyproject.toml | $(PY)
 	$(PIP) install -e '.[dev,train]'
-	@touch $@ $(VENV)/.demo-deps
+	@touch $@ $(VENV)/.demo-deps $(VENV)/.retrain-deps
 
 deps-demo: $(VENV)/.demo-deps
 deps-test: $(VENV)/.test-deps
@@ -36,6 +41,10 @@ demo: deps-demo
 
 demo-fast: deps-demo
 	$(VENV)/bin/edge-sim demo --fast
+
+## demo-retrain: drift alerts → field samples labelled → a new model trained, gated, rolled out (PyTorch)
+demo-retrain: $(VENV)/.retrain-deps
+	$(VENV)/bin/edge-sim demo --retrain
 
 lint: deps-test
 	$(VENV)/bin/ruff check .

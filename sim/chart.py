@@ -26,11 +26,13 @@ def confidence_chart(
     *,
     title: str = "Model confidence on the line",
     low_rate_series: Series | None = None,
+    label_rows: int = 4,
 ) -> Path:
     """Write a PNG: one line per device (mean confidence per telemetry window) and the markers.
 
     With ``low_rate_series`` a second panel shows each window's share of low-confidence frames,
-    the signal the drift alert watches.
+    the signal the drift alert watches. Marker labels are staggered over ``label_rows`` rows
+    (a story that marks every step, close together, gives each its own row).
     """
     import matplotlib
 
@@ -71,7 +73,7 @@ def confidence_chart(
             m.label,
             xy=(m.t_s, 1.0),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -12 - 12 * (i % 4)),
+            xytext=(3, -12 - 12 * (i % max(1, label_rows))),
             textcoords="offset points",
             fontsize=8,
             color=m.colour,

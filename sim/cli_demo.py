@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import re
 from pathlib import Path
 
 from lineside_common.cli import CommandError
@@ -24,15 +26,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--fast", action="store_true", help="a shorter run (for CI)")
     p.add_argument("--broker", help="mqtt://HOST:PORT of a broker to use instead of the embedded one")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="the retraining story instead: drift alerts → field samples labelled by the plant → a new "
+        "model trained, gated on held-out truth, rolled out with a shadow stage (needs the train extra)",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from sim.demo import Demo, DemoFailed
 
-    demo = Demo(args.out, fast=args.fast, broker_url=args.broker)
+    if args.retrain:
+        if args.broker is not None and not _broker_url_ok(args.broker):
+            # The retrain story's line checker connects to it too, without TLS or a user.
+            raise CommandError(
+                f"--retrain --broker must be mqtt://HOST:PORT, not {args.broker!r}", reason="bad_broker"
+            )
+        if importlib.util.find_spec("torch") is None:
+            raise CommandError(
+                "--retrain trains a model: it needs the train extra (pip install -e '.[train]')",
+                reason="no_train_extra",
+            )
+        from sim.demo_retrain import RetrainDemo
+
+        demo: Demo = RetrainDemo(args.out, fast=args.fast, broker_url=args.broker)
+    else:
+        demo = Demo(args.out, fast=args.fast, broker_url=args.broker)
     try:
         demo.run()
     except DemoFailed as exc:
         raise CommandError(f"demo failed: {exc} (logs in {demo.out / 'logs'})") from exc
     return 0
+
+
+def _broker_url_ok(url: str) -> bool:
+    return re.fullmatch(r"mqtt://[^:/\s]+:[0-9]{1,5}", url) is not None

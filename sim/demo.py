@@ -369,7 +369,7 @@ class Demo:
                 # At 5 fps the robots can afford to shadow every frame (verdicts come sooner).
                 f"[shadow]\nevery_n = 1\n\n"
                 f'[updates]\nroot_json = "{robot.home / "root.json"}"\nrepository_url = "{self.server_url}"\n'
-                f'token_file = "{http_token}"\n'
+                f'token_file = "{http_token}"\n' + self.agent_config_extra(robot)
             )
             self.cli(_bin("edge-agent"), "install", str(usb), "--config", str(robot.config))
         self.ok("each robot provisioned with root.json and side-loaded shapes@1.0.0 from a signed USB export")
@@ -381,6 +381,10 @@ class Demo:
         self.say(
             f"started {len(self.robots)} edge-agent processes, each replaying its own stream in real time"
         )
+
+    def agent_config_extra(self, robot: Robot) -> str:
+        """More agent.toml sections for ``robot`` (a hook for stories built on this one)."""
+        return ""
 
     def _healthy(self) -> bool:
         import httpx
