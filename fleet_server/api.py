@@ -32,7 +32,6 @@ from sqlalchemy import select
 from edge_agent.manifest import parse_manifest
 from edge_agent.messages import Truth, dump, valid_device_id
 from fleet_server import accuracy, auth, device_tokens, metrics
-from fleet_server.app import Services
 from fleet_server.db import EventRow
 from fleet_server.policy import (
     REQUEST_FIELDS,
@@ -43,6 +42,7 @@ from fleet_server.policy import (
 )
 from fleet_server.release_check import BundleRefusedError
 from fleet_server.rollouts import StageSize, parse_stages
+from fleet_server.services import Services
 from fleet_server.shadow_phase import ShadowGates
 from lineside_common.errors import (
     ConfigError,

@@ -24,7 +24,7 @@ from tuf.api.exceptions import UnsignedMetadataError
 from tuf.api.metadata import Metadata, Targets
 
 from fleet_server import keys as keymod
-from fleet_server.tuf_export import Export
+from fleet_server.tuf_export import Export, export_release
 from fleet_server.tuf_repo import AlreadyReleasedError, Repository, build_release_targets, release_local
 from lineside_common.cli import CommandError, print_json
 from lineside_common.errors import LinesideError, VerificationError
@@ -215,7 +215,9 @@ def _export(args: argparse.Namespace) -> int:
         if not sep:
             raise CommandError("give the release as NAME@VERSION")
         if args.repo is not None:
-            done = Repository.open(args.repo, args.keys).export(name, version, args.out, expires=args.expires)
+            done = export_release(
+                Repository.open(args.repo, args.keys), name, version, args.out, expires=args.expires
+            )
         else:
             server = args.server or os.environ.get("LINESIDE_SERVER")
             token = args.token or os.environ.get("LINESIDE_TOKEN")
@@ -296,4 +298,4 @@ def _export_from_server(
                 dest = mirror / TARGETS_DIR / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(get(f"targets/{rel}"))
-        return repo.export(name, version, out, expires=expires)
+        return export_release(repo, name, version, out, expires=expires)

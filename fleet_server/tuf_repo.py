@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from securesystemslib.signer import Signer
 from tuf.api.exceptions import UnsignedMetadataError
@@ -63,9 +63,6 @@ from fleet_server.release_check import check_release_files
 from fleet_server.release_sign import AlreadyReleasedError, build_release_targets
 from lineside_common.atomic import atomic_write_bytes, fsync_dir
 from lineside_common.errors import ConfigError, StoreError, VerificationError
-
-if TYPE_CHECKING:
-    from fleet_server.tuf_export import Export
 
 # Re-exported: the signing half lives in release_sign (it runs offline, beside the targets key).
 __all__ = ["AlreadyReleasedError", "ReleaseInfo", "Repository", "build_release_targets", "release_local"]
@@ -537,23 +534,6 @@ class Repository:
                 return False
             self._write_all(writes, what="fresh metadata")
             return True
-
-    def export(
-        self,
-        name: str,
-        version: str,
-        out_dir: Path,
-        *,
-        expires: timedelta | None = None,
-        now: datetime | None = None,
-    ) -> Export:
-        """A self-contained signed local repository with that release's files (USB side-loading).
-
-        See :func:`fleet_server.tuf_export.export_release`.
-        """
-        from fleet_server.tuf_export import export_release
-
-        return export_release(self, name, version, out_dir, expires=expires, now=now)
 
 
 def _bundles(

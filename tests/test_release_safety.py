@@ -33,6 +33,7 @@ from fleet_server import keys as keymod
 from fleet_server import release_check, tuf_repo
 from fleet_server.cli import main as fleet
 from fleet_server.release_check import BundleRefusedError, check_release_files, read_bundle_files
+from fleet_server.tuf_export import export_release
 from fleet_server.tuf_repo import Repository
 from lineside_common.errors import ConfigError
 from models.faulty import make_nan, make_unconfident
@@ -358,10 +359,15 @@ def test_an_export_that_would_already_be_expired_is_refused(tmp_path: Path, keys
     assert _release(make_bundle(tmp_path / "b", version="1.0.0"), keys, repo_dir) == 0
     later = datetime.now(UTC) + timedelta(days=2)
     with pytest.raises(ConfigError, match="--expires"):
-        Repository.open(repo_dir, None).export("tiny", "1.0.0", tmp_path / "usb", now=later)
+        export_release(Repository.open(repo_dir, None), "tiny", "1.0.0", tmp_path / "usb", now=later)
     assert not (tmp_path / "usb").exists()
-    done = Repository.open(repo_dir, keys).export(
-        "tiny", "1.0.0", tmp_path / "usb", expires=timedelta(days=30), now=later
+    done = export_release(
+        Repository.open(repo_dir, keys),
+        "tiny",
+        "1.0.0",
+        tmp_path / "usb",
+        expires=timedelta(days=30),
+        now=later,
     )
     assert done.expires_role in ("timestamp", "snapshot") and done.expires > later + timedelta(days=29)
 
