@@ -264,8 +264,8 @@ def test_forged_deploy_from_the_fleet_user_installs_nothing(
         assert agent.running
     print(f"forged deploy answered: {answer}")
     assert answer["level"] in ("warning", "error")
-    reason = json.dumps(answer.get("data", {})) + answer.get("message", "")
-    assert "signature" in reason or "root" in reason.lower() or "verif" in reason.lower(), answer
+    # The attacker's metadata is not signed by the keys the provisioned root.json names.
+    assert (answer.get("data") or {}).get("reason") == "signature", answer
     assert not any(e["kind"] == "update.installed" for e in _events(server, "robot-f"))
     manifests = [json.loads(p.read_text()) for p in state.rglob("manifest.json")]
     assert all(m["version"] != "6.6.6" for m in manifests), manifests
