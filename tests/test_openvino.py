@@ -51,7 +51,7 @@ def _config(tmp_path: Path, device: str, bundle: Path, recording: Path, broker: 
         source={"uri": recording, "loop": True},
         broker={"url": broker, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
         telemetry={"window_s": 1.0},
-        inference=tomllib.loads(inference),
+        inference=tomllib.loads("[inference]\n" + inference)["inference"],  # its sub-tables too
     )
 
 
