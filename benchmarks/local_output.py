@@ -21,6 +21,7 @@ from typing import Any
 from benchmarks.common import Check, Context, Section, fmt, pct
 from benchmarks.harness import AgentRun
 from edge_agent.local_output import LocalSocketOutput
+from sim.procs import free_port
 
 
 class _SocketClient:
@@ -89,13 +90,6 @@ class _OpcUaClient:
         self._thread.join(5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def run(ctx: Context) -> Section:
     section = Section(
         "local_output",
@@ -123,7 +117,7 @@ def run(ctx: Context) -> Section:
             from edge_agent.config import OpcUaConfig
             from edge_agent.opcua_server import OpcUaOutput
 
-            url = f"opc.tcp://127.0.0.1:{_free_port()}/lineside/"
+            url = f"opc.tcp://127.0.0.1:{free_port()}/lineside/"
             opc = OpcUaOutput(
                 OpcUaConfig(enabled=True, endpoint=url, allow_anonymous=True, security_policies=["None"]),
                 lambda: {},

@@ -7,13 +7,13 @@ explicitly, as tests/conftest.py does.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import sys
 import time
 from pathlib import Path
 
-from sim.procs import Child, ProcessGroup
+from sim.procs import Child, ProcessGroup, console_script, find_mosquitto, free_port
+
+__all__ = ["find_mosquitto", "free_port", "script", "start_mosquitto", "wait_port"]
 
 MOSQUITTO_CONF = """\
 listener {port} 127.0.0.1
@@ -25,23 +25,6 @@ max_inflight_messages 0
 max_connections -1
 set_tcp_nodelay true
 """
-
-
-def find_mosquitto() -> str | None:
-    """The mosquitto binary, or None."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for cand in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
-        if Path(cand).exists():
-            return cand
-    return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout_s: float, child: Child | None = None) -> None:
@@ -74,13 +57,4 @@ def start_mosquitto(group: ProcessGroup, workdir: Path) -> tuple[Child, str]:
 
 def script(name: str) -> list[str]:
     """How to run a console script of this project: the venv's script, else ``python -m``."""
-    exe = Path(sys.executable).parent / name
-    if exe.exists():
-        return [str(exe)]
-    module = {
-        "edge-agent": "edge_agent.cli",
-        "fleet": "fleet_server.cli",
-        "edge-sim": "sim.cli",
-        "edge-models": "models.cli",
-    }[name]
-    return [sys.executable, "-m", module]
+    return console_script(name)

@@ -21,9 +21,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.common import Check, Context, Section, fmt, proc_peak_rss_mb, proc_rss_mb
-from benchmarks.services import script, start_mosquitto
+from benchmarks.services import start_mosquitto
 from edge_agent.messages import DEFAULT_TOPIC_ROOT, Topics
 from sim.procs import ProcessGroup
+from sim.rig import edge_agent_run_argv, write_agent_config
 
 MINIMAL = """
 import sys, time, resource
@@ -70,11 +71,14 @@ def agent_cold_start(
     device = f"bench-{int(time.time() * 1000) % 10**9}"
     state = workdir / device
     state.mkdir(parents=True)
-    config = workdir / f"{device}.toml"
-    config.write_text(
-        f'device_id = "{device}"\nstate_dir = "{state}"\nbundle = "{bundle}"\n'
-        f'[source]\nuri = "{recording}"\nrealtime = true\nloop = true\n'
-        f'[broker]\nurl = "{broker}"\n[telemetry]\nwindow_s = 1.0\n'
+    config = write_agent_config(
+        workdir / f"{device}.toml",
+        device_id=device,
+        state_dir=state,
+        bundle=bundle,
+        source={"uri": recording, "realtime": True, "loop": True},
+        broker={"url": broker},
+        telemetry={"window_s": 1.0},
     )
     first = threading.Event()
     host, port = broker.removeprefix("mqtt://").split(":")
@@ -99,7 +103,7 @@ def agent_cold_start(
         if not subscribed.wait(10):  # SUBACK before the agent starts: its first decision is not missed
             raise RuntimeError("cannot subscribe to the benchmark broker")
         t0 = time.monotonic()
-        child = group.start(device, [*script("edge-agent"), "run", "--config", str(config)])
+        child = group.start(device, edge_agent_run_argv(config))
         if not first.wait(120):
             raise RuntimeError(f"no decision from edge-agent in 120 s:\n{child.log_tail()}")
         t_first = time.monotonic() - t0

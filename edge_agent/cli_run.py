@@ -14,7 +14,7 @@ from edge_agent.config import AgentConfig, load_config
 from edge_agent.messages import DeviceState, dump
 from edge_agent.runtime import ModelRunner
 from edge_agent.service import SystemdNotifier, read_status, stop_on_signals, watchdog_interval_s
-from edge_agent.sources import FrameSource, ReconnectingSource, open_source
+from edge_agent.sources import FrameSource, open_source
 from edge_agent.spool import Spool
 from lineside_common import cli as clitools
 from lineside_common.errors import ConfigError
@@ -105,13 +105,10 @@ def _initial_runner(
 
 
 def _open_source(config: AgentConfig) -> FrameSource:
-    source = open_source(
+    # A live source comes bare: the agent's capture thread reconnects it (camera.lost/restored).
+    return open_source(
         config.source.uri, realtime=config.source.realtime, loop=config.source.loop, fps=config.source.fps
     )
-    if isinstance(source, ReconnectingSource):
-        # The agent's capture thread reconnects itself (and reports camera.lost/restored).
-        return source.inner
-    return source
 
 
 def build_agent(config: AgentConfig) -> Any:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,94 +190,6 @@ def _default_capture(target: str | int) -> Any:
     return cv2.VideoCapture(target)
 
 
-class ReconnectingSource:
-    """Wraps a live source: on SourceLostError it reopens with capped exponential backoff and jitter.
-
-    Delays go ``base_s, 2*base_s, 4*base_s, ...`` up to ``max_s``, each scaled
-    by a random factor in [1 - jitter, 1] so a fleet does not reconnect in
-    lockstep. ``max_attempts`` (None: forever) bounds one outage; then the last
-    error propagates. ``on_lost``/``on_restored`` report outages (camera
-    lost/restored events). ``sleep`` and ``rng`` are injectable: tests need no
-    real waiting.
-    """
-
-    def __init__(
-        self,
-        inner: FrameSource,
-        *,
-        base_s: float = 0.5,
-        max_s: float = 30.0,
-        jitter: float = 0.5,
-        max_attempts: int | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        rng: random.Random | None = None,
-        on_lost: Callable[[SourceLostError], None] | None = None,
-        on_restored: Callable[[int], None] | None = None,
-    ) -> None:
-        if base_s <= 0 or max_s < base_s or not 0 <= jitter <= 1:
-            raise ValueError("need 0 < base_s <= max_s and 0 <= jitter <= 1")
-        self.inner = inner
-        self._base_s, self._max_s, self._jitter = base_s, max_s, jitter
-        self._max_attempts = max_attempts
-        self._sleep = sleep
-        self._rng = rng or random.Random()
-        self._on_lost, self._on_restored = on_lost, on_restored
-        self._index = 0
-
-    def backoff_s(self, attempt: int) -> float:
-        """Delay before reconnect attempt ``attempt`` (0-based)."""
-        delay = min(self._max_s, self._base_s * (2.0 ** min(attempt, 62)))
-        return delay * (1.0 - self._jitter * self._rng.random())
-
-    @property
-    def fps(self) -> float | None:
-        return self.inner.fps
-
-    @property
-    def description(self) -> str:
-        return self.inner.description
-
-    def read(self) -> Frame | None:
-        """The next frame; reconnects transparently. ``Frame.index`` stays gap-free across outages."""
-        try:
-            frame = self.inner.read()
-        except SourceLostError as exc:
-            log.warning("%s lost: %s", self.description, exc)
-            if self._on_lost is not None:
-                self._on_lost(exc)
-            self._reconnect(exc)
-            frame = self.inner.read()
-        if frame is None:
-            return None
-        out = Frame(index=self._index, captured_at=frame.captured_at, image=frame.image)
-        self._index += 1
-        return out
-
-    def _reconnect(self, error: SourceLostError) -> None:
-        attempt = 0
-        while True:
-            if self._max_attempts is not None and attempt >= self._max_attempts:
-                raise error
-            self._sleep(self.backoff_s(attempt))
-            attempt += 1
-            try:
-                self.inner.reopen()
-            except SourceError as exc:
-                log.info("reconnect %d to %s failed: %s", attempt, self.description, exc)
-                error = exc if isinstance(exc, SourceLostError) else SourceLostError(str(exc))
-                continue
-            log.info("%s restored after %d attempt(s)", self.description, attempt)
-            if self._on_restored is not None:
-                self._on_restored(attempt)
-            return
-
-    def reopen(self) -> None:
-        self.inner.reopen()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 def open_source(
     spec: str, *, realtime: bool = True, loop: bool = False, fps: float | None = None
 ) -> FrameSource:
@@ -288,8 +199,9 @@ def open_source(
     a folder of images (sorted by name, ``fps`` or 10 per second); a digit or
     ``/dev/video*`` a camera; ``rtsp://``/``http(s)://`` a stream; an existing
     file a video file. ``realtime``, ``loop`` and ``fps`` (overriding the recorded
-    rate) apply to recordings, image folders and video files. Live sources come wrapped in
-    ReconnectingSource. SourceError ("no such file or directory: ...") for a missing path.
+    rate) apply to recordings, image folders and video files. A live source is returned bare:
+    the agent's capture thread (edge_agent/capture.py) reconnects it and reports the outage.
+    SourceError ("no such file or directory: ...") for a missing path.
     """
     spec = spec.strip()
     if not spec:
@@ -297,7 +209,7 @@ def open_source(
     if _is_device(spec) or spec.startswith(_STREAM_SCHEMES):
         if spec.startswith("/dev/video") and not os.path.exists(spec):
             raise SourceError(f"no such file or directory: {spec}")
-        return ReconnectingSource(CaptureSource(spec))
+        return CaptureSource(spec)
     path = Path(spec)
     if not path.exists():
         raise SourceError(f"no such file or directory: {spec}")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -41,8 +40,9 @@ from rich.console import Console
 
 from lineside_common.errors import LinesideError
 from sim.chart import Marker, confidence_chart
-from sim.procs import Child, ProcessGroup
+from sim.procs import Child, ProcessGroup, free_port
 from sim.recording import write_recording
+from sim.rig import agent_config_toml, edge_agent_run_argv, fleet_serve_argv, server_healthy, wait_until
 from sim.scenario import Phase, Scenario
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -101,12 +101,6 @@ class DemoResult:
     out_dir: Path
     chart: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _bin(name: str) -> str:
@@ -202,8 +196,8 @@ class Demo:
         self.console = console or Console(highlight=False)
         self.t0 = time.monotonic()
         self.wall0 = datetime.now().astimezone()
-        self.http_port = _free_port()
-        self.mqtt_port = _free_port()
+        self.http_port = free_port()
+        self.mqtt_port = free_port()
         self.server_url = f"http://127.0.0.1:{self.http_port}"
         self.keys = self.out / "keys"
         self.robots = [
@@ -247,16 +241,19 @@ class Demo:
 
     def wait_for(self, what: str, probe: Callable[[], T | None], timeout_s: float | None = None) -> T:
         """Poll ``probe`` until it returns something truthy, with a deadline and a spinner."""
-        deadline = time.monotonic() + (timeout_s or self.timing.step_timeout_s)
+
+        def checked() -> T | None:
+            self._check_children()
+            return probe()
+
         with self.console.status(f"waiting: {what}"):
-            while True:
-                self._check_children()
-                value = probe()
-                if value:
-                    return value
-                if time.monotonic() > deadline:
-                    raise DemoFailed(f"timed out waiting for {what}")
-                time.sleep(0.5)
+            try:
+                value: T = wait_until(
+                    checked, timeout_s or self.timing.step_timeout_s, interval=0.5, what=what
+                )
+            except TimeoutError:
+                raise DemoFailed(f"timed out waiting for {what}") from None
+        return value
 
     def _check_children(self) -> None:
         for child in self.procs.children:
@@ -314,24 +311,30 @@ class Demo:
             shutil.rmtree(server_dir)
         # Ports picked now, right before they are bound: picked at start-up they sat unused for the
         # minutes the recordings take, and another program on the machine could take them first.
-        self.http_port = _free_port()
-        self.mqtt_port = _free_port()
+        self.http_port = free_port()
+        self.mqtt_port = free_port()
         self.server_url = f"http://127.0.0.1:{self.http_port}"
-        argv = [
-            _bin("fleet"), "serve", "--data-dir", str(server_dir),
-            "--listen", f"127.0.0.1:{self.http_port}", "--online-keys", str(self.keys),
-        ]  # fmt: skip
+        argv = fleet_serve_argv(
+            data_dir=server_dir,
+            port=self.http_port,
+            online_keys=self.keys,
+            broker_url=self.broker_url,
+            embedded_broker_port=None if self.broker_url else self.mqtt_port,
+            fleet=[_bin("fleet")],
+        )
         if self.broker_url:
-            argv += ["--broker", self.broker_url]
             mqtt_url = self.broker_url
             protocol = "5"
         else:
             protocol = "3.1.1"  # amqtt speaks MQTT 3.1.1 only
-            argv += ["--embedded-broker-listen", f"127.0.0.1:{self.mqtt_port}"]
             mqtt_url = f"mqtt://127.0.0.1:{self.mqtt_port}"
         self.procs.start("fleet-server", argv)
         token_file = server_dir / "admin.token"
-        self.wait_for("the fleet server to start", lambda: token_file.exists() and self._healthy(), 60)
+        self.wait_for(
+            "the fleet server to start",
+            lambda: token_file.exists() and server_healthy(self.server_url, require_mqtt=False),
+            60,
+        )
         self.token = token_file.read_text().strip()
         self.ok(f"fleet server at {self.server_url}, MQTT broker at {mqtt_url}")
 
@@ -360,22 +363,28 @@ class Demo:
                 "--server", self.server_url, "--token", self.token,
             )  # fmt: skip
             robot.config.write_text(
-                f'device_id = "{robot.device_id}"\n'
-                f'device_class = "generic"\n'
-                f'state_dir = "{state}"\n\n'
-                f'[source]\nuri = "{robot.stream}"\nloop = true\nrealtime = true\n\n'
-                f'[broker]\nurl = "{mqtt_url}"\nprotocol = "{protocol}"\n\n'
-                f"[telemetry]\nwindow_s = {self.timing.window_s}\n\n"
-                # At 5 fps the robots can afford to shadow every frame (verdicts come sooner).
-                f"[shadow]\nevery_n = 1\n\n"
-                f'[updates]\nroot_json = "{robot.home / "root.json"}"\nrepository_url = "{self.server_url}"\n'
-                f'token_file = "{http_token}"\n' + self.agent_config_extra(robot)
+                agent_config_toml(
+                    device_id=robot.device_id,
+                    device_class="generic",
+                    state_dir=state,
+                    source={"uri": robot.stream, "loop": True, "realtime": True},
+                    broker={"url": mqtt_url, "protocol": protocol},
+                    telemetry={"window_s": self.timing.window_s},
+                    # At 5 fps the robots can afford to shadow every frame (verdicts come sooner).
+                    shadow={"every_n": 1},
+                    updates={
+                        "root_json": robot.home / "root.json",
+                        "repository_url": self.server_url,
+                        "token_file": http_token,
+                    },
+                )
+                + self.agent_config_extra(robot)
             )
             self.cli(_bin("edge-agent"), "install", str(usb), "--config", str(robot.config))
         self.ok("each robot provisioned with root.json and side-loaded shapes@1.0.0 from a signed USB export")
         for robot in self.robots:
             robot.child = self.procs.start(
-                robot.device_id, [_bin("edge-agent"), "run", "--config", str(robot.config)]
+                robot.device_id, edge_agent_run_argv(robot.config, edge_agent=[_bin("edge-agent")])
             )
         self.t_agents = self._t()
         self.say(
@@ -385,14 +394,6 @@ class Demo:
     def agent_config_extra(self, robot: Robot) -> str:
         """More agent.toml sections for ``robot`` (a hook for stories built on this one)."""
         return ""
-
-    def _healthy(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.server_url}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def _device(self, device_id: str, recent: int = 20) -> dict[str, Any] | None:
         from fleet_server.client import ApiError

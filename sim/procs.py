@@ -1,9 +1,12 @@
-"""Child processes the demo (and the benchmarks) start, and the guarantee that they all stop.
+"""Child processes the demo, the benchmarks and the tests start, and the guarantee that they all stop.
 
 Every child gets its own log file and its own process group, so stopping it
 stops whatever it started too. ``ProcessGroup`` is a context manager: on exit,
 on an exception and on SIGTERM/SIGINT of the parent, every child still running
 gets SIGTERM, then SIGKILL after a grace period.
+
+Also the one home of what every starter of processes needs first: a free loopback port,
+the Mosquitto binary, and how to run one of this project's console scripts.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +26,41 @@ from pathlib import Path
 from types import TracebackType
 
 log = logging.getLogger(__name__)
+
+# The project's console scripts and the modules that run them where the script is not installed.
+_SCRIPT_MODULES = {
+    "edge-agent": "edge_agent.cli",
+    "fleet": "fleet_server.cli",
+    "edge-sim": "sim.cli",
+    "edge-models": "models.cli",
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (pick it right before binding it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary, or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def console_script(name: str) -> list[str]:
+    """How to run one of this project's console scripts: the one next to this interpreter (the
+    venv's), else ``python -m`` its module."""
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", _SCRIPT_MODULES[name]]
 
 
 @dataclass

@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sim.procs import console_script
+from sim.rig import write_agent_config
 from tests.mqtt import wait_until
 
 
@@ -169,13 +171,10 @@ def record(
 ) -> Path:
     """A simulator recording (``edge-sim record``): what a replayed 'camera' reads."""
     import subprocess
-    import sys
 
-    script = Path(sys.executable).parent / "edge-sim"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "sim.cli"]
     subprocess.run(
         [
-            *cmd,
+            *console_script("edge-sim"),
             "record",
             "--out",
             str(out),
@@ -210,31 +209,22 @@ def agent_toml(
     source_extra: dict[str, Any] | None = None,
 ) -> Path:
     """An agent config file for tests: looping replay at camera rate, quick reconnects."""
-
-    def val(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v))
-
-    lines = [f"device_id = {val(device)}", f"state_dir = {val(state)}"]
-    if bundle is not None:
-        lines.append(f"bundle = {val(bundle)}")
-    src = {
-        "uri": source,
-        "loop": True,
-        "reconnect_initial_s": 0.2,
-        "reconnect_max_s": 1.0,
-        **(source_extra or {}),
-    }
-    lines += ["[source]", *(f"{k} = {val(v)}" for k, v in src.items())]
-    lines += ["[broker]", f"url = {val(broker)}", "reconnect_min_s = 0.2", "reconnect_max_s = 1.0"]
-    lines += ["[telemetry]", f"window_s = {window_s}", "flush_timeout_s = 5.0"]
-    if updates:
-        lines += ["[updates]", *(f"{k} = {val(v)}" for k, v in updates.items())]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_agent_config(
+        path,
+        device_id=device,
+        state_dir=state,
+        bundle=bundle,
+        source={
+            "uri": source,
+            "loop": True,
+            "reconnect_initial_s": 0.2,
+            "reconnect_max_s": 1.0,
+            **(source_extra or {}),
+        },
+        broker={"url": broker, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        telemetry={"window_s": window_s, "flush_timeout_s": 5.0},
+        updates=updates or None,
+    )
 
 
 # -- a device clock that is wrong ------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Helpers for the fleet tests: signed releases, `fleet serve` and `edge-sim fleet` as subprocesses.
+(What those processes are — their command lines, keys, health — is sim/rig.py, shared with the demo.)
 (PostgreSQL: the ``postgres_url`` and ``db_url`` fixtures in tests/conftest.py.)
 
 Re-pointing the integration tests at real agents: ``FleetServer`` and ``release()`` do not care
@@ -12,30 +13,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.mqtt import free_port, wait_until
+from sim import rig
+from sim.procs import console_script, free_port
+from tests.mqtt import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _script(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+    """A console script's command line (``module`` names it for the reader; sim.procs knows it)."""
+    return console_script(name)
 
 
 def make_keys(tmp: Path) -> Path:
-    from fleet_server.keys import init_keys
-
-    keys = tmp / "keys"
-    init_keys(keys)
-    return keys
+    """Fresh TUF keys in ``tmp/keys``."""
+    return rig.make_keys(tmp / "keys")
 
 
 def signed_release(keys: Path, bundle: Path, current: bytes | None) -> tuple[bytes, dict[str, bytes]]:
@@ -79,21 +76,14 @@ class FleetServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "fleet-serve.log"
-        self.args = [
-            *_script("fleet", "fleet_server.cli"),
-            "-v",
-            "serve",
-            "--data-dir",
-            str(self.data_dir),
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--broker",
-            broker_url,
-            "--online-keys",
-            str(keys),
-        ]
-        if database_url:
-            self.args += ["--database-url", database_url]
+        self.args = rig.fleet_serve_argv(
+            data_dir=self.data_dir,
+            port=self.port,
+            online_keys=keys,
+            broker_url=broker_url,
+            database_url=database_url,
+            verbose=True,
+        )
         self.env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -114,11 +104,7 @@ class FleetServer:
         def healthy() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"fleet serve exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                r = httpx.get(f"{self.url}/healthz", timeout=1.0)
-                return r.status_code == 200 and bool(r.json()["mqtt_connected"])
-            except httpx.HTTPError:
-                return False
+            return rig.server_healthy(self.url, require_mqtt=True)
 
         wait_until(healthy, timeout, what="fleet server healthy and connected to the broker")
         return self

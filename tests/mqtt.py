@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,23 +24,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+# One home for each (sim/): re-exported here for the tests that import them from tests.mqtt.
+from sim.procs import find_mosquitto, free_port
+from sim.rig import wait_until
 
-def find_mosquitto() -> str | None:
-    """Path of the mosquitto binary, or None."""
-    found = shutil.which("mosquitto")
-    if found:
-        return found
-    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Collector", "Mosquitto", "Received", "find_mosquitto", "free_port", "wait_port", "wait_until"]
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
@@ -269,17 +256,3 @@ class Collector:
                     f"condition not met within {timeout}s; got {len(self.messages())} messages"
                 )
             time.sleep(interval)
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, *, interval: float = 0.05, what: str = "condition"
-) -> Any:
-    """Poll ``predicate()`` until truthy; return its value or raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout}s")
-        time.sleep(interval)

@@ -168,7 +168,9 @@ def test_commands(tmp_path: Path, bundles: dict[str, Path]) -> None:
         agent.stop()
     assert pub.events("pong")[0]["cmd_id"] == "c1"
     rejected = pub.events("command.rejected")
-    assert rejected[0]["cmd_id"] == "c3" and "no handler" in rejected[0]["message"]
+    # No handler: a warning naming the type; a handler that fails is an error naming its exception.
+    assert rejected[0]["cmd_id"] == "c3" and rejected[0]["level"] == "warning"
+    assert rejected[0]["data"] == {"type": "rollback"}
     assert seen == [("shapes", "commands")]
 
 
@@ -181,7 +183,8 @@ def test_failing_handler_is_rejected_not_crashed(tmp_path: Path, bundles: dict[s
     agent.set_command_handler("capture", boom)
     agent.commands.handle("t", b'{"type": "capture", "cmd_id": "c9", "count": 3}')
     ev = pub.events("command.rejected")[0]
-    assert ev["cmd_id"] == "c9" and "disk on fire" in ev["message"]
+    assert ev["cmd_id"] == "c9" and ev["level"] == "error"
+    assert ev["data"] == {"type": "capture", "error": "RuntimeError"}
 
 
 def test_status_file_written(tmp_path: Path, bundles: dict[str, Path]) -> None:

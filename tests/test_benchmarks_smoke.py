@@ -3,11 +3,8 @@ runs, measures every peer it promises and reports its acceptance checks."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,6 +13,7 @@ from benchmarks.__main__ import main
 from benchmarks.common import Context, Section, proc_cpu_s, proc_rss_mb
 from benchmarks.report import markdown
 from benchmarks.services import find_mosquitto
+from tests.mqtt import wait_until
 from tests.pg_support import in_ci
 
 
@@ -170,44 +168,7 @@ def test_proc_readings_of_this_process() -> None:
 
 
 # -- the hot-path fix the pipeline benchmark led to: an unpaced replay waits instead of dropping
-
-
-def _frame(i: int) -> Any:
-    import numpy as np
-
-    from edge_agent.sources import Frame
-
-    return Frame(i, 0.0, np.zeros((2, 2, 3), dtype=np.uint8))
-
-
-def test_blocking_queue_waits_for_room_instead_of_dropping() -> None:
-    from edge_agent.capture import DropOldestQueue
-
-    q = DropOldestQueue(2, block_when_full=True)
-    q.put(_frame(0))
-    q.put(_frame(1))
-    done = threading.Event()
-    t = threading.Thread(target=lambda: (q.put(_frame(2)), done.set()), daemon=True)
-    t.start()
-    assert not done.wait(0.3)  # full: the producer waits
-    first = q.get(1.0)
-    assert first is not None and first.index == 0
-    assert done.wait(5)  # room: the producer goes on
-    assert [q.get(1.0).index for _ in range(2)] == [1, 2]  # type: ignore[union-attr]
-    assert q.dropped_total == 0
-
-
-def test_released_queue_drops_the_oldest_again() -> None:
-    from edge_agent.capture import DropOldestQueue
-
-    q = DropOldestQueue(1, block_when_full=True)
-    q.put(_frame(0))
-    done = threading.Event()
-    threading.Thread(target=lambda: (q.put(_frame(1)), done.set()), daemon=True).start()
-    assert not done.wait(0.2)
-    q.release_blocked()  # shutdown: never leave the capture thread stuck
-    assert done.wait(5)
-    assert q.dropped_total == 1 and q.get(1.0).index == 1  # type: ignore[union-attr]
+# (the queue itself: tests/test_capture.py)
 
 
 @pytest.mark.parametrize(("realtime", "blocks"), [(False, True), (True, False)])
@@ -228,9 +189,7 @@ def test_agent_blocks_only_for_an_unpaced_replay(tmp_path: Path, realtime: bool,
     if not realtime:
         agent.start()
         try:
-            deadline = time.monotonic() + 20
-            while agent.frames_total < 3 and time.monotonic() < deadline:
-                threading.Event().wait(0.02)
+            wait_until(lambda: agent.frames_total >= 3, 20, what="the agent decided the 3 frames")
         finally:
             agent.stop()
         assert agent.frames_total == 3 and agent.frames.dropped_total == 0

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sim.rig import write_agent_config
 from tests.conftest import AgentProcess
 from tests.fault_support import record
 from tests.mqtt import Collector, Mosquitto
@@ -41,14 +43,16 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(tmp_path: Path, device: str, bundle: Path, recording: Path, broker: str, inference: str) -> Path:
-    path = tmp_path / f"{device}.toml"
-    path.write_text(
-        f'device_id = "{device}"\nstate_dir = "{tmp_path / device}"\nbundle = "{bundle}"\n'
-        f'[source]\nuri = "{recording}"\nloop = true\n'
-        f'[broker]\nurl = "{broker}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        f"[telemetry]\nwindow_s = 1.0\n[inference]\n{inference}\n"
+    return write_agent_config(
+        tmp_path / f"{device}.toml",
+        device_id=device,
+        state_dir=tmp_path / device,
+        bundle=bundle,
+        source={"uri": recording, "loop": True},
+        broker={"url": broker, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        telemetry={"window_s": 1.0},
+        inference=tomllib.loads("[inference]\n" + inference)["inference"],  # its sub-tables too
     )
-    return path
 
 
 class _OvAgent:

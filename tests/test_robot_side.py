@@ -11,12 +11,14 @@ import asyncio
 import json
 import os
 import socket
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sim.rig import write_agent_config
 from tests.conftest import AgentProcess
 from tests.fault_support import record
 from tests.mqtt import Collector, Mosquitto, free_port, wait_until
@@ -47,13 +49,16 @@ def need_asyncua() -> None:
 
 
 def write_config(path: Path, *, bundle: Path, source: Path, broker: str, extra: str) -> Path:
-    path.write_text(
-        f'device_id = "robot-1"\nstate_dir = "{path.parent / "state"}"\nbundle = "{bundle}"\n'
-        f'[source]\nuri = "{source}"\nloop = true\n'
-        f'[broker]\nurl = "{broker}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        f"[telemetry]\nwindow_s = 1.0\nflush_timeout_s = 2.0\n{extra}\n"
+    return write_agent_config(
+        path,
+        device_id="robot-1",
+        state_dir=path.parent / "state",
+        bundle=bundle,
+        source={"uri": source, "loop": True},
+        broker={"url": broker, "reconnect_min_s": 0.2, "reconnect_max_s": 1.0},
+        telemetry={"window_s": 1.0, "flush_timeout_s": 2.0},
+        **tomllib.loads(extra),  # the tables under test ([local_output], [opcua]...)
     )
-    return path
 
 
 class SocketReader:

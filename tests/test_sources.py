@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from edge_agent.recording_source import RecordingSource
-from edge_agent.sources import CaptureSource, Frame, FrameSource, ReconnectingSource, open_source
+from edge_agent.sources import CaptureSource, open_source
 from lineside_common.errors import SourceError, SourceLostError
 from sim.recording import write_recording
 from sim.render import RenderConfig
@@ -146,62 +145,6 @@ def test_capture_source_reads_a_real_video_file(recording: Path) -> None:
         n += 1
     assert n == 30
     src.close()
-
-
-class FlakySource:
-    """A live source that loses its signal after ``good`` frames and fails ``bad_reopens`` reopens."""
-
-    def __init__(self, good: int, bad_reopens: int) -> None:
-        self.good, self.bad_reopens = good, bad_reopens
-        self.reopens = 0
-        self.served = 0
-
-    fps = 30.0
-    description = "flaky camera"
-
-    def read(self) -> Frame | None:
-        if self.served == self.good:
-            self.served += 1  # lose it once
-            raise SourceLostError("signal lost")
-        self.served += 1
-        return Frame(index=self.served, captured_at=0.0, image=np.zeros((2, 2, 3), np.uint8))
-
-    def reopen(self) -> None:
-        self.reopens += 1
-        if self.reopens <= self.bad_reopens:
-            raise SourceError("device busy")
-
-    def close(self) -> None:
-        pass
-
-
-def test_reconnecting_source_backs_off_capped_with_jitter() -> None:
-    inner = FlakySource(good=2, bad_reopens=5)
-    sleeps: list[float] = []
-    events: list[str] = []
-    src = ReconnectingSource(
-        inner,
-        base_s=0.5,
-        max_s=4.0,
-        jitter=0.5,
-        sleep=sleeps.append,
-        rng=random.Random(1),
-        on_lost=lambda e: events.append("lost"),
-        on_restored=lambda n: events.append(f"restored after {n}"),
-    )
-    assert isinstance(src, FrameSource)
-    assert [src.read().index for _ in range(4)] == [0, 1, 2, 3]  # type: ignore[union-attr]
-    assert events == ["lost", "restored after 6"]
-    assert len(sleeps) == 6
-    caps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    assert all(c * 0.5 <= s <= c for s, c in zip(sleeps, caps, strict=True)), sleeps
-    assert len(set(sleeps)) == 6  # jittered
-
-
-def test_reconnecting_source_gives_up_after_max_attempts() -> None:
-    src = ReconnectingSource(FlakySource(good=0, bad_reopens=99), max_attempts=3, sleep=lambda s: None)
-    with pytest.raises(SourceLostError, match="device busy"):
-        src.read()
 
 
 def test_open_source_dispatch(tmp_path: Path, recording: Path) -> None:

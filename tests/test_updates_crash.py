@@ -60,12 +60,20 @@ def test_sigkill_at_each_install_step(world: World, fault: str) -> None:
     assert p.returncode == -signal.SIGKILL, err
     expected_new = fault in ("after_state_write", "during_probation")
     version = _check_after_restart(world, {"1.1.0"} if expected_new else {"1.0.0"})
+    state, _ = ModelStore(world.state_dir).recover()
+    # Killed after the state write, the new model is on probation over the old; before it, the
+    # old model is still the committed one, with nothing to fall back to (the first install).
+    assert state.probation is expected_new, (fault, state)
+    assert (state.previous.version if state.previous else None) == ("1.0.0" if expected_new else None)
     # The next start finishes the job: the same install succeeds (or the new model is kept).
     p = _driver(world, "1.1.0")
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err + out
     assert _check_after_restart(world, {"1.1.0"}) == "1.1.0"
-    assert version in ("1.0.0", "1.1.0")
+    # Whichever run finished it, 1.1.0 is on probation with 1.0.0 kept to roll back to.
+    state, _ = ModelStore(world.state_dir).recover()
+    assert state.probation, (version, state)
+    assert state.previous is not None and state.previous.version == "1.0.0", (version, state)
 
 
 def test_sigkill_at_random_moments_over_20_installs(world: World) -> None:
