@@ -66,6 +66,7 @@ class LineChecker:
         topic_root: str = DEFAULT_TOPIC_ROOT,
         username: str | None = None,
         password: str | None = None,
+        client_id: str | None = None,
     ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -75,7 +76,7 @@ class LineChecker:
         self.topics = Topics(topic_root)
         self.sent: list[Sent] = []
         self.lock = threading.Lock()
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username or "")
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username or "")
         if username:
             self._client.username_pw_set(username, password)
         self._client.on_connect = self._on_connect
@@ -93,6 +94,10 @@ class LineChecker:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
         client.subscribe(self.topics.wildcard("decisions"), qos=0)
 
+    def truth(self, device_id: str, decision: dict[str, Any]) -> Truth | None:
+        """The truth to publish for one robot's decision, or None (see :func:`truth_for`)."""
+        return truth_for(decision, self.labels, self.share)
+
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         parsed = self.topics.parse(msg.topic)
         if parsed is None or parsed[1] != "decisions":
@@ -101,7 +106,7 @@ class LineChecker:
             decision = json.loads(msg.payload)
         except ValueError:
             return
-        truth = truth_for(decision, self.labels, self.share) if isinstance(decision, dict) else None
+        truth = self.truth(parsed[0], decision) if isinstance(decision, dict) else None
         if truth is None:
             return
         client.publish(self.topics.device(parsed[0], "truth"), dump(truth), qos=1)

@@ -137,7 +137,7 @@ class RetrainDemo(Demo):
     def _step3_samples(self) -> None:
         self.step(3, "The robots send samples; the plant labels them (truth-checked ones held out)")
         assert self.floor is not None
-        labels_by_device = {d: [lab.package for lab in ls] for d, ls in self.floor.labels.items()}
+        labels_by_device = {d: [lab.package for lab in ls] for d, ls in self.floor.by_device.items()}
         imports = self.out / "labelling"
         if imports.exists():
             shutil.rmtree(imports)
