@@ -57,6 +57,11 @@ from lineside_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Deploys awaiting a first answer at once (Rollout.tick's pacing). Sending a whole 10,000-device
+# stage at once queued ~60,000 answers behind each other in ingest, and devices whose answers
+# waited longer than 5 deploys 30 s apart were failed (BENCHMARKS.md section 13).
+MAX_UNANSWERED = 1000
+
 # Up to this many devices in flight, the state fallback asks for them by id; beyond, by version.
 STATE_QUERY_IN_MAX = 500
 
@@ -105,6 +110,7 @@ class RolloutController:
         *,
         clock: Callable[[], float] = time.time,
         full_rescan_every_s: float = 10.0,
+        max_unanswered: int | None = MAX_UNANSWERED,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -116,6 +122,7 @@ class RolloutController:
         self._cache: dict[str, _Loaded] = {}  # rollout id → its state as this process last read/wrote it
         self._last_rescan = 0.0
         self.full_rescan_every_s = full_rescan_every_s
+        self.max_unanswered = max_unanswered
         self.is_leader = False
 
     # -- persistence -----------------------------------------------------------------------------
@@ -348,7 +355,7 @@ class RolloutController:
             self._apply_events(s, r, now)
             quality = self._measure(s, r) if r.awaiting_gate(now) else None
             shadow = self._measure_shadow(s, r) if r.awaiting_shadow_verdict(now) else None
-            actions = r.tick(now, quality, shadow)
+            actions = r.tick(now, quality, shadow, max_unanswered=self.max_unanswered)
             self._execute(r, actions)
             self._store(s, loaded, now)
 
