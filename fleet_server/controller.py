@@ -20,21 +20,24 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import or_, select
+from sqlalchemy import case, null, or_, select, update
 
 from edge_agent.agreement import merge_blocks
 from edge_agent.messages import DeployCommand, RollbackCommand, StopShadowCommand, Topics, dump
 from fleet_server.accuracy import JOINED, field_accuracy
 from fleet_server.alerts import Alerts
-from fleet_server.db import Database, DeviceRow, EventRow, RolloutRow, TelemetryRow
+from fleet_server.db import Database, DeviceRow, EventRow, RawJSON, RolloutRow, TelemetryRow
 from fleet_server.field_gate import TruthCounts
 from fleet_server.quality_verdicts import WindowSample
 from fleet_server.rollouts import (
     IN_FLIGHT,
+    PROGRESS_EVENTS,
     Action,
     DeviceStatus,
     Policy,
@@ -54,11 +57,29 @@ from lineside_common.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 
+# Deploys awaiting a first answer at once (Rollout.tick's pacing). Sending a whole 10,000-device
+# stage at once queued ~60,000 answers behind each other in ingest, and devices whose answers
+# waited longer than 5 deploys 30 s apart were failed (BENCHMARKS.md section 13).
+MAX_UNANSWERED = 1000
+
+# Up to this many devices in flight, the state fallback asks for them by id; beyond, by version.
+STATE_QUERY_IN_MAX = 500
+
 
 class Publisher(Protocol):
     """Where commands go (the MQTT link; a list in tests)."""
 
     def publish(self, topic: str, payload: bytes) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A rollout as this process last read or wrote it: the row's ``updated_at`` then, the state
+    machine, and its document as stored (to tell whether a step changed anything)."""
+
+    updated_at: datetime
+    rollout: Rollout
+    doc: str
 
 
 def _dt(ts: float) -> datetime:
@@ -85,6 +106,7 @@ class RolloutController:
         *,
         clock: Callable[[], float] = time.time,
         full_rescan_every_s: float = 10.0,
+        max_unanswered: int | None = MAX_UNANSWERED,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -93,26 +115,58 @@ class RolloutController:
         self.clock = clock
         self._lock = threading.RLock()
         self._cursor: dict[str, int] = {}  # rollout id → last event row id applied (in this process)
+        self._cache: dict[str, _Loaded] = {}  # rollout id → its state as this process last read/wrote it
         self._last_rescan = 0.0
         self.full_rescan_every_s = full_rescan_every_s
+        self.max_unanswered = max_unanswered
         self.is_leader = False
 
     # -- persistence -----------------------------------------------------------------------------
 
-    def _load(self, s: Any, rollout_id: str) -> tuple[RolloutRow, Rollout]:
-        row = s.scalar(select(RolloutRow).where(RolloutRow.id == rollout_id).with_for_update())
-        if row is None:
+    def _load(self, s: Any, rollout_id: str) -> _Loaded:
+        """Lock the rollout's row and return its state machine, parsed from the row only when it
+        changed since this process last read or wrote it (``updated_at`` moves on every write)."""
+        updated_at = s.scalar(
+            select(RolloutRow.updated_at).where(RolloutRow.id == rollout_id).with_for_update()
+        )
+        if updated_at is None:
             raise NotFoundError(rollout_id, reason="unknown_rollout")
-        return row, Rollout.model_validate(row.doc)
+        cached = self._cache.get(rollout_id)
+        if cached is not None and cached.updated_at == updated_at:
+            return cached
+        r = Rollout.model_validate(s.scalar(select(RolloutRow.doc).where(RolloutRow.id == rollout_id)))
+        loaded = _Loaded(updated_at, r, r.model_dump_json())
+        self._cache[rollout_id] = loaded
+        return loaded
 
-    @staticmethod
-    def _store(row: RolloutRow, r: Rollout, now: float) -> None:
-        doc = r.model_dump(mode="json")
-        if doc == row.doc:
-            return  # most ticks change nothing: skip rewriting a document of ~230 B per device
-        row.doc = doc
-        row.state = r.state.value
-        row.updated_at = _dt(now)
+    def _store(self, s: Any, loaded: _Loaded, now: float) -> None:
+        """Write the document back if anything changed (most ticks change nothing)."""
+        r = loaded.rollout
+        doc = r.model_dump_json()
+        if doc == loaded.doc:
+            return
+        # Strictly later than what we read, even with a clock that stands still: another
+        # replica's cached copy is judged stale by this column alone.
+        updated_at = max(_dt(now), loaded.updated_at + timedelta(microseconds=1))
+        s.execute(
+            update(RolloutRow)
+            .where(RolloutRow.id == r.id)
+            .values(doc=RawJSON(doc), state=r.state.value, updated_at=updated_at)
+        )
+        self._cache[r.id] = _Loaded(updated_at, r, doc)
+
+    @contextmanager
+    def _locked(self, rollout_id: str) -> Iterator[tuple[Any, _Loaded]]:
+        """The rollout's row locked in a transaction; on any failure this process forgets what it
+        cached (and its event cursor) for the rollout, so the next step starts from the database."""
+        with self._lock:
+            try:
+                with self.db.session() as s:
+                    yield s, self._load(s, rollout_id)
+            except BaseException:
+                self._cache.pop(rollout_id, None)
+                self._cursor.pop(rollout_id, None)
+                raise
 
     # -- API operations -------------------------------------------------------------------------
 
@@ -210,14 +264,12 @@ class RolloutController:
         return out
 
     def _mutate(self, rollout_id: str, fn: Callable[[Rollout, float], list[Action] | bool]) -> dict[str, Any]:
-        with self._lock:
+        with self._locked(rollout_id) as (s, loaded):
             now = self.clock()
-            with self.db.session() as s:
-                row, r = self._load(s, rollout_id)
-                result = fn(r, now)
-                actions = result if isinstance(result, list) else []
-                self._execute(r, actions)
-                self._store(row, r, now)
+            result = fn(loaded.rollout, now)
+            actions = result if isinstance(result, list) else []
+            self._execute(loaded.rollout, actions)
+            self._store(s, loaded, now)
         return self.get(rollout_id)
 
     def pause(self, rollout_id: str) -> dict[str, Any]:
@@ -267,6 +319,7 @@ class RolloutController:
                     continue
                 log.info("this server runs the rollout controller")
                 self._cursor.clear()  # re-apply every event after (re)gaining leadership
+                self._cache.clear()
             try:
                 self.tick_all()
             except Exception:
@@ -290,33 +343,40 @@ class RolloutController:
             self._step(rid)
 
     def _step(self, rollout_id: str) -> None:
-        with self._lock, self.db.session() as s:
-            row, r = self._load(s, rollout_id)
+        with self._locked(rollout_id) as (s, loaded):
+            r = loaded.rollout
             if not r.active:
+                self._cache.pop(rollout_id, None)  # finished: nothing more to step
                 return
             now = self.clock()
             self._apply_events(s, r, now)
             quality = self._measure(s, r) if r.awaiting_gate(now) else None
             shadow = self._measure_shadow(s, r) if r.awaiting_shadow_verdict(now) else None
-            actions = r.tick(now, quality, shadow)
+            actions = r.tick(now, quality, shadow, max_unanswered=self.max_unanswered)
             self._execute(r, actions)
-            self._store(row, r, now)
+            self._store(s, loaded, now)
 
     def _apply_events(self, s: Any, r: Rollout, now: float) -> None:
         cursor = self._cursor.get(r.id, 0)
+        # Columns, not rows, and the payload only of the kinds whose reason is read: a full
+        # rescan of a 10,000-device rollout re-reads ~60,000 events.
+        payload = case((EventRow.kind.in_(list(PROGRESS_EVENTS)), null()), else_=EventRow.payload)
         q = (
-            select(EventRow)
+            select(
+                EventRow.id, EventRow.device_id, EventRow.kind, EventRow.received_at, EventRow.cmd_id, payload
+            )
             .where(EventRow.id > cursor)
             .where(or_(EventRow.cmd_id.like(f"{r.id}-%"), EventRow.rollout_id == r.id))
             .order_by(EventRow.id)
         )
-        for ev in s.scalars(q).all():
-            cursor = max(cursor, ev.id)
-            data = ev.payload.get("data") or {}
-            reason = str(data.get("reason") or ev.payload.get("message") or "")
-            at = ev.received_at.timestamp()
-            if r.on_event(ev.device_id, ev.kind, min(now, at), cmd_id=ev.cmd_id, reason=reason):
-                log.info("rollout %s: %s %s", r.id, ev.device_id, ev.kind)
+        for ev_id, device_id, kind, received_at, cmd_id, body in s.execute(q).all():
+            cursor = max(cursor, ev_id)
+            body = body or {}
+            data = body.get("data") or {}
+            reason = str(data.get("reason") or body.get("message") or "")
+            at = received_at.timestamp()
+            if r.on_event(device_id, kind, min(now, at), cmd_id=cmd_id, reason=reason):
+                log.debug("rollout %s: %s %s", r.id, device_id, kind)
         self._cursor[r.id] = cursor
         deferred = [d for d, p in r.devices.items() if p.status == DeviceStatus.DEFERRED]
         if deferred:
@@ -325,16 +385,22 @@ class RolloutController:
             ).all():
                 if since is not None and r.on_restart(device_id, since.timestamp(), now):
                     log.info("rollout %s: %s restarted while deferred; re-sending", r.id, device_id)
-        waiting = [d for d, p in r.devices.items() if p.status in IN_FLIGHT]
+        waiting = {d for d, p in r.devices.items() if p.status in IN_FLIGHT}
         if waiting:
-            rows = s.execute(
-                select(
-                    DeviceRow.device_id, DeviceRow.active_version, DeviceRow.probation, DeviceRow.state_since
-                )
-                .where(DeviceRow.device_id.in_(waiting))
-                .where(DeviceRow.active_version == r.version)
-            ).all()
-            for device_id, version, probation, since in rows:
+            q = select(
+                DeviceRow.device_id, DeviceRow.active_version, DeviceRow.probation, DeviceRow.state_since
+            ).where(DeviceRow.active_version == r.version)
+            if len(waiting) <= STATE_QUERY_IN_MAX:
+                q = q.where(DeviceRow.device_id.in_(waiting))
+            else:
+                # Thousands in flight: no list of ids to bind (and convert) on every tick; the
+                # devices that changed their state after the rollout began, filtered here.
+                first_sent = [r.devices[d].first_sent_at for d in waiting]
+                since = min((t for t in first_sent if t is not None), default=r.started_at)
+                q = q.where(DeviceRow.state_since >= _dt(since))
+            for device_id, version, probation, since in s.execute(q).all():
+                if device_id not in waiting:
+                    continue
                 if since is not None and r.on_state(
                     device_id, version, bool(probation), since.timestamp(), now
                 ):

@@ -11,6 +11,7 @@ one JSON document (``RolloutRow.doc``) written in the same transaction as its st
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -231,12 +232,22 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+class RawJSON(str):
+    """JSON text already serialised (e.g. pydantic's ``model_dump_json``), bound to a JSON column
+    as it is instead of being dumped again: a 10,000-device rollout document is ~3 MB, and
+    ``json.dumps`` of its dict form costs ten times what pydantic's serialiser does."""
+
+
+def _json_serializer(value: Any) -> str:
+    return str(value) if isinstance(value, RawJSON) else json.dumps(value)
+
+
 class Database:
     """An engine plus a session factory; ``session()`` is a transaction (commit or roll back)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"echo": echo, "future": True}
+        kwargs: dict[str, Any] = {"echo": echo, "future": True, "json_serializer": _json_serializer}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
         else:

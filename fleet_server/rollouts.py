@@ -575,17 +575,35 @@ class Rollout(BaseModel):
         return True
 
     def tick(
-        self, now: float, quality: QualityReport | None = None, shadow_report: dict[str, Any] | None = None
+        self,
+        now: float,
+        quality: QualityReport | None = None,
+        shadow_report: dict[str, Any] | None = None,
+        *,
+        max_unanswered: int | None = None,
     ) -> list[Action]:
         """Advance with the clock; ``quality`` is the shell's measurement when ``awaiting_gate``,
-        ``shadow_report`` the merged shadow blocks when ``awaiting_shadow_verdict``."""
+        ``shadow_report`` the merged shadow blocks when ``awaiting_shadow_verdict``.
+
+        ``max_unanswered`` paces a large stage: a first deploy goes out only while fewer devices
+        than that are SENT (sent, nothing heard yet); the rest stay PENDING for a later tick. A
+        device's resends and timeout count from its own first send, so a paced device is never
+        judged on time it spent waiting for its turn."""
         if self.state != RolloutState.RUNNING:
             return []
         if self.shadow is not None and self.shadow.state == "running":
-            return self._tick_shadow(now, shadow_report)
+            return self._tick_shadow(now, shadow_report, max_unanswered)
         actions: list[Action] = []
+        unanswered = (
+            sum(1 for p in self.stage_devices(self.stage) if p.status == DeviceStatus.SENT)
+            if max_unanswered is not None
+            else 0
+        )
         for p in self.stage_devices(self.stage):
             if p.status == DeviceStatus.PENDING:
+                if max_unanswered is not None and unanswered >= max_unanswered:
+                    continue  # its turn comes as earlier devices answer
+                unanswered += 1
                 p.status = DeviceStatus.SENT
                 p.sends, p.first_sent_at, p.last_sent_at, p.updated_at = 1, now, now, now
                 actions.append(SendDeploy(p.device_id, p.cmd_id))
@@ -714,7 +732,7 @@ class Rollout(BaseModel):
             return actions
         self._log(now, f"stage {self.stage + 1} passed its gates")
         self._open_stage(self.stage + 1, now)
-        return actions + self.tick(now)
+        return actions + self.tick(now, max_unanswered=max_unanswered)
 
     def _roll_back(self, reason: str, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -818,7 +836,9 @@ class Rollout(BaseModel):
                 actions.append(SendStopShadow(p.device_id, f"{p.cmd_id}-stop"))
         return actions
 
-    def _tick_shadow(self, now: float, report: dict[str, Any] | None) -> list[Action]:
+    def _tick_shadow(
+        self, now: float, report: dict[str, Any] | None, max_unanswered: int | None = None
+    ) -> list[Action]:
         ph = self.shadow
         assert ph is not None
         actions: list[Action] = []
@@ -868,7 +888,7 @@ class Rollout(BaseModel):
         self._log(now, f"shadow phase {ph.state}: the serving stages start")
         actions += self._stop_shadows(now)
         self._open_stage(0, now)
-        return actions + self.tick(now)
+        return actions + self.tick(now, max_unanswered=max_unanswered)
 
     def abort(self, now: float, *, rollback: bool = False) -> list[Action]:
         """Stop for good; with ``rollback`` the devices that received the release go back too."""

@@ -419,6 +419,10 @@ class SimDevice:
         self.publish_state(now)
 
 
+# How often a group's thread sweeps all its clients (timers are this coarse; the agent's are not finer).
+SWEEP_S = 0.1
+
+
 class _Group(threading.Thread):
     """One thread: the sockets and timers of a group of devices.
 
@@ -461,10 +465,18 @@ class _Group(threading.Thread):
                 self._watched[c] = (s, events)
 
     def run(self) -> None:
-        last_retry = 0.0
+        last_retry = last_sweep = 0.0
         try:
             while not self.fleet.stopping.is_set():
-                self._sync()
+                now = time.time()
+                # The sweep over every client (sockets to watch, keepalives, timers, telemetry)
+                # runs every SWEEP_S, not after every wake-up: with thousands of busy sockets
+                # select() returns at once, and sweeping each time cost most of the simulator's
+                # CPU at 10,000 devices (BENCHMARKS.md section 13).
+                sweep = now - last_sweep >= SWEEP_S
+                if sweep:
+                    last_sweep = now
+                    self._sync()
                 if not self._watched:
                     self.fleet.stopping.wait(0.05)
                     ready = []
@@ -479,7 +491,12 @@ class _Group(threading.Thread):
                         c.loop_read()
                     if mask & selectors.EVENT_WRITE and c.socket() is key.fileobj:
                         c.loop_write()
-                now = time.time()
+                        if not c.want_write():  # drained: stop waking up for writability
+                            with contextlib.suppress(KeyError, ValueError, OSError):
+                                self._sel.modify(key.fileobj, selectors.EVENT_READ, c)
+                                self._watched[c] = (key.fileobj, selectors.EVENT_READ)
+                if not sweep:
+                    continue
                 telemetry = not self.fleet.telemetry_paused.is_set()
                 for dev, c in self.devices:
                     c.loop_misc()
