@@ -10,6 +10,7 @@ that keeps increasing across restarts: it starts from the wall clock in ms), and
   ``probation_s`` either ``probation.passed`` or — for a ``faulty`` version — ``rollback`` with a
   reason and evidence (state back to the old version). ``reject`` versions answer
   ``update.rejected``. Idempotent on ``cmd_id``: a re-sent deploy re-publishes the last answer.
+- ``deploy`` with ``mode: shadow`` → ``command.rejected`` (reason ``unsupported``): no shadow runner here.
 - ``rollback`` → back to the previous model, ``rollback`` event echoing the ``cmd_id``.
 - ``ping`` → ``pong``.
 
@@ -315,6 +316,18 @@ class SimDevice:
             return
         if isinstance(cmd, PingCommand):
             self.event("pong", now, cmd_id=cmd.cmd_id)
+        elif isinstance(cmd, DeployCommand) and cmd.mode == "shadow":
+            # No shadow runner here: refused, as an agent refuses what it cannot do, never taken
+            # for a real install (the fleet's shadow phase is measured with real agents).
+            self.event(
+                "command.rejected",
+                now,
+                cmd_id=cmd.cmd_id,
+                rollout_id=cmd.rollout_id,
+                level="warning",
+                message="shadow deploys are not supported by the simulator",
+                data={"reason": "unsupported"},
+            )
         elif isinstance(cmd, DeployCommand):
             self._deploy(cmd, now)
         elif isinstance(cmd, RollbackCommand):

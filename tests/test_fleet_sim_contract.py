@@ -214,7 +214,7 @@ def test_every_command_the_server_sends_is_accepted_by_the_agent_and_the_simulat
             first.setdefault(e["cmd_id"], e)
     operator_rb = next(c.cmd_id for c in handled if c.cmd_id.startswith("m"))
     assert {k: e["kind"] for k, e in first.items()} == {
-        "c-shadow": "update.started",  # see test_the_simulator_does_not_install_a_shadow_deploy
+        "c-shadow": "command.rejected",  # no shadow runner: refused, never installed
         "c-stop": "command.rejected",  # by its cmd_id, as an agent without that handler does
         "c-deploy": "update.started",
         "c-rollback": "rollback",
@@ -250,14 +250,15 @@ def test_what_the_agent_refuses_the_simulator_refuses_too(payload: bytes) -> Non
     assert kinds and set(kinds) <= {"message.rejected", "command.rejected"}, kinds
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: sim/fleet.py installs a shadow deploy as a real one")
-def test_the_simulator_does_not_install_a_shadow_deploy() -> None:
+def test_the_simulator_refuses_a_shadow_deploy_and_keeps_serving() -> None:
     """An agent runs a ``mode = "shadow"`` deploy beside its serving model and never serves it;
-    the simulator has no shadow and makes it active. (Strict: this fails once the simulator
-    refuses or emulates shadow deploys, and the marker must then go.)"""
-    dev, _ = _sim()
+    the simulator has no shadow runner, so it refuses the command (never installs it)."""
+    dev, wire = _sim()
     dev.on_connect(1_000_000.0)
     shadow = {"type": "deploy", "cmd_id": "s", "name": "shapes", "version": "2.0.0", "mode": "shadow"}
     dev.on_command(dump_json(shadow), 1_000_000.0)
     _run(dev, 1_000_000.0, 2.0)
     assert dev.active == "shapes@1.0.0"
+    refused = [e for e in wire.events() if e["kind"] == "command.rejected"]
+    assert [(e["cmd_id"], e["data"]["reason"]) for e in refused] == [("s", "unsupported")]
+    assert not any(e["kind"].startswith("update.") for e in wire.events())
