@@ -8,6 +8,9 @@ which also answers ``Range``): a request never holds more than a chunk of a file
 Errors are JSON with a one-line ``message`` (and ``detail``): 401 no/unknown token, 403 viewer
 on a write or device token outside the targets, 404 unknown thing, 409 conflicting state, 413 upload too large, 400 signatures do
 not verify, 422 invalid input (names the field).
+
+Size: the HTTP routes for models, devices, rollouts, alerts and the TUF files, each a thin
+handler over the services; samples and the dashboard have modules of their own.
 """
 
 from __future__ import annotations

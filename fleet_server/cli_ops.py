@@ -3,6 +3,9 @@
 Server and token: ``--server``/``--token`` or ``LINESIDE_SERVER``/``LINESIDE_TOKEN`` (read here,
 at the CLI boundary). ``--json`` prints machine-readable output. Exit codes: 0 ok, 1 error
 (one line on stderr), 3 ``rollout status --watch`` ended in halted/aborted.
+
+Size: the operator commands' argparse definitions and their thin handlers, one short function
+each; splitting them by noun would scatter one CLI's help and conventions.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ are re-applied from the database on every start, and transitions are idempotent.
 
 One controller at a time: on PostgreSQL, an advisory lock elects it among replicas (the others
 serve the API and ingest); on SQLite there is only one process.
+
+Size: one concern, the thin shell that carries out ``rollouts.py``'s decisions (load, step,
+publish, save, alert) and the per-rollout cache that makes a tick cost what changed; the
+decisions themselves are in ``rollouts.py``.
 """
 
 from __future__ import annotations

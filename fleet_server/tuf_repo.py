@@ -35,6 +35,10 @@ immutable: a new targets version may add targets but never change or drop a rele
 Keys: the targets role is signed offline (``fleet release``); the server holds only the online
 snapshot and timestamp keys (``online_keys_dir``, a keys directory with just those two private
 keys), so a stolen server cannot make a device install anything.
+
+Size: one concern, the server's TUF repository (open, publish under its locks, refresh the
+online roles); the publishing steps are kept together so that one reading shows a crash at any
+point publishes nothing.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ at camera rate with its own state directory and provisioned ``root.json``:
 Every check reads the fleet server's API or the agents' own stores, never this
 narration. Any step that does not happen as it should ends the demo with a
 non-zero exit, after every process it started has been stopped.
+
+Size: one story told step by step, each step a short method; the building (keys, server,
+robots, agent configs) is in ``sim/rig.py``.
 """
 
 from __future__ import annotations

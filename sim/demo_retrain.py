@@ -18,6 +18,9 @@ reach robot-1 and robot-2, drift alerts fire), then the loop a plant would run, 
 It reports when each step happened and the time from the first drift alert to the last robot
 serving the new model (goal: under ten minutes), marks each step on the chart, and writes
 ``retrain-report.json``. The decisions are pure, in :mod:`sim.retrain_story`.
+
+Size: one story, each step a short method; its pure decisions are in ``sim/retrain_story.py``
+and the plant in ``sim/plant_floor.py``.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ manifest is downloaded with it as a real agent does, and a refused token fails t
 Networking: devices are split into groups, each group served by ONE thread that multiplexes its
 clients' sockets with ``selectors`` (epoll) and also runs their timers — no thread per device.
 Thousands of devices need as many descriptors: ``edge-sim fleet`` raises its RLIMIT_NOFILE soft limit.
+
+Size: one concern, a simulated device's side of the protocol and the epoll loop that multiplexes
+thousands of them; kept together because each device's timers run on its group's loop.
 """
 
 from __future__ import annotations
