@@ -12,10 +12,10 @@ from pathlib import Path
 
 from edge_agent.agent import Agent, Decision
 from edge_agent.config import AgentConfig, BrokerConfig, InferenceConfig, SourceConfig, TelemetryConfig
+from edge_agent.frames import Frame
 from edge_agent.publisher import CommandSink
 from edge_agent.recording_source import RecordingSource
 from edge_agent.runtime import ModelRunner
-from edge_agent.sources import Frame
 from edge_agent.spool import Spool
 
 

@@ -50,6 +50,7 @@ from edge_agent.decision_id import DecisionIds
 from edge_agent.decision_log import DecisionLog
 from edge_agent.decode import COLOR, Decode, accepts, decode_jpeg, serving_decode
 from edge_agent.drift import DriftDetector, WindowConfidence
+from edge_agent.frames import Frame, FrameSource
 from edge_agent.manifest import DriftThresholds, Manifest
 from edge_agent.messages import (
     DeviceState,
@@ -68,7 +69,6 @@ from edge_agent.runtime import ModelRunner, runtime_builds
 from edge_agent.sampling import FrameSampler, SampleDecision
 from edge_agent.service import SystemdNotifier, write_status
 from edge_agent.shadow import ShadowRunner
-from edge_agent.sources import Frame, FrameSource
 from edge_agent.spool import Spool
 from edge_agent.telemetry import TelemetryWindow, WindowStats
 from lineside_common.errors import MessageError

@@ -14,7 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from edge_agent.sources import Frame, FrameSource
+from edge_agent.frames import Frame, FrameSource
 from lineside_common.errors import SourceError
 from lineside_common.retry import Backoff
 

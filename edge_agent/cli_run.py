@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, cast
 
 from edge_agent.config import AgentConfig, load_config
+from edge_agent.frames import FrameSource
 from edge_agent.messages import DeviceState, dump
 from edge_agent.runtime import ModelRunner
 from edge_agent.service import SystemdNotifier, read_status, stop_on_signals, watchdog_interval_s
-from edge_agent.sources import FrameSource, open_source
+from edge_agent.sources import open_source
 from edge_agent.spool import Spool
 from lineside_common import cli as clitools
 from lineside_common.errors import ConfigError

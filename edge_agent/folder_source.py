@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_agent.sources import Frame
+from edge_agent.frames import Frame, Pacer
 from lineside_common.errors import SourceError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
@@ -58,11 +58,11 @@ class ImageFolderSource:
         self._dir = Path(directory)
         self._fps = fps or DEFAULT_FPS
         self._realtime, self._loop = realtime, loop
-        self._clock, self._sleep = clock, sleep
+        self._clock = clock
+        self._pacer = Pacer(self._fps, clock, sleep)
         self._images = folder_images(self._dir)
         self._pos = 0
         self._delivered = 0
-        self._t0: float | None = None
 
     @property
     def fps(self) -> float | None:
@@ -80,12 +80,7 @@ class ImageFolderSource:
             self._images = folder_images(self._dir)
             self._pos = 0
         if self._realtime:
-            now = self._clock()
-            if self._t0 is None:
-                self._t0 = now
-            due = self._t0 + self._delivered / self._fps
-            if due > now:
-                self._sleep(due - now)
+            self._pacer.wait(self._delivered)
         path = self._images[self._pos]
         image = _decode(path)
         frame = Frame(index=self._delivered, captured_at=self._clock(), image=image)
@@ -97,7 +92,7 @@ class ImageFolderSource:
         """List the folder again and start from its first image with a fresh schedule."""
         self._images = folder_images(self._dir)
         self._pos = 0
-        self._t0 = None
+        self._pacer.restart()
         self._delivered = 0
 
     def close(self) -> None:

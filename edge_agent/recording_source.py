@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.decode import COLOR, FLAGS, decode_jpeg
-from edge_agent.sources import Frame
+from edge_agent.frames import Frame, Pacer
 from lineside_common.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,9 @@ class RecordingSource:
         self._realtime = realtime
         self._loop = loop
         self._clock = clock
-        self._sleep = sleep
+        self._pacer = Pacer(self._fps, clock, sleep)
         self._pos = 0
         self._delivered = 0
-        self._t0: float | None = None
         # How frames are decoded (edge_agent.decode); the agent sets it from what its model accepts.
         self.decode: str = COLOR
 
@@ -252,12 +251,7 @@ class RecordingSource:
             self.meta, self._reader = open_recording_video(self._dir)
             self._pos = 0
         if self._realtime:
-            now = self._clock()
-            if self._t0 is None:
-                self._t0 = now
-            due = self._t0 + self._delivered / self._fps
-            if due > now:
-                self._sleep(due - now)
+            self._pacer.wait(self._delivered)
         decode = self.decode  # one read: the agent may change it between frames
         if decode == COLOR:
             frame = Frame(index=self._pos, captured_at=self._clock(), image=self._reader.read(self._pos))
@@ -285,7 +279,7 @@ class RecordingSource:
         self.meta, self._reader = open_recording_video(self._dir)
         self._pos = 0
         self._delivered = 0
-        self._t0 = None
+        self._pacer.restart()
 
     def close(self) -> None:
         self._reader.close()

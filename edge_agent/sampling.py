@@ -35,11 +35,11 @@ import numpy as np
 
 from edge_agent.config import SamplesConfig
 from edge_agent.decode import COLOR, decode_jpeg
+from edge_agent.frames import Frame
 from edge_agent.manifest import Manifest
 from edge_agent.messages import ModelRef, SamplingOverride
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampler import Limits, Quotas, Reason, SamplingPolicy, SamplingRules
-from edge_agent.sources import Frame
 from edge_agent.uploader import SampleUploader
 from lineside_common.atomic import atomic_write_bytes
 

@@ -17,7 +17,7 @@ the last (:meth:`ShadowRunner.take_block`).
 When the two models disagree on a frame (:meth:`AgreementTally.disagrees`: labels both know,
 different, not an intended change) and a ``sampler`` is attached, the shadow thread hands that
 frame to :meth:`FrameSampler.offer_disagreement` (non-blocking) with reason
-``shadow_disagreement``. The queued item keeps the :class:`~edge_agent.sources.Frame`, so a frame
+``shadow_disagreement``. The queued item keeps the :class:`~edge_agent.frames.Frame`, so a frame
 decoded at reduced scale is still sampled from its original JPEG.
 """
 

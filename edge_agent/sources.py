@@ -11,53 +11,15 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import cv2
-import numpy as np
 
+from edge_agent.frames import Frame, FrameSource
 from lineside_common.errors import SourceError, SourceLostError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One captured frame: BGR uint8 (H, W, 3), or grey (H, W) when ``decode`` says so.
-
-    ``decode`` is how the source decoded it (edge_agent.decode); a reduced decode keeps the
-    JPEG bytes in ``encoded`` so a consumer that needs full colour can decode again.
-    """
-
-    index: int  # position in the stream, from 0, gap-free as delivered by the source
-    captured_at: float  # time.monotonic() when the source produced it
-    image: np.ndarray
-    decode: str = "color"
-    encoded: bytes | None = None
-
-
-@runtime_checkable
-class FrameSource(Protocol):
-    """Something that produces frames. ``read`` blocks until the next frame is due.
-
-    ``read`` returns None at the end of a finite stream; it raises SourceLostError
-    when a live source fails (the caller reconnects with ``reopen``), and
-    SourceError when it cannot be opened at all.
-    """
-
-    @property
-    def fps(self) -> float | None: ...
-
-    @property
-    def description(self) -> str: ...
-
-    def read(self) -> Frame | None: ...
-
-    def reopen(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 # --- Implementations -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.sources import Frame
+from edge_agent.frames import Frame
 from edge_agent.spool import Spool
 from lineside_common.errors import SourceError, SourceLostError
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 
 from edge_agent.capture import DropOldestQueue
-from edge_agent.sources import Frame
+from edge_agent.frames import Frame
 from tests.mqtt import wait_until
 
 

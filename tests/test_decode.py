@@ -13,10 +13,10 @@ import pytest
 
 from edge_agent.agent import Agent, Decision
 from edge_agent.decode import accepts, decode_jpeg, serving_decode
+from edge_agent.frames import Frame
 from edge_agent.manifest import parse_manifest
 from edge_agent.recording_source import RecordingSource
 from edge_agent.runtime import ModelRunner
-from edge_agent.sources import Frame
 from edge_agent.spool import Spool
 from lineside_common.errors import ManifestError
 from tests.agent_fakes import SpoolDrainingPublisher, agent_config

@@ -73,3 +73,24 @@ def test_an_image_that_does_not_decode_is_named(tmp_path: Path) -> None:
     src.read()
     with pytest.raises(SourceError, match=r"999\.jpg"):
         src.read()
+
+
+def test_the_pacer_delivers_frame_n_at_n_over_fps_and_restarts() -> None:
+    from edge_agent.frames import Pacer
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(round(s, 6))
+        now[0] += s
+
+    pacer = Pacer(10.0, lambda: now[0], sleep)
+    pacer.wait(0)  # the first frame sets the timeline: no wait
+    pacer.wait(1)  # due 0.1 s after the first
+    now[0] += 0.5  # late: a frame already due is not delayed
+    pacer.wait(2)
+    pacer.restart()
+    pacer.wait(0)
+    pacer.wait(1)
+    assert slept == [0.1, 0.1]

@@ -18,11 +18,11 @@ from hypothesis import strategies as st
 
 from edge_agent.config import SamplesConfig
 from edge_agent.decision_id import DecisionIds, valid_decision_id
+from edge_agent.frames import Frame
 from edge_agent.messages import ModelRef
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampler import Limits, Quotas, SamplingPolicy, SamplingRules, TokenBucket
 from edge_agent.sampling import FrameSampler, SampleDecision, ShadowOutput, policy_for
-from edge_agent.sources import Frame
 from edge_agent.uploader import SampleUploader
 
 MODEL = ModelRef(name="shapes", version="1.0.0", sha256="ab" * 32)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from edge_agent.config import SamplesConfig
+from edge_agent.frames import Frame
 from edge_agent.manifest import MANIFEST_FILE, Manifest, parse_manifest
 from edge_agent.messages import DeployCommand, ModelRef, SamplingOverride, dump, parse_command
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampling import FrameSampler, SampleDecision, policy_for
-from edge_agent.sources import Frame
 from fleet_server.cli import COMMAND_MODULES
 from fleet_server.cli_ops import rollout_sampling
 from lineside_common import cli as clitools

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from edge_agent.config import SamplesConfig
+from edge_agent.frames import Frame
 from edge_agent.messages import ModelRef
 from edge_agent.sample_ring import SampleRing
 from edge_agent.sampling import FrameSampler, SampleDecision, ShadowOutput, policy_for
 from edge_agent.shadow import ShadowRunner
-from edge_agent.sources import Frame
 
 SERVING_LABELS = ["box", "tube", "bag"]
 
