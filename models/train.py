@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.manifest import Manifest, OutputSpec
+from edge_agent.manifest import AgreementGates, Manifest, OutputSpec
 from lineside_common.cli import CommandError
 from models import metrics as M
 from models.bundle import SELFTEST_COUNT, run_batch, write_bundle
@@ -313,6 +313,7 @@ def train(
         confidence_baseline=M.confidence_baseline(conf, config.drift.low_confidence),
         probation=config.probation,
         drift=config.drift,
+        agreement=intended_agreement(init),
         min_agent_version=config.min_agent_version,
         device_classes=list(config.device_classes),
         extra={
@@ -347,6 +348,17 @@ def train(
             model_sha256=hashlib.sha256(model).hexdigest(),
         )  # fmt: skip
     return TrainResult(bundle_dir, manifest, digest, parity, report, t_train, t_data)
+
+
+def intended_agreement(init: InitialWeights | None) -> AgreementGates:
+    """The agreement gates of a model fine-tuned from another: labels it adds are intended changes.
+
+    A release that adds package types is meant to answer them where the model it replaces
+    confidently named a known type (``{"*": new_labels}``), so the shadow phase and probation's
+    reverse shadow judge agreement on the other frames only (see ``AgreementGates``).
+    """
+    new = list((init.head or {}).get("new_labels", [])) if init is not None else []
+    return AgreementGates(intended_changes={"*": new} if new else {})
 
 
 def M_metrics(report: dict[str, Any], *, split: str) -> Any:

@@ -208,7 +208,7 @@ def test_base_config_gives_the_pipeline_a_valid_training_config(tmp_path: Path) 
     tc = train_config(load_pipeline_config(path), labels)
     assert (tc.name, tc.version, tc.labels) == ("shapes", "1.1.0", labels)
     assert tc.train.init_from == str(RELEASES / "shapes-1.0.0")
-    assert tc.data.render_share == 0.75
+    assert tc.data.render_share == PipelinePlan.render_share  # the plan's default reaches training
 
 
 def _report(**over: object) -> str:

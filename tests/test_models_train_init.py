@@ -186,3 +186,15 @@ def test_render_share() -> None:
     assert renders_per_label(100, 4, 0.0, 900) == 0
     assert renders_per_label(100, 4, 0.5, 900) == 25  # as many renders as field frames
     assert renders_per_label(70, 4, 0.3, 900) == 8  # 30 renders / 4 labels, rounded up
+
+
+def test_a_fine_tune_that_adds_labels_declares_them_as_intended_changes() -> None:
+    from types import SimpleNamespace
+
+    from models.train import intended_agreement
+
+    grown = SimpleNamespace(head={"kept_labels": ["circle-80"], "new_labels": ["hexagon-100", "circle-100"]})
+    assert intended_agreement(grown).intended_changes == {"*": ["hexagon-100", "circle-100"]}  # type: ignore[arg-type]
+    same = SimpleNamespace(head={"kept_labels": ["circle-80"], "new_labels": []})
+    assert intended_agreement(same).intended_changes == {}  # type: ignore[arg-type]
+    assert intended_agreement(None).intended_changes == {}
