@@ -121,7 +121,6 @@ def _steps(report: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
 
 
 @pytest.mark.integration
-@pytest.mark.slow  # two trainings, a real `fleet serve` and a rerun: the quick form is the tests below
 def test_pipeline_releases_a_better_model_and_reruns_idempotently(
     world: dict[str, Path],
     mosquitto: Any,
