@@ -233,3 +233,21 @@ def machine() -> dict[str, str]:
         "opencv": cv2.__version__,
         "numpy": np.__version__,
     }
+
+
+def rollout_checks(r: dict[str, Any], n: int, *, rollout: str, ingest: str) -> list[Check]:
+    """The two checks of a fleet-scale run ``r`` over ``n`` devices: the rollout reached every
+    device, and ingest kept up (>= 90 % of the offered rate, backlog at the end under a second's worth)."""
+    keeps_up = r["telemetry_rate"] >= 0.9 * r["offered_rate"] and r["backlog_end"] < r["offered_rate"]
+    return [
+        Check(
+            rollout,
+            r["rollout_state"] == "succeeded" and r["passed"] == n,
+            f"{r['passed']}/{n} in {r['rollout_s']:.1f} s",
+        ),
+        Check(
+            ingest,
+            keeps_up,
+            f"{r['telemetry_rate']:.0f} of {r['offered_rate']:.0f} msg/s, backlog max {int(r['backlog_max'])}",
+        ),
+    ]

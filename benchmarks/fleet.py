@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import Check, Context, CpuMeter, Section, fmt, proc_rss_mb
+from benchmarks.common import Check, Context, CpuMeter, Section, fmt, proc_rss_mb, rollout_checks
 from benchmarks.services import free_port, script, start_mosquitto, wait_port
 from fleet_server.client import FleetClient
 from sim.procs import Child, ProcessGroup
@@ -291,20 +291,11 @@ def run(ctx: Context) -> Section:
                     _bottleneck(ro),
                 ]
             )
-            section.checks.append(
-                Check(
-                    f"rollout to {n} simulated devices completes",
-                    r["rollout_state"] == "succeeded" and r["passed"] == n,
-                    f"{r['passed']}/{n} in {r['rollout_s']:.1f} s",
-                )
-            )
-            keeps_up = r["telemetry_rate"] >= 0.9 * r["offered_rate"] and r["backlog_end"] < r["offered_rate"]
-            section.checks.append(
-                Check(
-                    f"server ingests {n} devices' telemetry without falling behind",
-                    keeps_up,
-                    f"{r['telemetry_rate']:.0f} of {r['offered_rate']:.0f} msg/s, backlog max {int(r['backlog_max'])}",
-                )
+            section.checks += rollout_checks(
+                r,
+                n,
+                rollout=f"rollout to {n} simulated devices completes",
+                ingest=f"server ingests {n} devices' telemetry without falling behind",
             )
         for n in sizes:
             cap = ingest_capacity(tmp / "ingest", n, 2 if ctx.quick else 6)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.agent import Agent, Decision
@@ -135,6 +136,16 @@ def agent_config(
     )
 
 
+@dataclass(frozen=True)
+class Measured:
+    """What ``AgentRun.measure`` saw: CPU and wall seconds, frames decided, latencies in ms."""
+
+    cpu_s: float
+    wall_s: float
+    decided: int
+    latencies_ms: list[float]
+
+
 class AgentRun:
     """One in-process agent over one recording; ``start()``, ``wait_done()``, ``stop()``."""
 
@@ -201,6 +212,21 @@ class AgentRun:
                 return False
             ev.wait(0.02)
         return True
+
+    def measure(self, frames: int, duration_s: float) -> Measured:
+        """Start, run until ``frames`` are decided or dropped (or 3x ``duration_s`` + 10 s pass), and
+        return this process's CPU time, the wall time and each decided frame's latency after its due time."""
+        c0 = time.process_time()
+        self.start()
+        deadline = time.monotonic() + duration_s * 3 + 10
+        while len(self.decisions) + self.dropped < frames and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cpu = time.process_time() - c0
+        wall = time.monotonic() - self.started_at
+        ids = self.decisions.frame_ids[:frames]
+        at = self.decisions.at[:frames]
+        lat = [(t - self.source.due[i]) * 1000 for i, t in zip(ids, at, strict=True)]
+        return Measured(cpu, wall, len(ids), lat)
 
     def stop(self) -> None:
         self.agent.stop()

@@ -30,20 +30,11 @@ def run_at(ctx: Context, fps: float, duration_s: float, bundle: Path | None = No
     recording = ctx.recording(max(frames, ctx.scale(40, 1500)))
     with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix="rt-") as tmp:
         run = AgentRun(recording, Path(tmp), bundle or ctx.bundles().v1, threads=1, fps=fps)
-        c0 = time.process_time()
-        run.start()
-        deadline = time.monotonic() + duration_s * 3 + 10
-        while len(run.decisions) + run.dropped < frames and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cpu = time.process_time() - c0
-        wall = time.monotonic() - run.started_at
+        m = run.measure(frames, duration_s)
         dropped = run.dropped
-        ids = run.decisions.frame_ids[:frames]
-        at = run.decisions.at[:frames]
-        lat = [(t - run.source.due[i]) * 1000 for i, t in zip(ids, at, strict=True)]
         run.stop()
         run.runner.close()
-    decided = len(ids)
+    cpu, wall, decided, lat = m.cpu_s, m.wall_s, m.decided, m.latencies_ms
     return [
         f"{fps:g}",
         decided,

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.common import Check, Context, CpuMeter, Section, fmt, proc_cpu_s, proc_rss_mb
+from benchmarks.common import Check, Context, CpuMeter, Section, fmt, proc_cpu_s, proc_rss_mb, rollout_checks
 from benchmarks.fleet import _run_cli, _telemetry, _wait, metrics, parse_version
 from benchmarks.services import free_port, script, start_mosquitto, wait_port
 from fleet_server.client import FleetClient
@@ -317,20 +317,11 @@ def run(ctx: Context) -> Section:
                     fmt(s["servers"] * 1000 / n, 1),
                 ]
             )
-            section.checks.append(
-                Check(
-                    f"rollout to {n} devices with {replicas} replica(s) completes",
-                    r["rollout_state"] == "succeeded" and r["passed"] == n,
-                    f"{r['passed']}/{n} in {r['rollout_s']:.1f} s",
-                )
-            )
-            keeps_up = r["telemetry_rate"] >= 0.9 * r["offered_rate"] and r["backlog_end"] < r["offered_rate"]
-            section.checks.append(
-                Check(
-                    f"{replicas} replica(s) ingest {n} devices' telemetry without falling behind",
-                    keeps_up,
-                    f"{r['telemetry_rate']:.0f} of {r['offered_rate']:.0f} msg/s, backlog max {int(r['backlog_max'])}",
-                )
+            section.checks += rollout_checks(
+                r,
+                n,
+                rollout=f"rollout to {n} devices with {replicas} replica(s) completes",
+                ingest=f"{replicas} replica(s) ingest {n} devices' telemetry without falling behind",
             )
     section.notes += [
         f"Telemetry: one window per device every {window_s:g} s (the agent's default window is 5 s); steady "

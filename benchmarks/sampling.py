@@ -11,7 +11,6 @@ the line sees. No timing is asserted: the point is the comparison in one run.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +39,15 @@ def run_mode(ctx: Context, mode: str, fps: float, duration_s: float) -> list[Any
         samples = SamplesConfig(server_url="http://127.0.0.1:9", **MODES[mode])
         run.agent.config = run.config.model_copy(update={"samples": samples})
         sampler = attach_to_agent(run.agent)
-        c0 = time.process_time()
-        run.start()
-        deadline = time.monotonic() + duration_s * 3 + 10
-        while len(run.decisions) + run.dropped < frames and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cpu = time.process_time() - c0
-        wall = time.monotonic() - run.started_at
-        ids = run.decisions.frame_ids[:frames]
-        at = run.decisions.at[:frames]
-        lat = [(t - run.source.due[i]) * 1000 for i, t in zip(ids, at, strict=True)]
+        m = run.measure(frames, duration_s)
+        cpu, wall, lat = m.cpu_s, m.wall_s, m.latencies_ms
         dropped = run.dropped
         run.stop()
         run.runner.close()
         counters = sampler.counters() if sampler is not None else {}
     return [
         mode,
-        len(ids),
+        m.decided,
         dropped,
         counters.get("stored", 0),
         counters.get("dropped", 0),

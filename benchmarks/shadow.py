@@ -10,7 +10,6 @@ clock around ``predict``), divided by the frames it ran on.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +31,8 @@ def _run(ctx: Context, every_n: int | None, fps: float, duration_s: float) -> di
             cand = ModelRunner.load(ctx.bundles().v2, inference=run.config.inference)
             shadow = ShadowRunner(cand, run.runner, role="candidate", every_n=every_n, max_cpu_share=1.0)
             run.agent.set_shadow(shadow)
-        c0 = time.process_time()
-        run.start()
-        deadline = time.monotonic() + duration_s * 3 + 10
-        while len(run.decisions) + run.dropped < frames and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cpu = time.process_time() - c0
-        wall = time.monotonic() - run.started_at
-        ids = run.decisions.frame_ids[:frames]
-        at = run.decisions.at[:frames]
-        lat = [(t - run.source.due[i]) * 1000 for i, t in zip(ids, at, strict=True)]
+        m = run.measure(frames, duration_s)
+        cpu, wall, lat = m.cpu_s, m.wall_s, m.latencies_ms
         block = shadow.take_block() if shadow is not None else {}
         dropped = run.dropped
         run.stop()
@@ -51,7 +42,7 @@ def _run(ctx: Context, every_n: int | None, fps: float, duration_s: float) -> di
     shadowed = int(block.get("shadow_frames_total", 0))
     return {
         "label": "off" if every_n is None else f"every {every_n}",
-        "decided": len(ids),
+        "decided": m.decided,
         "dropped": dropped,
         "p50": pct(lat, 50),
         "p99": pct(lat, 99),
