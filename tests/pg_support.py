@@ -16,6 +16,7 @@ so a broken CI machine never turns into a green run.
 from __future__ import annotations
 
 import glob
+import importlib
 import os
 import pwd
 import shutil
@@ -25,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -45,6 +46,18 @@ def require_program(what: str, hint: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI=true: {message}", pytrace=False)
     pytest.skip(message)
+
+
+def require_module(name: str, hint: str) -> Any:
+    """Import ``name`` (an extra's package): skip on a workstation without it, fail under ``CI=true``
+    (where ``make test`` installs every extra)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        message = f"Python package {name} is missing ({hint})"
+        if in_ci():
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
 
 
 def _version(bindir: str) -> tuple[int, ...]:

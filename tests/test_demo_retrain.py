@@ -26,6 +26,7 @@ from sim.retrain_story import (
     read_pipeline_report,
     training_labels,
 )
+from tests.pg_support import require_module
 
 SHARE = 0.3
 BASELINE = ["circle-80", "circle-120", "square-80", "square-120", "triangle-100", "triangle-140"]
@@ -287,7 +288,7 @@ def test_retrain_is_a_flag_not_a_value(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_the_chart_marks_every_step_of_the_story(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
+    require_module("matplotlib", "the demo extra draws the chart")
     from sim.chart import Marker, confidence_chart
 
     markers = [Marker(10.0 + i, s.label, s.colour) for i, s in enumerate(STEPS)]

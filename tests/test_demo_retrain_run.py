@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg_support import require_module
+
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(2400)]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,8 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    pytest.importorskip("matplotlib")
+    require_module("torch", "the retraining demo needs the train extra")
+    require_module("matplotlib", "the demo extra draws the chart")
     out = tmp_path_factory.mktemp("retrain")
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "edge-sim"), "demo", "--retrain", "--fast", "--out", str(out)],

@@ -12,18 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="fine-tuning tests need the train extra (torch)")
-pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
+from tests.pg_support import require_module
 
-import torch
+require_module("torch", "fine-tuning tests need the train extra")
+require_module("onnxscript", "the dynamo ONNX exporter needs it")
 
-from edge_agent.manifest import InputSpec, Manifest, OutputSpec, ResizeSpec
-from models import init_weights
-from models.bundle import run_batch, write_bundle
-from models.field_data import renders_per_label
-from models.init_weights import InitError
-from models.metrics import confidence_baseline
-from models.net import ExportedShapeNet, ShapeNet
+import torch  # noqa: E402
+
+from edge_agent.manifest import InputSpec, Manifest, OutputSpec, ResizeSpec  # noqa: E402
+from models import init_weights  # noqa: E402
+from models.bundle import run_batch, write_bundle  # noqa: E402
+from models.field_data import renders_per_label  # noqa: E402
+from models.init_weights import InitError  # noqa: E402
+from models.metrics import confidence_baseline  # noqa: E402
+from models.net import ExportedShapeNet, ShapeNet  # noqa: E402
 
 pytestmark = [pytest.mark.train]
 LABELS = ["circle-80", "square-80", "triangle-100"]

@@ -11,15 +11,17 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch", reason="the pipeline trains: it needs the train extra (torch)")
-pytest.importorskip("onnxscript", reason="the dynamo ONNX exporter needs onnxscript")
+from tests.pg_support import require_module
 
-from edge_agent.manifest import load_manifest
-from fleet_server.labels import dataset_hash
-from models.cli import main
-from models.field_data import render_image_folder, scan
-from models.train import train
-from tests.fleet_support import FleetServer, make_keys
+require_module("torch", "the pipeline trains: it needs the train extra")
+require_module("onnxscript", "the dynamo ONNX exporter needs it")
+
+from edge_agent.manifest import load_manifest  # noqa: E402
+from fleet_server.labels import dataset_hash  # noqa: E402
+from models.cli import main  # noqa: E402
+from models.field_data import render_image_folder, scan  # noqa: E402
+from models.train import train  # noqa: E402
+from tests.fleet_support import FleetServer, make_keys  # noqa: E402
 
 pytestmark = [pytest.mark.train, pytest.mark.timeout(900)]
 
